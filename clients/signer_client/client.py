@@ -1,0 +1,201 @@
+"""The one place that talks to signerd: mTLS channel, deadlines, retries, errors.
+
+Retries: UNAVAILABLE (the token is healing, a worker restarting) is retried with
+exponential backoff for calls that are safe to repeat (reads and signatures). Creating
+and destroying keys are never retried behind the caller's back.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+
+from signer.v1 import signer_pb2 as pb
+from signer.v1 import signer_pb2_grpc as pb_grpc
+from signer_client.config import ClientConfig
+from signer_client.errors import ClientError, UnavailableError, from_code, from_rpc_error
+
+T = TypeVar("T")
+
+ALGORITHMS = {
+    "ecdsa-sha2-nistp256": pb.ECDSA_SHA2_NISTP256,
+    "ecdsa-sha2-nistp384": pb.ECDSA_SHA2_NISTP384,
+    "ed25519": pb.ED25519,
+    "rsassa-pss-sha256": pb.RSASSA_PSS_SHA256,
+}
+STATES = {"active": pb.ACTIVE, "retired": pb.RETIRED, "destroyed": pb.DESTROYED}
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """One item of a SignBatch: a signature, or the error for that item."""
+
+    key_id: str
+    signature: bytes
+    scheme: str
+    error: ClientError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def secure_channel(config: ClientConfig) -> grpc.Channel:
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=config.ca.read_bytes(),
+        private_key=config.key.read_bytes(),
+        certificate_chain=config.cert.read_bytes(),
+    )
+    options: list[tuple[str, Any]] = [
+        ("grpc.max_receive_message_length", 256 * 1024 * 1024),
+        ("grpc.max_send_message_length", 256 * 1024 * 1024),
+    ]
+    if config.server_name:
+        options.append(("grpc.ssl_target_name_override", config.server_name))
+    return grpc.secure_channel(config.address, credentials, options=options)
+
+
+class SignerClient:
+    """A connection to signerd. Thread-safe; reuse one per process."""
+
+    def __init__(self, config: ClientConfig, channel: grpc.Channel | None = None) -> None:
+        self.config = config
+        self.channel = channel or secure_channel(config)
+        self.keys = pb_grpc.KeyServiceStub(self.channel)
+        self.signing = pb_grpc.SigningServiceStub(self.channel)
+
+    @classmethod
+    def from_env(cls, address: str | None = None) -> SignerClient:
+        return cls(ClientConfig.from_env(address))
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> SignerClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- keys ------------------------------------------------------------------------------
+
+    def create_key(
+        self,
+        label: str,
+        algorithm: str = "ecdsa-sha2-nistp256",
+        role: str = "targets",
+        repository: str = "",
+        quorum: bool = False,
+    ) -> pb.Key:
+        if algorithm not in ALGORITHMS:
+            known = ", ".join(ALGORITHMS)
+            raise from_code(
+                grpc.StatusCode.INVALID_ARGUMENT, f"unknown algorithm {algorithm!r}; known: {known}"
+            )
+        request = pb.CreateKeyRequest(
+            label=label,
+            algorithm=ALGORITHMS[algorithm],  # type: ignore[arg-type]
+            role=role,
+            repository=repository,
+            quorum=quorum,
+        )
+        return self._call(self.keys.CreateKey, request, retry=False)
+
+    def get_key(self, key_id: str) -> pb.Key:
+        return self._call(self.keys.GetKey, pb.GetKeyRequest(key_id=key_id))
+
+    def list_keys(self, role: str = "", repository: str = "", state: str = "") -> list[pb.Key]:
+        request = pb.ListKeysRequest(
+            role=role,
+            repository=repository,
+            state=STATES.get(state, pb.KEY_STATE_UNSPECIFIED),  # type: ignore[arg-type]
+        )
+        return list(self._call(self.keys.ListKeys, request).keys)
+
+    def retire_key(self, key_id: str) -> pb.Key:
+        return self._call(self.keys.RetireKey, pb.RetireKeyRequest(key_id=key_id), retry=False)
+
+    def destroy_key(self, key_id: str, confirm: str) -> pb.Key:
+        request = pb.DestroyKeyRequest(key_id=key_id, confirm=confirm)
+        return self._call(self.keys.DestroyKey, request, retry=False)
+
+    # -- signing ---------------------------------------------------------------------------
+
+    def sign(self, key_id: str, payload: bytes, request_id: str = "") -> pb.SignResponse:
+        request = pb.SignRequest(key_id=key_id, payload=payload, request_id=request_id)
+        return self._call(self.signing.Sign, request)
+
+    def sign_digest(self, key_id: str, digest: bytes) -> pb.SignResponse:
+        return self._call(self.signing.Sign, pb.SignRequest(key_id=key_id, digest=digest))
+
+    def sign_batch(
+        self, key_id: str, payloads: Sequence[bytes] | Iterable[bytes]
+    ) -> list[BatchResult]:
+        items = [pb.SignBatchItem(payload=p) for p in payloads]
+        response = self._call(
+            self.signing.SignBatch, pb.SignBatchRequest(key_id=key_id, items=items)
+        )
+        return [_batch_result(r) for r in response.results]
+
+    def request_signature(
+        self, key_id: str, payload: bytes, reason: str = ""
+    ) -> pb.SignatureRequest:
+        request = pb.RequestSignatureRequest(key_id=key_id, payload=payload, reason=reason)
+        return self._call(self.signing.RequestSignature, request, retry=False)
+
+    def approve(self, request_id: str, payload_sha256: str) -> pb.SignatureRequest:
+        request = pb.ApproveRequest(request_id=request_id, payload_sha256=payload_sha256)
+        return self._call(self.signing.Approve, request)
+
+    def get_signature_request(self, request_id: str) -> pb.SignatureRequest:
+        request = pb.GetSignatureRequestRequest(request_id=request_id)
+        return self._call(self.signing.GetSignatureRequest, request)
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _call(self, method: Callable[..., T], request: Any, retry: bool = True) -> T:
+        attempts = 1 + (self.config.retries if retry else 0)
+        delay = 0.1
+        for attempt in range(attempts):
+            try:
+                return method(request, timeout=self.config.timeout)
+            except grpc.RpcError as exc:
+                error = from_rpc_error(exc)
+                if not isinstance(error, UnavailableError) or attempt == attempts - 1:
+                    raise error from None
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 3.0)
+        raise AssertionError("unreachable")
+
+
+def _batch_result(result: pb.SignBatchResult) -> BatchResult:
+    if result.status.code != 0:
+        code = grpc.StatusCode.UNKNOWN
+        for candidate in grpc.StatusCode:
+            if candidate.value[0] == result.status.code:
+                code = candidate
+        return BatchResult("", b"", "", from_code(code, result.status.message))
+    return BatchResult(result.key_id, result.signature, result.scheme)
+
+
+def tuf_key(key: pb.Key) -> Any:
+    """The securesystemslib key for a daemon key, checked against its key_id.
+
+    ``tuf_key_json`` is canonical JSON (raw newlines inside PEM strings), hence
+    ``strict=False``; the key_id must be the sha256 of exactly those bytes.
+    """
+    import hashlib
+    import json
+
+    from securesystemslib.signer import SSlibKey
+
+    if hashlib.sha256(key.tuf_key_json.encode()).hexdigest() != key.key_id:
+        raise from_code(
+            grpc.StatusCode.DATA_LOSS, f"key {key.key_id}: key_id does not match its key"
+        )
+    return SSlibKey.from_dict(key.key_id, json.loads(key.tuf_key_json, strict=False))

@@ -1,0 +1,112 @@
+"""Assemble the daemon's parts from a config: token, registry, policy, audit, services.
+
+Kept apart from ``server.py`` so tools (``signerd check``, tests, benchmarks) can build
+the same stack without a network listener.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from signer.audit import AuditLog
+from signer.config import SignerConfig
+from signer.keys import KeyManager
+from signer.policy import AllowAuthenticated, Policy
+from signer.registry import KeyRegistry, KeyState
+from signer.signing import SigningService
+from signer.token import Token, TokenSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Mismatch:
+    """A disagreement between the registry and the token found at start-up."""
+
+    key_id: str
+    object_id: str
+    problem: str
+
+    def __str__(self) -> str:
+        who = f"key {self.key_id}" if self.key_id else f"token object {self.object_id}"
+        return f"{who}: {self.problem}"
+
+
+def load_policy(config: SignerConfig) -> Policy:
+    """The configured policy; without a policy file, any authenticated client may act."""
+    if config.policy_file is None:
+        return AllowAuthenticated()
+    from signer.policy.file import FilePolicy  # issue: policy files
+
+    return FilePolicy.load(config.policy_file)
+
+
+class SignerApp:
+    def __init__(self, config: SignerConfig, token: Token | None = None) -> None:
+        self.config = config
+        self.token = token or Token(
+            TokenSettings(
+                module=config.token.module,
+                label=config.token.label,
+                pin=config.token.read_pin(),
+                serial=config.token.serial,
+                probe_interval=config.token.probe_interval,
+            )
+        )
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        self.registry = KeyRegistry(config.state_dir / "keys.db")
+        self.audit = AuditLog(config.state_dir / "audit.db")
+        self.policy: Policy = load_policy(config)
+        self.keys = KeyManager(self.token, self.registry, self.policy, self.audit)
+        self.signing = SigningService(
+            self.token, self.registry, self.policy, self.audit, config.max_payload_bytes
+        )
+
+    def open(self) -> None:
+        self.token.open()
+
+    def reload(self) -> None:
+        """Re-read the policy (SIGHUP). A policy that fails to load leaves the old one."""
+        try:
+            policy = load_policy(self.config)
+        except Exception as exc:
+            log.error("policy reload failed, keeping the current policy: %s", exc)
+            return
+        self.policy = self.keys.policy = self.signing.policy = policy
+        log.info("policy reloaded")
+
+    def close(self) -> None:
+        self.token.close()
+        self.audit.close()
+        self.registry.close()
+
+    def check(self) -> list[Mismatch]:
+        """Compare the registry with the token: the token is the truth for key material."""
+        objects = self.token.objects()
+        private = {o.object_id for o in objects if o.object_class == "private"}
+        known: set[str] = set()
+        problems = []
+        for record in self.registry.all():
+            known.add(record.object_id)
+            if record.state is KeyState.DESTROYED:
+                if record.object_id in private:
+                    problems.append(
+                        Mismatch(
+                            record.key_id, record.object_id, "destroyed, yet still on the token"
+                        )
+                    )
+            elif record.object_id not in private:
+                problems.append(
+                    Mismatch(
+                        record.key_id, record.object_id, "private key object missing from the token"
+                    )
+                )
+        for obj in objects:
+            if obj.object_id not in known and obj.object_class == "private":
+                problems.append(
+                    Mismatch(
+                        "", obj.object_id, f"on the token (label {obj.label!r}) but not registered"
+                    )
+                )
+        return problems

@@ -1,0 +1,214 @@
+"""``signerd``: run the daemon, make a dev PKI, and manage keys through the API.
+
+The ``keys`` commands are ordinary mTLS clients of the running daemon: they hold no key
+material and need a client certificate (``--client-config`` or ``SIGNER_*`` variables).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from google.protobuf.json_format import MessageToDict
+
+from signer.errors import ConfigError, SignerError
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
+def command(
+    name: str,
+) -> Callable[[Callable[[argparse.Namespace], int]], Callable[[argparse.Namespace], int]]:
+    def register(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+        COMMANDS[name] = fn
+        return fn
+
+    return register
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from signer_client import ClientConfig, SignerClient
+
+    if args.client_config:
+        return SignerClient(ClientConfig.from_file(Path(args.client_config)))
+    return SignerClient.from_env(args.address)
+
+
+def _print_key(key: Any) -> None:
+    print(json.dumps(MessageToDict(key, preserving_proto_field_name=True), indent=2))
+
+
+@command("serve")
+def _serve(args: argparse.Namespace) -> int:
+    from signer.server import serve
+
+    return serve(Path(args.config))
+
+
+@command("dev-pki")
+def _dev_pki(args: argparse.Namespace) -> int:
+    from signer.devpki import make_dev_pki
+
+    out = Path(args.out)
+    make_dev_pki(out, args.client or ["admin"], tuple(args.server_name or ["localhost"]))
+    print(
+        f"dev PKI in {out}: ca.pem, server.pem, "
+        + ", ".join(f"client-{n}.pem" for n in (args.client or ["admin"]))
+    )
+    return 0
+
+
+@command("check")
+def _check(args: argparse.Namespace) -> int:
+    from signer.app import SignerApp
+    from signer.config import load_config
+
+    app = SignerApp(load_config(Path(args.config)))
+    try:
+        app.open()
+        problems = app.check()
+    finally:
+        app.close()
+    for problem in problems:
+        print(problem)
+    print(f"{len(problems)} disagreement(s) between the registry and the token")
+    return 1 if problems else 0
+
+
+@command("keys create")
+def _keys_create(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        _print_key(
+            client.create_key(args.label, args.algorithm, args.role, args.repository, args.quorum)
+        )
+    return 0
+
+
+@command("keys list")
+def _keys_list(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        for key in client.list_keys(args.role or "", args.repository or "", args.state or ""):
+            print(
+                f"{key.key_id}  {key.scheme:20} {key.role:12} {key.repository or '-':12} "
+                f"{key.label}  [{_state(key.state)}]"
+            )
+    return 0
+
+
+@command("keys show")
+def _keys_show(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        _print_key(client.get_key(args.key_id))
+    return 0
+
+
+@command("keys retire")
+def _keys_retire(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        _print_key(client.retire_key(args.key_id))
+    return 0
+
+
+@command("keys destroy")
+def _keys_destroy(args: argparse.Namespace) -> int:
+    if args.confirm != args.key_id:
+        print("refusing: --confirm must repeat the key_id", file=sys.stderr)
+        return 2
+    with _client(args) as client:
+        _print_key(client.destroy_key(args.key_id, args.confirm))
+    return 0
+
+
+def _state(value: int) -> str:
+    from signer.v1 import signer_pb2 as pb
+
+    return pb.KeyState.Name(value).lower()  # type: ignore[arg-type]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="signerd", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the daemon")
+    serve.add_argument("--config", required=True)
+
+    pki = sub.add_parser("dev-pki", help="make a development CA, server and client certificates")
+    pki.add_argument("--out", required=True)
+    pki.add_argument("--client", action="append", help="client identity (repeatable)")
+    pki.add_argument("--server-name", action="append", help="server DNS name (repeatable)")
+
+    check = sub.add_parser("check", help="compare the key registry with the token")
+    check.add_argument("--config", required=True)
+
+    keys = sub.add_parser("keys", help="manage keys through the running daemon")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+
+    def client_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--client-config", help="client TOML (else SIGNER_CLIENT_CONFIG / SIGNER_*)")
+        p.add_argument("--address", help="override the daemon address")
+        return p
+
+    create = client_args(keys_sub.add_parser("create", help="generate a key inside the token"))
+    create.add_argument("--label", required=True)
+    create.add_argument("--algorithm", default="ecdsa-sha2-nistp256")
+    create.add_argument("--role", required=True)
+    create.add_argument("--repository", default="")
+    create.add_argument("--quorum", action="store_true", help="sign only after M approvals")
+    lst = client_args(keys_sub.add_parser("list", help="list keys"))
+    lst.add_argument("--role")
+    lst.add_argument("--repository")
+    lst.add_argument("--state", choices=["active", "retired", "destroyed"])
+    for name in ("show", "retire"):
+        p = client_args(keys_sub.add_parser(name, help=f"{name} a key"))
+        p.add_argument("key_id")
+    destroy = client_args(keys_sub.add_parser("destroy", help="remove a key from the token"))
+    destroy.add_argument("key_id")
+    destroy.add_argument("--confirm", required=True, help="repeat the key_id")
+    for extend in PARSER_EXTENSIONS:
+        extend(sub)
+    return parser
+
+
+# Other modules (audit, quorum) add their subcommands here.
+PARSER_EXTENSIONS: list[Callable[[Any], None]] = []
+
+
+def main(argv: list[str] | None = None) -> int:
+    _load_extensions()
+    args = build_parser().parse_args(argv)
+    name = args.command + (f" {args.keys_command}" if args.command == "keys" else "")
+    for attr in ("audit_command", "request_command"):
+        if getattr(args, attr, None):
+            name = f"{args.command} {getattr(args, attr)}"
+    try:
+        return COMMANDS[name](args)
+    except (ConfigError, SignerError, ValueError, OSError) as exc:
+        print(f"signerd: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        from signer_client import ClientError
+
+        if isinstance(exc, ClientError):
+            print(f"signerd: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+def _load_extensions() -> None:
+    """Import optional command modules so they can register themselves."""
+    import importlib
+
+    for module in ("signer.audit.cli", "signer.quorum_cli"):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

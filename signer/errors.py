@@ -1,0 +1,82 @@
+"""The two error roots of the daemon.
+
+``RequestError``: the request cannot be served as asked (the caller can fix it).
+``ServiceError``: the daemon or its token cannot serve right now (the operator fixes it;
+the caller may retry). Each carries the gRPC status it is reported with, so the
+service layer never guesses.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class SignerError(Exception):
+    """Base of every error the daemon reports to a caller."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class RequestError(SignerError):
+    """The request is wrong: bad input, unknown key, not permitted."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class InvalidArgument(RequestError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(RequestError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExists(RequestError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class FailedPrecondition(RequestError):
+    """The request is well formed but the key or request is in the wrong state."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class PermissionDenied(RequestError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class Unauthenticated(RequestError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class ResourceExhausted(RequestError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class ServiceError(SignerError):
+    """The daemon cannot serve now; nothing the caller sent is at fault."""
+
+    code = grpc.StatusCode.INTERNAL
+
+
+class TokenUnavailable(ServiceError):
+    """The PKCS#11 token cannot be used now (removed, session lost, not logged in).
+
+    The daemon heals itself in the background; callers retry with backoff.
+    """
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class AuditUnavailable(ServiceError):
+    """The audit log could not be written: we fail closed and return no signature."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class ConfigError(Exception):
+    """The daemon's configuration is invalid; raised at start-up, never to a caller."""

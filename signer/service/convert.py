@@ -1,0 +1,68 @@
+"""Registry records <-> signer.v1 messages."""
+
+from __future__ import annotations
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from signer.errors import InvalidArgument
+from signer.registry import KeyRecord, KeyState
+from signer.v1 import signer_pb2 as pb
+
+ALGORITHM_NAMES: dict[int, str] = {
+    pb.ECDSA_SHA2_NISTP256: "ecdsa-sha2-nistp256",
+    pb.ECDSA_SHA2_NISTP384: "ecdsa-sha2-nistp384",
+    pb.ED25519: "ed25519",
+    pb.RSASSA_PSS_SHA256: "rsassa-pss-sha256",
+}
+ALGORITHM_ENUMS = {name: value for value, name in ALGORITHM_NAMES.items()}
+
+STATE_ENUMS = {
+    KeyState.ACTIVE: pb.ACTIVE,
+    KeyState.RETIRED: pb.RETIRED,
+    KeyState.DESTROYED: pb.DESTROYED,
+}
+STATE_NAMES = {value: state.value for state, value in STATE_ENUMS.items()}
+
+
+def algorithm_name(value: int) -> str:
+    try:
+        return ALGORITHM_NAMES[value]
+    except KeyError:
+        known = ", ".join(pb.Algorithm.Name(v) for v in ALGORITHM_NAMES)
+        raise InvalidArgument(f"unknown or unspecified algorithm {value}; known: {known}") from None
+
+
+def state_name(value: int) -> str:
+    if value == pb.KEY_STATE_UNSPECIFIED:
+        return ""
+    try:
+        return STATE_NAMES[value]
+    except KeyError:
+        raise InvalidArgument(f"unknown key state {value}") from None
+
+
+def timestamp(seconds: float | None) -> Timestamp | None:
+    if seconds is None:
+        return None
+    ts = Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+def key_message(record: KeyRecord) -> pb.Key:
+    alg = record.algorithm
+    return pb.Key(
+        key_id=record.key_id,
+        algorithm=ALGORITHM_ENUMS[alg.name],  # type: ignore[arg-type]
+        scheme=alg.scheme,
+        keytype=alg.keytype,
+        public_key_pem=record.public_key_pem,
+        tuf_key_json=record.tuf_key_json,
+        label=record.label,
+        role=record.role,
+        repository=record.repository,
+        state=STATE_ENUMS[record.state],  # type: ignore[arg-type]
+        created_at=timestamp(record.created_at),
+        retired_at=timestamp(record.retired_at),
+        quorum=record.quorum,
+    )

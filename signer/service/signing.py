@@ -1,0 +1,66 @@
+"""signer.v1.SigningService."""
+
+from __future__ import annotations
+
+import grpc
+
+from signer.errors import InvalidArgument, SignerError
+from signer.identity import principal_from_context
+from signer.service.errors import grpc_errors
+from signer.signing import SigningService, SignInput
+from signer.v1 import signer_pb2 as pb
+from signer.v1 import signer_pb2_grpc as pb_grpc
+
+
+class SigningServicer(pb_grpc.SigningServiceServicer):
+    def __init__(self, signing: SigningService, max_batch_items: int) -> None:
+        self.signing = signing
+        self.max_batch_items = max_batch_items
+
+    @grpc_errors
+    def Sign(self, request: pb.SignRequest, context: grpc.ServicerContext) -> pb.SignResponse:
+        principal = principal_from_context(context)
+        signed = self.signing.sign(principal, _input(request.key_id, request, request.request_id))
+        return pb.SignResponse(
+            key_id=signed.key_id, signature=signed.signature, scheme=signed.scheme
+        )
+
+    @grpc_errors
+    def SignBatch(
+        self, request: pb.SignBatchRequest, context: grpc.ServicerContext
+    ) -> pb.SignBatchResponse:
+        principal = principal_from_context(context)
+        if not request.items:
+            raise InvalidArgument("items is empty")
+        if len(request.items) > self.max_batch_items:
+            raise InvalidArgument(
+                f"{len(request.items)} items; a batch holds at most {self.max_batch_items}"
+            )
+        inputs = [_input(item.key_id or request.key_id, item) for item in request.items]
+        results = []
+        for outcome in self.signing.sign_batch(principal, inputs):
+            if isinstance(outcome, SignerError):
+                status = pb.ItemStatus(code=outcome.code.value[0], message=outcome.message)
+                results.append(pb.SignBatchResult(status=status))
+            else:
+                results.append(
+                    pb.SignBatchResult(
+                        status=pb.ItemStatus(code=0),
+                        key_id=outcome.key_id,
+                        signature=outcome.signature,
+                        scheme=outcome.scheme,
+                    )
+                )
+        return pb.SignBatchResponse(results=results)
+
+
+def _input(
+    key_id: str, message: pb.SignRequest | pb.SignBatchItem, request_id: str = ""
+) -> SignInput:
+    content = message.WhichOneof("content")
+    return SignInput(
+        key_id=key_id,
+        payload=message.payload if content == "payload" else None,
+        digest=message.digest if content == "digest" else None,
+        request_id=request_id,
+    )

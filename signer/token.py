@@ -1,0 +1,449 @@
+"""The PKCS#11 token: the only module that imports PKCS#11.
+
+Why it looks the way it does:
+
+* python-pkcs11 calls ``C_Initialize`` without ``CKF_OS_LOCKING_OK``, so SoftHSM switches
+  its own locking off while python-pkcs11 releases the GIL around every call. Two threads
+  in the module at once crash it. Every token call here therefore runs under one lock,
+  on one logged-in session per process. The critical section is short (one ``C_Sign``).
+* Finding an object grows with the number of objects on the token (0.3 ms with 10, ~10 ms
+  with 400), so private-key handles are cached by object id.
+* Tokens fail: a session is closed under us, the device goes away, the module is
+  re-initialised. Such faults become ``TokenUnavailable`` (gRPC UNAVAILABLE) and a
+  background healer re-initialises the module, re-opens and re-logs-in with backoff. No
+  restart is needed.
+* Never fork after ``C_Initialize``: worker processes each open the token themselves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import pkcs11
+from asn1crypto.core import OctetString
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
+from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
+from pkcs11 import exceptions as p11
+from pkcs11.util.ec import encode_named_curve_parameters
+
+from signer.algorithms import Algorithm
+from signer.errors import FailedPrecondition, InvalidArgument, ServiceError, TokenUnavailable
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Errors that mean "the token, the session or the module is gone": heal, report UNAVAILABLE.
+_FAULTS: tuple[type[Exception], ...] = (
+    p11.SessionHandleInvalid,
+    p11.SessionClosed,
+    p11.DeviceError,
+    p11.DeviceRemoved,
+    p11.DeviceMemory,
+    p11.TokenNotPresent,
+    p11.TokenNotRecognised,
+    p11.UserNotLoggedIn,
+    p11.GeneralError,
+    p11.FunctionFailed,
+    p11.SlotIDInvalid,
+    p11.NoSuchToken,
+    p11.ObjectHandleInvalid,
+    p11.KeyHandleInvalid,
+    p11.OperationActive,
+)
+
+_ED25519_OID = "1.3.101.112"
+
+
+@dataclass(frozen=True)
+class TokenSettings:
+    """Where the token is and how to log in. The PIN never comes from the config file."""
+
+    module: str
+    label: str
+    pin: str
+    serial: str | None = None
+    probe_interval: float = 2.0  # seconds between liveness probes; 0 disables
+    max_backoff: float = 5.0
+
+
+@dataclass(frozen=True)
+class TokenObject:
+    """A key object found on the token (for the start-up consistency check)."""
+
+    object_id: str
+    label: str
+    object_class: str  # "private" or "public"
+
+
+@dataclass(frozen=True)
+class SignItem:
+    object_id: str
+    algorithm: Algorithm
+    data: bytes  # what the mechanism signs: a digest, or the message for EdDSA
+
+
+class KeyObjectMissing(ServiceError):
+    """The registry names a key whose private object is not on the token."""
+
+    code = FailedPrecondition.code
+
+
+class Token:
+    """A logged-in session on one token, safe to share between threads."""
+
+    def __init__(self, settings: TokenSettings) -> None:
+        self.settings = settings
+        self._lock = threading.RLock()
+        self._lib: Any = None
+        self._session: Any = None
+        self._handles: dict[str, Any] = {}
+        self._fault: str | None = "not opened"
+        self._listeners: list[Callable[[bool], None]] = []
+        self._healer: threading.Thread | None = None
+        self._closed = threading.Event()
+        self._prober: threading.Thread | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Open and log in; raise TokenUnavailable if the token cannot be used now."""
+        with self._lock:
+            try:
+                self._reopen()
+            except (*_FAULTS, p11.PKCS11Error, OSError) as exc:
+                raise TokenUnavailable(
+                    f"cannot open token {self.settings.label!r}: {_describe(exc)}"
+                ) from exc
+        if self.settings.probe_interval > 0 and self._prober is None:
+            self._prober = threading.Thread(
+                target=self._probe_loop, name="token-probe", daemon=True
+            )
+            self._prober.start()
+
+    def close(self) -> None:
+        self._closed.set()
+        with self._lock:
+            self._handles.clear()
+            if self._session is not None:
+                with contextlib.suppress(p11.PKCS11Error):
+                    self._session.close()
+                self._session = None
+            self._fault = "closed"
+
+    @property
+    def healthy(self) -> bool:
+        return self._fault is None
+
+    @property
+    def fault(self) -> str | None:
+        return self._fault
+
+    def on_health_change(self, listener: Callable[[bool], None]) -> None:
+        self._listeners.append(listener)
+
+    # -- key operations --------------------------------------------------------------------
+
+    def generate(self, algorithm: Algorithm, label: str) -> tuple[str, PublicKeyTypes]:
+        """Generate a key pair inside the token; returns (object id, public key)."""
+        object_id = os.urandom(16)
+        private_template = {
+            Attribute.TOKEN: True,
+            Attribute.PRIVATE: True,
+            Attribute.SENSITIVE: True,
+            Attribute.EXTRACTABLE: False,
+            Attribute.SIGN: True,
+            Attribute.DECRYPT: False,
+            Attribute.UNWRAP: False,
+            Attribute.DERIVE: False,
+        }
+        public_template = {Attribute.TOKEN: True, Attribute.PRIVATE: False, Attribute.VERIFY: True}
+        if algorithm.family == "rsa":
+            public_template[Attribute.ENCRYPT] = False
+            public_template[Attribute.WRAP] = False
+
+        def run() -> tuple[str, PublicKeyTypes]:
+            session = self._session
+            if algorithm.family == "rsa":
+                pub, priv = session.generate_keypair(
+                    KeyType.RSA,
+                    algorithm.rsa_bits,
+                    store=True,
+                    label=label,
+                    id=object_id,
+                    public_template=public_template,
+                    private_template=private_template,
+                )
+            else:
+                curve = _ED25519_OID if algorithm.family == "ed25519" else algorithm.curve
+                key_type = KeyType.EC_EDWARDS if algorithm.family == "ed25519" else KeyType.EC
+                mechanism = (
+                    Mechanism.EC_EDWARDS_KEY_PAIR_GEN
+                    if algorithm.family == "ed25519"
+                    else Mechanism.EC_KEY_PAIR_GEN
+                )
+                params = session.create_domain_parameters(
+                    key_type,
+                    {Attribute.EC_PARAMS: encode_named_curve_parameters(curve)},
+                    local=True,
+                )
+                pub, priv = params.generate_keypair(
+                    store=True,
+                    label=label,
+                    id=object_id,
+                    mechanism=mechanism,
+                    public_template=public_template,
+                    private_template=private_template,
+                )
+            self._handles[object_id.hex()] = priv
+            return object_id.hex(), _public_key(algorithm, pub)
+
+        return self._call(run)
+
+    def sign(self, object_id: str, algorithm: Algorithm, data: bytes) -> bytes:
+        """Raw token signature (ECDSA: r||s) over ``data`` (a digest, or the EdDSA message)."""
+        item = SignItem(object_id, algorithm, data)
+        return self._call(lambda: self._sign_one(item))
+
+    def sign_many(self, items: Sequence[SignItem]) -> list[bytes | Exception]:
+        """Sign several items under one lock acquisition. Per-item errors are returned."""
+
+        def run() -> list[bytes | Exception]:
+            out: list[bytes | Exception] = []
+            for item in items:
+                try:
+                    out.append(self._sign_one(item))
+                except (KeyObjectMissing, InvalidArgument) as exc:
+                    out.append(exc)
+            return out
+
+        return self._call(run)
+
+    def public_key(self, object_id: str, algorithm: Algorithm) -> PublicKeyTypes:
+        def run() -> PublicKeyTypes:
+            pub = self._find(object_id, ObjectClass.PUBLIC_KEY)
+            if pub is None:
+                raise KeyObjectMissing(f"public key object {object_id} is not on the token")
+            return _public_key(algorithm, pub)
+
+        return self._call(run)
+
+    def destroy(self, object_id: str) -> int:
+        """Remove every object with this id from the token; returns how many were removed."""
+
+        def run() -> int:
+            self._handles.pop(object_id, None)
+            objs = list(self._session.get_objects({Attribute.ID: bytes.fromhex(object_id)}))
+            for obj in objs:
+                obj.destroy()
+            return len(objs)
+
+        return self._call(run)
+
+    def security_attributes(self, object_id: str) -> dict[str, bool]:
+        """The private key's protection attributes, read back from the token."""
+
+        def run() -> dict[str, bool]:
+            priv = self._find(object_id, ObjectClass.PRIVATE_KEY)
+            if priv is None:
+                raise KeyObjectMissing(f"private key object {object_id} is not on the token")
+            names = {
+                "sensitive": Attribute.SENSITIVE,
+                "extractable": Attribute.EXTRACTABLE,
+                "private": Attribute.PRIVATE,
+                "token": Attribute.TOKEN,
+                "always_sensitive": Attribute.ALWAYS_SENSITIVE,
+                "never_extractable": Attribute.NEVER_EXTRACTABLE,
+                "local": Attribute.LOCAL,
+            }
+            return {name: bool(priv[attr]) for name, attr in names.items()}
+
+        return self._call(run)
+
+    def objects(self) -> list[TokenObject]:
+        """Every key object on the token, for comparing with the registry."""
+
+        def run() -> list[TokenObject]:
+            found = []
+            for cls, name in (
+                (ObjectClass.PRIVATE_KEY, "private"),
+                (ObjectClass.PUBLIC_KEY, "public"),
+            ):
+                for obj in self._session.get_objects({Attribute.CLASS: cls}):
+                    found.append(
+                        TokenObject(bytes(obj[Attribute.ID]).hex(), str(obj[Attribute.LABEL]), name)
+                    )
+            return found
+
+        return self._call(run)
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _sign_one(self, item: SignItem) -> bytes:
+        key = self._private(item.object_id)
+        alg = item.algorithm
+        try:
+            if alg.family == "ec":
+                return bytes(key.sign(item.data, mechanism=Mechanism.ECDSA))
+            if alg.family == "ed25519":
+                return bytes(key.sign(item.data, mechanism=Mechanism.EDDSA))
+            return bytes(
+                key.sign(
+                    item.data,
+                    mechanism=Mechanism.RSA_PKCS_PSS,
+                    mechanism_param=(Mechanism.SHA256, pkcs11.MGF.SHA256, alg.digest_size),
+                )
+            )
+        except (p11.DataLenRange, p11.DataInvalid) as exc:
+            raise InvalidArgument(
+                f"the token rejected the data for {alg.name}: {_describe(exc)}"
+            ) from exc
+
+    def _private(self, object_id: str) -> Any:
+        key = self._handles.get(object_id)
+        if key is None:
+            key = self._find(object_id, ObjectClass.PRIVATE_KEY)
+            if key is None:
+                raise KeyObjectMissing(f"private key object {object_id} is not on the token")
+            self._handles[object_id] = key
+        return key
+
+    def _find(self, object_id: str, cls: ObjectClass) -> Any | None:
+        objs = list(
+            self._session.get_objects(
+                {Attribute.CLASS: cls, Attribute.ID: bytes.fromhex(object_id)}
+            )
+        )
+        return objs[0] if objs else None
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the session under the lock; on a token fault, heal once and retry.
+
+        A stale handle after the token came back is the common case and heals in place;
+        if the retry fails too, the token is marked broken and the healer takes over.
+        """
+        with self._lock:
+            if self._fault is not None:
+                raise TokenUnavailable(
+                    f"token {self.settings.label!r} is unavailable: {self._fault}"
+                )
+            try:
+                return fn()
+            except _FAULTS as exc:
+                first = exc
+            except KeyObjectMissing:
+                # The session may be stale (token removed and re-inserted): re-open, look again.
+                first = None
+            try:
+                self._reopen()
+                return fn()
+            except (*_FAULTS, p11.PKCS11Error) as exc:
+                self._mark_broken(exc if first is None else first)
+                raise TokenUnavailable(
+                    f"token {self.settings.label!r} is unavailable: {self._fault}"
+                ) from exc
+
+    def _reopen(self) -> None:
+        """(Re-)initialise the module, find the token by label, open a session, log in."""
+        self._handles.clear()
+        if self._session is not None:
+            with contextlib.suppress(p11.PKCS11Error):
+                self._session.close()
+            self._session = None
+        if self._lib is None:
+            self._lib = pkcs11.lib(self.settings.module)
+        else:
+            try:
+                self._lib.reinitialize()
+            except p11.PKCS11Error:
+                self._lib.initialize()
+        kwargs: dict[str, str] = {"token_label": self.settings.label}
+        if self.settings.serial:
+            kwargs["token_serial"] = self.settings.serial
+        token = self._lib.get_token(**kwargs)
+        try:
+            self._session = token.open(rw=True, user_pin=self.settings.pin)
+        except (p11.PinIncorrect, p11.PinLocked, p11.PinExpired) as exc:
+            raise TokenUnavailable(
+                f"login to token {self.settings.label!r} refused: {_describe(exc)}"
+            ) from exc
+        self._set_health(None)
+
+    def _mark_broken(self, exc: BaseException) -> None:
+        self._session = None
+        self._handles.clear()
+        self._set_health(_describe(exc))
+        log.error("token %r fault: %s; healing in background", self.settings.label, self._fault)
+        if self._healer is None or not self._healer.is_alive():
+            self._healer = threading.Thread(target=self._heal, name="token-healer", daemon=True)
+            self._healer.start()
+
+    def _heal(self) -> None:
+        delay = 0.05
+        while not self._closed.is_set():
+            time.sleep(delay)
+            with self._lock:
+                if self._fault is None:
+                    return
+                try:
+                    self._reopen()
+                    log.warning("token %r is back", self.settings.label)
+                    return
+                except Exception as exc:  # keep trying whatever the module says
+                    self._fault = _describe(exc)
+            delay = min(delay * 2, self.settings.max_backoff)
+
+    def _probe_loop(self) -> None:
+        """Notice a vanished token while idle, so health reports it before a request fails."""
+        while not self._closed.wait(self.settings.probe_interval):
+            with self._lock:
+                if self._fault is not None or self._session is None:
+                    continue
+                try:
+                    kwargs = {"token_label": self.settings.label}
+                    self._lib.get_token(**kwargs)
+                except (*_FAULTS, p11.PKCS11Error) as exc:
+                    self._mark_broken(exc)
+
+    def _set_health(self, fault: str | None) -> None:
+        was_healthy = self._fault is None
+        self._fault = fault
+        if was_healthy != (fault is None):
+            for listener in self._listeners:
+                try:
+                    listener(fault is None)
+                except Exception:  # a listener must not break the token
+                    log.exception("token health listener failed")
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _octets(value: bytes, raw_length: int) -> bytes:
+    """EC_POINT is a DER OCTET STRING; some modules return the bare point."""
+    value = bytes(value)
+    if len(value) == raw_length:
+        return value
+    return bytes(OctetString.load(value).native)
+
+
+def _public_key(algorithm: Algorithm, pub: Any) -> PublicKeyTypes:
+    if algorithm.family == "rsa":
+        n = int.from_bytes(bytes(pub[Attribute.MODULUS]), "big")
+        e = int.from_bytes(bytes(pub[Attribute.PUBLIC_EXPONENT]), "big")
+        return rsa.RSAPublicNumbers(e, n).public_key()
+    if algorithm.family == "ed25519":
+        return ed25519.Ed25519PublicKey.from_public_bytes(_octets(pub[Attribute.EC_POINT], 32))
+    curve: ec.EllipticCurve = ec.SECP256R1() if algorithm.curve == "secp256r1" else ec.SECP384R1()
+    point = _octets(pub[Attribute.EC_POINT], 1 + 2 * ((curve.key_size + 7) // 8))
+    return ec.EllipticCurvePublicKey.from_encoded_point(curve, point)
