@@ -1,0 +1,200 @@
+"""Test harness: a real SoftHSM2 token in a temp dir, a real dev PKI, a real daemon process.
+
+Nothing is mocked. Each daemon gets its own SOFTHSM2_CONF, token, state dir and port.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from signer.devpki import file_stem, make_dev_pki
+from signer_client import ClientConfig, SignerClient
+
+ROOT = Path(__file__).resolve().parent.parent
+PIN = "test-pin-4711"
+SO_PIN = "test-so-pin-0815"
+MODULE = "/usr/lib/softhsm/libsofthsm2.so"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def create_token(directory: Path, label: str = "tuf-signer") -> dict[str, str]:
+    """A fresh SoftHSM2 token; returns the environment that selects it."""
+    env = dict(os.environ, SIGNER_PIN=PIN, SIGNER_SO_PIN=SO_PIN)
+    subprocess.run(
+        [str(ROOT / "softhsm" / "create-token.sh"), str(directory), label],
+        check=True, env=env, capture_output=True,
+    )
+    return {"SOFTHSM2_CONF": str(directory / "softhsm2.conf"), "SIGNER_PIN": PIN}
+
+
+@dataclass
+class Daemon:
+    """A running ``signerd serve`` with its token, PKI and state under ``root``."""
+
+    root: Path
+    port: int
+    env: dict[str, str]
+    label: str = "tuf-signer"
+    workers: int = 1
+    policy: str | None = None  # policy TOML text, written next to the config
+    extra_config: str = ""
+    clients: list[str] = field(default_factory=lambda: ["admin"])
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pki(self) -> Path:
+        return self.root / "pki"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "signer.toml"
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / "signerd.log"
+
+    @property
+    def address(self) -> str:
+        return f"localhost:{self.port}"
+
+    def write_config(self) -> None:
+        make_dev_pki(self.pki, self.clients)
+        policy_line = ""
+        if self.policy is not None:
+            (self.root / "policy.toml").write_text(self.policy)
+            policy_line = '[policy]\nfile = "policy.toml"\n'
+        self.config_path.write_text(
+            f"""[server]
+listen = "127.0.0.1:{self.port}"
+workers = {self.workers}
+grace_seconds = 5
+
+[tls]
+ca = "pki/ca.pem"
+cert = "pki/server.pem"
+key = "pki/server-key.pem"
+
+[token]
+module = "{MODULE}"
+label = "{self.label}"
+pin_env = "SIGNER_PIN"
+probe_interval = 0.5
+
+[state]
+dir = "state"
+
+{policy_line}
+{self.extra_config}
+"""
+        )
+
+    def start(self, wait: bool = True) -> None:
+        self.write_config()
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "signer.cli", "serve", "--config", str(self.config_path)],
+            env=dict(os.environ, **self.env), stdout=log, stderr=subprocess.STDOUT, cwd=self.root,
+        )
+        if wait:
+            self.wait_serving()
+
+    def wait_serving(self, timeout: float = 30.0, want: int = health_pb2.HealthCheckResponse.SERVING) -> None:
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"signerd exited ({self.proc.returncode}):\n{self.log()}")
+            try:
+                if self.health() == want:
+                    return
+            except grpc.RpcError as exc:
+                last = exc
+            time.sleep(0.1)
+        raise TimeoutError(f"signerd not in state {want} after {timeout}s ({last}):\n{self.log()}")
+
+    def health(self, service: str = "") -> int:
+        with self.channel("admin") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            return int(stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2).status)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def client_config(self, name: str = "admin", **overrides: Any) -> ClientConfig:
+        stem = "client-" + file_stem(name)
+        if not (self.pki / f"{stem}.pem").exists():
+            make_dev_pki(self.pki, [name])
+        values: dict[str, Any] = {
+            "address": self.address,
+            "ca": self.pki / "ca.pem",
+            "cert": self.pki / f"{stem}.pem",
+            "key": self.pki / f"{stem}-key.pem",
+            "timeout": 10.0,
+            "retries": 0,
+        }
+        values.update(overrides)
+        return ClientConfig(**values)
+
+    def client(self, name: str = "admin", **overrides: Any) -> SignerClient:
+        return SignerClient(self.client_config(name, **overrides))
+
+    def channel(self, name: str = "admin") -> grpc.Channel:
+        from signer_client.client import secure_channel
+
+        return secure_channel(self.client_config(name))
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 20.0) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@contextmanager
+def running_daemon(root: Path, **kwargs: Any) -> Iterator[Daemon]:
+    """Token + PKI + daemon under ``root``; stopped (and its log kept) afterwards."""
+    root.mkdir(parents=True, exist_ok=True)
+    label = kwargs.pop("label", "tuf-signer")
+    env = create_token(root / "hsm", label)
+    daemon = Daemon(root=root, port=free_port(), env=env, label=label, **kwargs)
+    daemon.start()
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
