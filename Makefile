@@ -1,0 +1,67 @@
+# signerd: `make run` sets everything up and runs the demo; `make test` runs every check.
+SHELL := /bin/bash
+PYTHON ?= python3
+RUN_DIR ?= .run
+export PYTHONPATH := $(CURDIR):$(CURDIR)/clients$(if $(PYTHONPATH),:$(PYTHONPATH))
+
+APT_PACKAGES := softhsm2 notary
+empty :=
+space := $(empty) $(empty)
+comma := ,
+PY_IMPORTS := pkcs11 grpc grpc_tools grpc_health grpc_reflection google.protobuf cryptography sqlite_utils tuf securesystemslib pytest pytest_timeout
+
+.PHONY: help deps run demo stop test lint typecheck proto proto-check pytest bench clean
+
+help:
+	@echo "make run    install what is missing, create a SoftHSM token, dev PKI and state, start signerd, run the demo"
+	@echo "make test   lint, type-check, check generated code, run the test suite"
+	@echo "make stop   stop the daemon started by make run"
+	@echo "make bench  run the benchmarks under bench/"
+	@echo "make proto  regenerate gRPC code from protos/"
+
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@if ! $(PYTHON) -c 'import $(subst $(space),$(comma),$(PY_IMPORTS))' 2>/dev/null || ! command -v ruff >/dev/null || ! $(PYTHON) -m mypy --version >/dev/null 2>&1; then \
+	  echo "installing Python packages"; \
+	  $(PYTHON) -m pip install -q -e '.[dev]'; \
+	fi
+
+run: deps
+	@RUN_DIR=$(RUN_DIR) PYTHON=$(PYTHON) scripts/dev-up.sh
+
+demo:
+	@RUN_DIR=$(RUN_DIR) PYTHON=$(PYTHON) scripts/dev-up.sh --demo-only
+
+stop:
+	@if [ -f $(RUN_DIR)/signerd.pid ] && kill -0 $$(cat $(RUN_DIR)/signerd.pid) 2>/dev/null; then \
+	  kill -TERM $$(cat $(RUN_DIR)/signerd.pid) && echo "signerd stopped"; else echo "signerd is not running"; fi
+	@rm -f $(RUN_DIR)/signerd.pid
+
+test: deps lint typecheck proto-check pytest
+
+lint:
+	ruff check .
+	ruff format --check .
+
+typecheck:
+	$(PYTHON) -m mypy
+
+proto:
+	scripts/gen-protos.sh
+
+proto-check:
+	scripts/gen-protos.sh --check
+
+pytest:
+	$(PYTHON) -m pytest -q $(PYTEST_ARGS)
+
+bench: deps
+	@for b in bench/bench_*.py; do echo "== $$b"; $(PYTHON) $$b || exit 1; done
+
+clean: stop
+	rm -rf $(RUN_DIR)
