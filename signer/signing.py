@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from signer.audit import AuditEvent, AuditLog, Outcome
@@ -61,6 +61,16 @@ class _Prepared:
     tbs: bytes  # what the token signs
 
 
+@dataclass
+class _Batch:
+    """A batch between signing in the token and committing its audit entries."""
+
+    principal: Principal
+    results: list[Signed | SignerError | None]
+    signed: list[tuple[_Prepared, bytes]] = field(default_factory=list)
+    events: list[AuditEvent] = field(default_factory=list)
+
+
 class SigningService:
     def __init__(
         self,
@@ -91,61 +101,82 @@ class SigningService:
 
         Raises only AuditUnavailable (or a token fault), in which case nothing is returned.
         """
-        results: list[Signed | SignerError | None] = [None] * len(items)
+        batch = self.begin(principal, items)
+        seqs = self.audit.record(*batch.events) if batch.events else []
+        return self.complete(batch, seqs)
+
+    async def sign_batch_async(
+        self, principal: Principal, items: Sequence[SignInput]
+    ) -> list[Signed | SignerError]:
+        """``sign_batch`` for an asyncio server: waits for the audit commit without a thread."""
+        batch = self.begin(principal, items)
+        seqs = await self.audit.record_async(*batch.events) if batch.events else []
+        return self.complete(batch, seqs)
+
+    def begin(self, principal: Principal, items: Sequence[SignInput]) -> _Batch:
+        """Check every item, sign the acceptable ones in the token; nothing is released yet."""
+        batch = _Batch(principal, [None] * len(items))
         prepared: list[_Prepared] = []
         for index, item in enumerate(items):
             try:
                 prepared.append(self._prepare(principal, index, item))
             except SignerError as exc:
-                results[index] = exc
+                batch.results[index] = exc
                 digest = hashlib.sha256(item.payload).hexdigest() if item.payload else ""
-                key_id = item.key_id
                 record_failure(
-                    self.audit, principal, "sign", Resource(key_id), exc, digest, item.request_id
+                    self.audit,
+                    principal,
+                    "sign",
+                    Resource(item.key_id),
+                    exc,
+                    digest,
+                    item.request_id,
                 )
-        if prepared:
-            raw = self.token.sign_many(
-                [SignItem(p.key.object_id, p.key.algorithm, p.tbs) for p in prepared]
+        if not prepared:
+            return batch
+        raw = self.token.sign_many(
+            [SignItem(p.key.object_id, p.key.algorithm, p.tbs) for p in prepared]
+        )
+        for p, signature in zip(prepared, raw, strict=True):
+            if isinstance(signature, SignerError):
+                batch.results[p.index] = signature
+                record_failure(
+                    self.audit,
+                    principal,
+                    "sign",
+                    resource_of(p.key),
+                    signature,
+                    p.payload_sha256,
+                    p.item.request_id,
+                )
+                continue
+            if isinstance(signature, Exception):
+                raise signature
+            batch.signed.append((p, signature))
+            batch.events.append(
+                AuditEvent(
+                    principal.name,
+                    "sign",
+                    Outcome.ALLOWED,
+                    p.key.key_id,
+                    p.key.role,
+                    p.key.repository,
+                    p.payload_sha256,
+                    request_id=p.item.request_id,
+                )
             )
-            events: list[AuditEvent] = []
-            done: list[tuple[_Prepared, bytes]] = []
-            for p, signature in zip(prepared, raw, strict=True):
-                if isinstance(signature, SignerError):
-                    results[p.index] = signature
-                    record_failure(
-                        self.audit,
-                        principal,
-                        "sign",
-                        resource_of(p.key),
-                        signature,
-                        p.payload_sha256,
-                        p.item.request_id,
-                    )
-                    continue
-                if isinstance(signature, Exception):
-                    raise signature
-                done.append((p, signature))
-                events.append(
-                    AuditEvent(
-                        principal.name,
-                        "sign",
-                        Outcome.ALLOWED,
-                        p.key.key_id,
-                        p.key.role,
-                        p.key.repository,
-                        p.payload_sha256,
-                        request_id=p.item.request_id,
-                    )
-                )
-            seqs = self.audit.record(*events) if events else []
-            for (p, signature), seq in zip(done, seqs, strict=True):
-                for guard in self.guards:
-                    guard.signed(principal, p.key, p.item)
-                alg = p.key.algorithm
-                results[p.index] = Signed(
-                    p.key.key_id, alg.encode_signature(signature), alg.scheme, seq
-                )
-        return [r for r in results if r is not None]
+        return batch
+
+    def complete(self, batch: _Batch, seqs: Sequence[int]) -> list[Signed | SignerError]:
+        """After the audit entries are committed: release the signatures."""
+        for (p, signature), seq in zip(batch.signed, seqs, strict=True):
+            for guard in self.guards:
+                guard.signed(batch.principal, p.key, p.item)
+            alg = p.key.algorithm
+            batch.results[p.index] = Signed(
+                p.key.key_id, alg.encode_signature(signature), alg.scheme, seq
+            )
+        return [r for r in batch.results if r is not None]
 
     def _prepare(self, principal: Principal, index: int, item: SignInput) -> _Prepared:
         if not item.key_id:

@@ -14,12 +14,13 @@ write lock (BEGIN IMMEDIATE) and reads the tip of the chain inside it.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -80,13 +81,23 @@ def entry_hash(prev_hash: str, seq: int, event: dict[str, object]) -> str:
 
 
 class _Pending:
-    __slots__ = ("done", "error", "events", "seqs")
+    """Entries waiting for the writer; ``notify`` wakes an asyncio waiter, if any."""
 
-    def __init__(self, events: Sequence[AuditEvent]) -> None:
+    __slots__ = ("done", "error", "events", "notify", "seqs")
+
+    def __init__(
+        self, events: Sequence[AuditEvent], notify: Callable[[], object] | None = None
+    ) -> None:
         self.events = events
         self.done = threading.Event()
+        self.notify = notify
         self.error: BaseException | None = None
         self.seqs: list[int] = []
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class AuditLog:
@@ -109,6 +120,23 @@ class AuditLog:
             self._queue.append(pending)
             self._cv.notify()
         pending.done.wait()
+        if pending.error is not None:
+            raise AuditUnavailable(
+                f"the audit log could not be written ({pending.error}); nothing was signed"
+            ) from pending.error
+        return pending.seqs
+
+    async def record_async(self, *events: AuditEvent) -> list[int]:
+        """``record`` for asyncio callers: the event loop keeps serving while we wait."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        pending = _Pending(events, lambda: loop.call_soon_threadsafe(_resolve, future))
+        with self._cv:
+            if self._stopped:
+                raise AuditUnavailable("the audit log is closed")
+            self._queue.append(pending)
+            self._cv.notify()
+        await future
         if pending.error is not None:
             raise AuditUnavailable(
                 f"the audit log could not be written ({pending.error}); nothing was signed"
@@ -138,6 +166,8 @@ class AuditLog:
                     pending.error = exc
             for pending in batch:
                 pending.done.set()
+                if pending.notify is not None:
+                    pending.notify()
 
     def _commit(self, batch: list[_Pending]) -> None:
         conn = self._conn
