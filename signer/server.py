@@ -7,6 +7,7 @@ spawned, not forked). The parent only supervises: it never loads the PKCS#11 mod
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import multiprocessing
 import os
@@ -24,8 +25,9 @@ from signer.app import SignerApp
 from signer.config import SignerConfig, load_config
 from signer.errors import ConfigError, SignerError
 from signer.service.keys import KeyServicer
+from signer.service.registration import add_service
 from signer.service.signing import SigningServicer
-from signer.v1 import signer_pb2, signer_pb2_grpc
+from signer.v1 import signer_pb2
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +51,22 @@ def server_credentials(config: SignerConfig) -> grpc.ServerCredentials:
 
 
 class Daemon:
-    """One serving process: the app, its gRPC server and its health reporting."""
+    """One serving process: the app, its asyncio gRPC server and its health reporting.
+
+    Signing handlers are coroutines on the event loop (no thread hop on the hot path);
+    administrative handlers are plain functions run in the server's thread pool.
+    """
+
+    extra_service_names: list[str]
+    health_names: list[str]
 
     def __init__(self, config: SignerConfig, reuse_port: bool) -> None:
         self.config = config
+        self.extra_service_names = []
+        self.health_names = []
         self.app = SignerApp(config)
-        self.health = health.HealthServicer(experimental_non_blocking=True)
+        self.health = health.aio.HealthServicer()
+        self._loop: asyncio.AbstractEventLoop | None = None
         options = [
             ("grpc.so_reuseport", 1 if reuse_port else 0),
             ("grpc.max_receive_message_length", config.max_message_bytes),
@@ -62,12 +74,17 @@ class Daemon:
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ]
-        self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="rpc"), options=options
+        threads = int(os.environ.get("SIGNER_RPC_THREADS", "8"))
+        self.server = grpc.aio.server(
+            migration_thread_pool=futures.ThreadPoolExecutor(threads, thread_name_prefix="rpc"),
+            options=options,
         )
-        signer_pb2_grpc.add_KeyServiceServicer_to_server(KeyServicer(self.app.keys), self.server)
-        signer_pb2_grpc.add_SigningServiceServicer_to_server(
-            SigningServicer(self.app.signing, config.max_batch_items), self.server
+        services = signer_pb2.DESCRIPTOR.services_by_name
+        add_service(self.server, KeyServicer(self.app.keys), services["KeyService"])
+        add_service(
+            self.server,
+            SigningServicer(self.app.signing, config.max_batch_items),
+            services["SigningService"],
         )
         for extension in extensions():
             extension(self)
@@ -85,18 +102,16 @@ class Daemon:
         if not self.port:
             raise ConfigError(f"cannot listen on {config.listen}")
 
-    extra_service_names: list[str] = []
-    health_names: list[str] = []
-
-    def start(self) -> None:
-        self.app.token.on_health_change(self._set_health)
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.app.token.on_health_change(self._health_changed)
         try:
             self.app.open()
         except SignerError as exc:
             log.error("%s; serving NOT_SERVING until the token is back", exc)
             self.app.token._mark_broken(exc)  # the healer retries with backoff
-        self._set_health(self.app.token.healthy)
-        self.server.start()
+        await self._set_health(self.app.token.healthy)
+        await self.server.start()
         log.info("listening on %s (port %d), mutual TLS required", self.config.listen, self.port)
 
     def report_mismatches(self) -> None:
@@ -106,20 +121,26 @@ class Daemon:
         except SignerError as exc:
             log.warning("start-up check skipped: %s", exc)
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
         """Finish in-flight requests (up to the grace period), then close the token."""
-        self.health.enter_graceful_shutdown()
-        self.server.stop(self.config.grace_seconds).wait()
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.config.grace_seconds)
         self.app.close()
 
-    def _set_health(self, healthy: bool) -> None:
+    def _health_changed(self, healthy: bool) -> None:
+        """Called from the token's threads: hand over to the event loop."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(lambda: loop.create_task(self._set_health(healthy)))
+
+    async def _set_health(self, healthy: bool) -> None:
         status = (
             health_pb2.HealthCheckResponse.SERVING
             if healthy
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
         for name in ["", *SERVICE_NAMES, *self.health_names]:
-            self.health.set(name, status)
+            await self.health.set(name, status)
 
 
 def extensions() -> list:
@@ -145,22 +166,27 @@ def _configure_logging(worker: int | None) -> None:
 def run_worker(config_path: str, index: int, reuse_port: bool) -> None:
     """Serve until SIGTERM/SIGINT. Runs in its own (spawned) process, or in the parent."""
     _configure_logging(index if reuse_port else None)
+    asyncio.run(_serve(config_path, index, reuse_port))
+
+
+async def _serve(config_path: str, index: int, reuse_port: bool) -> None:
+    # The asyncio server must be made inside the loop that runs it.
     try:
-        config = load_config(Path(config_path))
-        daemon = Daemon(config, reuse_port)
+        daemon = Daemon(load_config(Path(config_path)), reuse_port)
     except ConfigError as exc:
         log.error("%s", exc)
         raise SystemExit(EXIT_CONFIG) from exc
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGHUP, lambda *_: daemon.app.reload())
-    daemon.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, daemon.app.reload)
+    await daemon.start()
     if index == 0:
-        daemon.report_mismatches()
-    stop.wait()
+        await asyncio.to_thread(daemon.report_mismatches)
+    await stop.wait()
     log.info("stopping: finishing in-flight requests")
-    daemon.stop()
+    await daemon.stop()
 
 
 def serve(config_path: Path) -> int:

@@ -56,6 +56,7 @@ class Daemon:
     workers: int = 1
     policy: str | None = None  # policy TOML text, written next to the config
     extra_config: str = ""
+    server_options: str = ""  # extra lines for the [server] table
     clients: list[str] = field(default_factory=lambda: ["admin"])
     proc: subprocess.Popen[bytes] | None = None
 
@@ -90,6 +91,7 @@ class Daemon:
 listen = "127.0.0.1:{self.port}"
 workers = {self.workers}
 grace_seconds = 5
+{self.server_options}
 
 [tls]
 ca = "pki/ca.pem"

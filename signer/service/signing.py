@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import grpc
+from typing import Any
 
 from signer.errors import InvalidArgument, SignerError
 from signer.identity import principal_from_context
@@ -17,18 +17,22 @@ class SigningServicer(pb_grpc.SigningServiceServicer):
         self.signing = signing
         self.max_batch_items = max_batch_items
 
+    # Sign and SignBatch are the hot path: coroutines on the server's event loop. The other
+    # methods are plain functions, run in the server's thread pool.
+
     @grpc_errors
-    def Sign(self, request: pb.SignRequest, context: grpc.ServicerContext) -> pb.SignResponse:
+    async def Sign(self, request: pb.SignRequest, context: Any) -> pb.SignResponse:
         principal = principal_from_context(context)
-        signed = self.signing.sign(principal, _input(request.key_id, request, request.request_id))
+        item = _input(request.key_id, request, request.request_id)
+        (signed,) = await self.signing.sign_batch_async(principal, [item])
+        if isinstance(signed, SignerError):
+            raise signed
         return pb.SignResponse(
             key_id=signed.key_id, signature=signed.signature, scheme=signed.scheme
         )
 
     @grpc_errors
-    def SignBatch(
-        self, request: pb.SignBatchRequest, context: grpc.ServicerContext
-    ) -> pb.SignBatchResponse:
+    async def SignBatch(self, request: pb.SignBatchRequest, context: Any) -> pb.SignBatchResponse:
         principal = principal_from_context(context)
         if not request.items:
             raise InvalidArgument("items is empty")
@@ -38,7 +42,7 @@ class SigningServicer(pb_grpc.SigningServiceServicer):
             )
         inputs = [_input(item.key_id or request.key_id, item) for item in request.items]
         results = []
-        for outcome in self.signing.sign_batch(principal, inputs):
+        for outcome in await self.signing.sign_batch_async(principal, inputs):
             if isinstance(outcome, SignerError):
                 status = pb.ItemStatus(code=outcome.code.value[0], message=outcome.message)
                 results.append(pb.SignBatchResult(status=status))

@@ -1,0 +1,167 @@
+"""Benchmark: unary Sign and SignBatch (ECDSA P-256) against raw python-pkcs11 signing.
+
+Starts a real SoftHSM token and a real signerd (mutual TLS, N worker processes) in a temp
+dir, then drives it from several client processes. Prints signs/s, p50/p99 latency and the
+ratio to the raw token rate measured in a separate process on the same token.
+
+    python bench/bench_sign.py [--seconds 5] [--workers 2] [--clients 4] [--batch 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "clients"), str(ROOT / "tests")]
+
+from harness import running_daemon  # noqa: E402
+
+PAYLOAD = b'{"_type":"timestamp","expires":"2030-01-01T00:00:00Z","meta":{},"version":1}'
+
+RAW_SCRIPT = textwrap.dedent(
+    """
+    import hashlib, os, sys, time, pkcs11
+    from pkcs11 import Attribute, Mechanism, ObjectClass
+    lib = pkcs11.lib("/usr/lib/softhsm/libsofthsm2.so")
+    session = lib.get_token(token_label=sys.argv[1]).open(user_pin=os.environ["SIGNER_PIN"])
+    key = next(session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY,
+                                    Attribute.ID: bytes.fromhex(sys.argv[2])}))
+    seconds = float(sys.argv[3])
+    lat = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t = time.perf_counter()
+        key.sign(hashlib.sha256(b"%d" % len(lat)).digest(), mechanism=Mechanism.ECDSA)
+        lat.append(time.perf_counter() - t)
+    print(len(lat), *lat[:: max(1, len(lat) // 2000)])
+    """
+)
+
+
+def _client_proc(config: dict, key_id: str, mode: str, batch: int, concurrency: int,
+                 seconds: float, start_at: float, out: mp.Queue) -> None:
+    """One client process: ``concurrency`` calls in flight on one grpc.aio channel."""
+    import asyncio
+
+    import grpc
+
+    from signer.v1 import signer_pb2 as pb
+    from signer.v1 import signer_pb2_grpc as pb_grpc
+
+    async def run() -> tuple[int, list[float]]:
+        creds = grpc.ssl_channel_credentials(
+            Path(config["ca"]).read_bytes(), Path(config["key"]).read_bytes(),
+            Path(config["cert"]).read_bytes(),
+        )
+        async with grpc.aio.secure_channel(config["address"], creds) as channel:
+            stub = pb_grpc.SigningServiceStub(channel)
+            unary = pb.SignRequest(key_id=key_id, payload=PAYLOAD)
+            many = pb.SignBatchRequest(
+                key_id=key_id, items=[pb.SignBatchItem(payload=PAYLOAD + b"%d" % n)
+                                      for n in range(batch)])
+            await stub.Sign(unary)
+            count, latencies = 0, []
+            await asyncio.sleep(max(0.0, start_at - time.time()))
+            end = start_at + seconds
+
+            async def caller() -> None:
+                nonlocal count
+                while time.time() < end:
+                    t = time.perf_counter()
+                    if mode == "unary":
+                        response = await stub.Sign(unary)
+                        assert response.signature
+                        count += 1
+                    else:
+                        response = await stub.SignBatch(many)
+                        assert all(r.status.code == 0 for r in response.results)
+                        count += len(response.results)
+                    latencies.append(time.perf_counter() - t)
+
+            await asyncio.gather(*(caller() for _ in range(concurrency)))
+            return count, latencies
+
+    out.put(asyncio.run(run()))
+
+
+def drive(daemon, key_id: str, mode: str, clients: int, threads: int, batch: int,
+          seconds: float) -> tuple[float, float, float]:
+    ctx = mp.get_context("spawn")
+    out: mp.Queue = ctx.Queue()
+    cfg = daemon.client_config("admin").__dict__
+    start_at = time.time() + 2.0
+    procs = [
+        ctx.Process(target=_client_proc,
+                    args=(cfg, key_id, mode, batch, threads, seconds, start_at, out))
+        for _ in range(clients)
+    ]
+    for p in procs:
+        p.start()
+    total, lats = 0, []
+    for _ in procs:
+        n, lat = out.get()
+        total += n
+        lats.extend(lat)
+    for p in procs:
+        p.join()
+    lats.sort()
+    p50 = statistics.median(lats) * 1000
+    p99 = lats[int(len(lats) * 0.99) - 1] * 1000
+    return total / seconds, p50, p99
+
+
+def raw_rate(daemon, object_id: str, seconds: float) -> tuple[float, float, float]:
+    env = dict(os.environ, **daemon.env)
+    out = subprocess.run([sys.executable, "-c", RAW_SCRIPT, daemon.label, object_id, str(seconds)],
+                         env=env, capture_output=True, text=True, check=True).stdout.split()
+    n, lats = int(out[0]), sorted(float(x) for x in out[1:])
+    return n / seconds, statistics.median(lats) * 1000, lats[int(len(lats) * 0.99) - 1] * 1000
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--clients", type=int, default=4, help="client processes")
+    ap.add_argument("--concurrency", type=int, default=16, help="calls in flight per client")
+    ap.add_argument("--batch", type=int, default=64)
+    args = ap.parse_args()
+    import sqlite3
+
+    with tempfile.TemporaryDirectory() as tmp, running_daemon(
+        Path(tmp), workers=args.workers
+    ) as daemon:
+        client = daemon.client()
+        key = client.create_key("bench-p256", "ecdsa-sha2-nistp256", "timestamp")
+        client.sign(key.key_id, PAYLOAD)
+        object_id = sqlite3.connect(daemon.state / "keys.db").execute(
+            "SELECT object_id FROM keys WHERE key_id = ?", (key.key_id,)).fetchone()[0]
+        raw = raw_rate(daemon, object_id, args.seconds)
+        unary = drive(daemon, key.key_id, "unary", args.clients, args.concurrency, 1, args.seconds)
+        batch = drive(daemon, key.key_id, "batch", args.clients, 2, args.batch, args.seconds)
+        audited = sqlite3.connect(daemon.state / "audit.db").execute(
+            "SELECT COUNT(*) FROM audit WHERE operation = 'sign' AND outcome = 'allowed'"
+        ).fetchone()[0]
+    print(f"signerd bench: ECDSA P-256, {args.workers} worker processes, {args.clients} client "
+          f"processes, {os.cpu_count()} cores, {args.seconds:.0f}s per run")
+    print(f"{'path':34} {'signs/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'vs raw':>7}")
+    rows = [("raw python-pkcs11 (1 thread)", raw),
+            (f"unary Sign ({args.clients}x{args.concurrency} in flight)", unary),
+            (f"SignBatch x{args.batch} ({args.clients}x2 in flight)", batch)]
+    for name, (rate, p50, p99) in rows:
+        print(f"{name:34} {rate:10.0f} {p50:8.2f} {p99:8.2f} {rate / raw[0]:7.2f}")
+    print(f"audit rows for allowed signatures: {audited}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
