@@ -200,3 +200,60 @@ def running_daemon(root: Path, **kwargs: Any) -> Iterator[Daemon]:
         yield daemon
     finally:
         daemon.stop()
+
+
+_READ_TOKEN = r"""
+import json, os, sys, pkcs11
+from pkcs11 import Attribute, ObjectClass
+from pkcs11 import exceptions as p11
+lib = pkcs11.lib(sys.argv[1])
+session = lib.get_token(token_label=sys.argv[2]).open(user_pin=os.environ["SIGNER_PIN"])
+out = []
+for cls, name in ((ObjectClass.PRIVATE_KEY, "private"), (ObjectClass.PUBLIC_KEY, "public")):
+    for obj in session.get_objects({Attribute.CLASS: cls}):
+        row = {"class": name, "id": bytes(obj[Attribute.ID]).hex(), "label": obj[Attribute.LABEL]}
+        for attr in ("SENSITIVE", "EXTRACTABLE", "PRIVATE", "TOKEN", "ALWAYS_SENSITIVE",
+                     "NEVER_EXTRACTABLE", "SIGN", "LOCAL"):
+            try:
+                row[attr.lower()] = bool(obj[getattr(Attribute, attr)])
+            except p11.PKCS11Error as exc:
+                row[attr.lower()] = type(exc).__name__
+        if name == "private":
+            try:
+                obj[Attribute.PRIVATE_EXPONENT if obj.key_type.name == "RSA" else Attribute.VALUE]
+                row["value_readable"] = True
+            except p11.PKCS11Error as exc:
+                row["value_readable"] = type(exc).__name__
+        out.append(row)
+print(json.dumps(out))
+"""
+
+
+def read_token_objects(daemon: Daemon) -> list[dict[str, Any]]:
+    """Every key object on the daemon's token with its attributes, read by a separate
+    process straight through PKCS#11 (not through the daemon)."""
+    import json
+
+    result = subprocess.run(
+        [sys.executable, "-c", _READ_TOKEN, MODULE, daemon.label],
+        env=dict(os.environ, **daemon.env), capture_output=True, text=True, check=True,
+    )
+    return list(json.loads(result.stdout))
+
+
+def object_id_of(daemon: Daemon, key_id: str) -> str:
+    """The token object id the registry maps ``key_id`` to."""
+    import sqlite3
+
+    with sqlite3.connect(daemon.state / "keys.db") as db:
+        row = db.execute("SELECT object_id FROM keys WHERE key_id = ?", (key_id,)).fetchone()
+    assert row, f"key {key_id} not in the registry"
+    return str(row[0])
+
+
+def audit_rows(daemon: Daemon, where: str = "1", args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+    import sqlite3
+
+    with sqlite3.connect(daemon.state / "audit.db") as db:
+        db.row_factory = sqlite3.Row
+        return [dict(r) for r in db.execute(f"SELECT * FROM audit WHERE {where} ORDER BY seq", args)]

@@ -1,0 +1,284 @@
+"""signer.v1 end to end: a real SoftHSM token, a real daemon, real mutual TLS.
+
+Every RPC, every algorithm (verified with cryptography and securesystemslib), every bad
+input with its precise status, and the audit row each request leaves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import grpc
+import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa, utils
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from harness import Daemon, audit_rows, object_id_of, read_token_objects
+from securesystemslib.signer import Signature, SSlibKey
+
+from signer.v1 import signer_pb2 as pb
+from signer.v1 import signer_pb2_grpc as pb_grpc
+from signer_client import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+)
+from signer_client.client import tuf_key
+
+ALGORITHMS = ["ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ed25519", "rsassa-pss-sha256"]
+PAYLOAD = b'{"_type":"targets","expires":"2030-01-01T00:00:00Z","targets":{},"version":1}'
+
+
+def verify_with_cryptography(key: pb.Key, signature: bytes, data: bytes) -> None:
+    public = load_pem_public_key(key.public_key_pem.encode())
+    if key.scheme.startswith("ecdsa"):
+        assert isinstance(public, ec.EllipticCurvePublicKey)
+        digest = hashes.SHA256() if key.scheme.endswith("256") else hashes.SHA384()
+        public.verify(signature, data, ec.ECDSA(digest))
+    elif key.scheme == "ed25519":
+        assert isinstance(public, ed25519.Ed25519PublicKey)
+        public.verify(signature, data)
+    else:
+        assert isinstance(public, rsa.RSAPublicKey)
+        assert public.key_size == 3072
+        pss = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)
+        public.verify(signature, data, pss, hashes.SHA256())
+
+
+def sslib_verify(key: pb.Key, signature: bytes, data: bytes) -> None:
+    tuf_key(key).verify_signature(Signature(key.key_id, signature.hex()), data)
+
+
+@pytest.fixture(scope="module")
+def keys(daemon: Daemon) -> dict[str, pb.Key]:
+    client = daemon.client()
+    return {
+        alg: client.create_key(f"test-{alg}", alg, role="targets", repository="example/app")
+        for alg in ALGORITHMS
+    }
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_created_key_describes_itself(keys: dict[str, pb.Key], algorithm: str) -> None:
+    key = keys[algorithm]
+    assert key.scheme == algorithm
+    assert key.keytype == {"ecdsa-sha2-nistp256": "ecdsa", "ecdsa-sha2-nistp384": "ecdsa",
+                           "ed25519": "ed25519", "rsassa-pss-sha256": "rsa"}[algorithm]
+    # key_id is the TUF keyid: sha256 of the canonical JSON of the securesystemslib key dict.
+    assert hashlib.sha256(key.tuf_key_json.encode()).hexdigest() == key.key_id
+    key_dict = json.loads(key.tuf_key_json, strict=False)
+    assert key_dict["scheme"] == algorithm
+    assert SSlibKey.from_dict(key.key_id, dict(key_dict)).keyid == key.key_id
+    assert key.state == pb.ACTIVE and key.role == "targets" and key.repository == "example/app"
+    assert key.created_at.seconds > 0
+    assert key.public_key_pem.startswith("-----BEGIN PUBLIC KEY-----")
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_sign_verifies_with_cryptography_and_securesystemslib(
+    daemon: Daemon, keys: dict[str, pb.Key], algorithm: str
+) -> None:
+    key = keys[algorithm]
+    response = daemon.client().sign(key.key_id, PAYLOAD)
+    assert response.key_id == key.key_id and response.scheme == algorithm
+    verify_with_cryptography(key, response.signature, PAYLOAD)
+    sslib_verify(key, response.signature, PAYLOAD)
+    with pytest.raises(Exception):  # the same signature must not verify other bytes
+        sslib_verify(key, response.signature, PAYLOAD + b" ")
+    rows = audit_rows(daemon, "key_id = ? AND payload_sha256 = ? AND outcome = 'allowed'",
+                      (key.key_id, hashlib.sha256(PAYLOAD).hexdigest()))
+    assert rows and rows[-1]["principal"] == "admin" and rows[-1]["operation"] == "sign"
+    assert rows[-1]["role"] == "targets"
+
+
+@pytest.mark.parametrize("algorithm", ["ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384",
+                                       "rsassa-pss-sha256"])
+def test_sign_prehashed_digest(daemon: Daemon, keys: dict[str, pb.Key], algorithm: str) -> None:
+    key = keys[algorithm]
+    digest = hashlib.new("sha384" if algorithm.endswith("384") else "sha256", PAYLOAD).digest()
+    response = daemon.client().sign_digest(key.key_id, digest)
+    sslib_verify(key, response.signature, PAYLOAD)  # a digest signature verifies the payload
+
+
+def test_digest_rejected_for_ed25519_and_wrong_length(daemon: Daemon, keys: dict[str, pb.Key]) -> None:
+    client = daemon.client()
+    with pytest.raises(InvalidArgumentError, match="signs whole messages"):
+        client.sign_digest(keys["ed25519"].key_id, hashlib.sha256(PAYLOAD).digest())
+    with pytest.raises(InvalidArgumentError, match="32 bytes"):
+        client.sign_digest(keys["ecdsa-sha2-nistp256"].key_id, b"\x00" * 20)
+
+
+def test_private_keys_are_sensitive_and_never_extractable_in_the_token(
+    daemon: Daemon, keys: dict[str, pb.Key]
+) -> None:
+    objects = read_token_objects(daemon)
+    for key in keys.values():
+        object_id = object_id_of(daemon, key.key_id)
+        (private,) = [o for o in objects if o["id"] == object_id and o["class"] == "private"]
+        assert private["sensitive"] is True
+        assert private["extractable"] is False
+        assert private["private"] is True
+        assert private["token"] is True
+        assert private["always_sensitive"] is True
+        assert private["never_extractable"] is True
+        assert private["local"] is True  # generated inside the token, never imported
+        assert private["value_readable"] == "AttributeSensitive"
+        assert [o for o in objects if o["id"] == object_id and o["class"] == "public"]
+
+
+def test_get_and_list_keys(daemon: Daemon, keys: dict[str, pb.Key]) -> None:
+    client = daemon.client()
+    key = keys["ed25519"]
+    assert client.get_key(key.key_id) == key
+    listed = {k.key_id for k in client.list_keys(role="targets", repository="example/app")}
+    assert {k.key_id for k in keys.values()} <= listed
+    assert client.list_keys(role="no-such-role") == []
+    assert key.key_id not in {k.key_id for k in client.list_keys(state="retired")}
+
+
+def test_retire_stops_signing_but_keeps_public_key(daemon: Daemon) -> None:
+    client = daemon.client()
+    key = client.create_key("to-retire", "ecdsa-sha2-nistp256", "snapshot")
+    retired = client.retire_key(key.key_id)
+    assert retired.state == pb.RETIRED and retired.retired_at.seconds > 0
+    assert client.get_key(key.key_id).public_key_pem == key.public_key_pem
+    with pytest.raises(FailedPreconditionError, match="retired"):
+        client.sign(key.key_id, PAYLOAD)
+    with pytest.raises(FailedPreconditionError):
+        client.retire_key(key.key_id)
+    assert key.key_id in {k.key_id for k in client.list_keys(state="retired")}
+    rows = audit_rows(daemon, "key_id = ? AND operation = 'sign'", (key.key_id,))
+    assert rows[-1]["outcome"] == "failed" and rows[-1]["code"] == "FAILED_PRECONDITION"
+
+
+def test_destroy_removes_objects_from_token(daemon: Daemon) -> None:
+    client = daemon.client()
+    key = client.create_key("to-destroy", "ed25519", "timestamp")
+    object_id = object_id_of(daemon, key.key_id)
+    assert any(o["id"] == object_id for o in read_token_objects(daemon))
+    with pytest.raises(InvalidArgumentError, match="confirm"):
+        client.destroy_key(key.key_id, confirm="yes")
+    assert any(o["id"] == object_id for o in read_token_objects(daemon))  # still there
+    destroyed = client.destroy_key(key.key_id, confirm=key.key_id)
+    assert destroyed.state == pb.DESTROYED
+    assert not any(o["id"] == object_id for o in read_token_objects(daemon))
+    with pytest.raises(FailedPreconditionError):
+        client.sign(key.key_id, PAYLOAD)
+    with pytest.raises(FailedPreconditionError, match="already destroyed"):
+        client.destroy_key(key.key_id, confirm=key.key_id)
+    assert audit_rows(daemon, "key_id = ? AND operation = 'destroy' AND outcome = 'allowed'",
+                      (key.key_id,))
+
+
+def test_sign_batch_reports_each_item(daemon: Daemon, keys: dict[str, pb.Key]) -> None:
+    key = keys["ecdsa-sha2-nistp256"]
+    stub = pb_grpc.SigningServiceStub(daemon.channel())
+    items = [
+        pb.SignBatchItem(payload=b"one"),
+        pb.SignBatchItem(key_id="0" * 64, payload=b"two"),
+        pb.SignBatchItem(payload=b""),
+        pb.SignBatchItem(digest=b"short"),
+        pb.SignBatchItem(key_id=keys["ed25519"].key_id, payload=b"five"),
+        pb.SignBatchItem(payload=b"six"),
+    ]
+    response = stub.SignBatch(pb.SignBatchRequest(key_id=key.key_id, items=items), timeout=10)
+    codes = [r.status.code for r in response.results]
+    assert codes == [0, grpc.StatusCode.NOT_FOUND.value[0], grpc.StatusCode.INVALID_ARGUMENT.value[0],
+                     grpc.StatusCode.INVALID_ARGUMENT.value[0], 0, 0]
+    sslib_verify(key, response.results[0].signature, b"one")
+    sslib_verify(keys["ed25519"], response.results[4].signature, b"five")
+    sslib_verify(key, response.results[5].signature, b"six")
+    assert "no key" in response.results[1].status.message
+    assert response.results[1].signature == b""
+
+
+def test_sign_batch_many_items_in_order(daemon: Daemon, keys: dict[str, pb.Key]) -> None:
+    key = keys["ecdsa-sha2-nistp256"]
+    payloads = [b"item-%d" % i for i in range(200)]
+    results = daemon.client().sign_batch(key.key_id, payloads)
+    assert len(results) == 200 and all(r.ok for r in results)
+    for payload, result in zip(payloads, results, strict=True):
+        sslib_verify(key, result.signature, payload)
+
+
+@pytest.mark.parametrize(
+    ("call", "code", "message"),
+    [
+        (lambda c, k: c.sign("f" * 64, PAYLOAD), grpc.StatusCode.NOT_FOUND, "no key"),
+        (lambda c, k: c.sign("", PAYLOAD), grpc.StatusCode.INVALID_ARGUMENT, "key_id is required"),
+        (lambda c, k: c.sign(k, b""), grpc.StatusCode.INVALID_ARGUMENT, "payload is empty"),
+        (lambda c, k: c.get_key("nope"), grpc.StatusCode.NOT_FOUND, "no key"),
+        (lambda c, k: c.retire_key("f" * 64), grpc.StatusCode.NOT_FOUND, "no key"),
+        (lambda c, k: c.destroy_key("f" * 64, "f" * 64), grpc.StatusCode.NOT_FOUND, "no key"),
+        (lambda c, k: c.keys.CreateKey(pb.CreateKeyRequest(label="x", algorithm=99, role="targets")),
+         grpc.StatusCode.INVALID_ARGUMENT, "unknown or unspecified algorithm"),
+        (lambda c, k: c.keys.CreateKey(pb.CreateKeyRequest(label="x", role="targets")),
+         grpc.StatusCode.INVALID_ARGUMENT, "unknown or unspecified algorithm"),
+        (lambda c, k: c.create_key("", "ed25519", "targets"), grpc.StatusCode.INVALID_ARGUMENT, "label"),
+        (lambda c, k: c.create_key("ok", "ed25519", ""), grpc.StatusCode.INVALID_ARGUMENT, "role"),
+        (lambda c, k: c.create_key("ok", "ed25519", "../etc"), grpc.StatusCode.INVALID_ARGUMENT, "role"),
+        (lambda c, k: c.signing.Sign(pb.SignRequest(key_id=k)), grpc.StatusCode.INVALID_ARGUMENT,
+         "send a payload or a digest"),
+        (lambda c, k: c.signing.SignBatch(pb.SignBatchRequest(key_id=k)),
+         grpc.StatusCode.INVALID_ARGUMENT, "items is empty"),
+        (lambda c, k: c.keys.ListKeys(pb.ListKeysRequest(state=42)), grpc.StatusCode.INVALID_ARGUMENT,
+         "unknown key state"),
+    ],
+)
+def test_bad_input_gets_precise_status(
+    daemon: Daemon, keys: dict[str, pb.Key], call, code: grpc.StatusCode, message: str
+) -> None:
+    client = daemon.client()
+    with pytest.raises((grpc.RpcError, Exception)) as info:
+        call(client, keys["ed25519"].key_id)
+    exc = info.value
+    got = exc.code() if isinstance(exc, grpc.RpcError) else exc.code  # type: ignore[union-attr]
+    text = exc.details() if isinstance(exc, grpc.RpcError) else exc.message  # type: ignore[union-attr]
+    assert got == code, text
+    assert message in text
+
+
+def test_malformed_request_bytes_are_invalid_argument(daemon: Daemon) -> None:
+    channel = daemon.channel()
+    for method in ("/signer.v1.SigningService/Sign", "/signer.v1.KeyService/CreateKey"):
+        raw = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
+        with pytest.raises(grpc.RpcError) as info:
+            raw(b"\xff\xff\xff\xff\x0f garbage", timeout=5)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "malformed request" in info.value.details()
+    assert daemon.health() == 1  # and the daemon still serves
+
+
+def test_unknown_method_is_unimplemented(daemon: Daemon) -> None:
+    raw = daemon.channel().unary_unary("/signer.v1.SigningService/Nope")
+    with pytest.raises(grpc.RpcError) as info:
+        raw(b"", timeout=5)
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_health_and_reflection(daemon: Daemon) -> None:
+    assert daemon.health("") == 1
+    assert daemon.health("signer.v1.SigningService") == 1
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    stub = reflection_pb2_grpc.ServerReflectionStub(daemon.channel())
+    responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+    names = {s.name for r in responses for s in r.list_services_response.service}
+    assert {"signer.v1.KeyService", "signer.v1.SigningService", "grpc.health.v1.Health"} <= names
+
+
+def test_every_request_is_audited_in_a_chain(daemon: Daemon, keys: dict[str, pb.Key]) -> None:
+    client = daemon.client("alice")
+    before = len(audit_rows(daemon))
+    client.sign(keys["ed25519"].key_id, b"audited payload")
+    with pytest.raises(NotFoundError):
+        client.sign("e" * 64, b"audited payload")
+    rows = audit_rows(daemon)[before:]
+    assert [(r["principal"], r["outcome"]) for r in rows] == [("alice", "allowed"), ("alice", "failed")]
+    digest = hashlib.sha256(b"audited payload").hexdigest()
+    assert all(r["payload_sha256"] == digest for r in rows)
+    assert all(b"audited payload".hex() not in json.dumps(r) for r in rows)  # never the payload
+    everything = audit_rows(daemon)
+    for prev, row in zip(everything, everything[1:], strict=False):
+        assert row["prev_hash"] == prev["hash"] and row["seq"] == prev["seq"] + 1
