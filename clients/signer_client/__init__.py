@@ -10,19 +10,23 @@ from signer_client.errors import (
     NotFoundError,
     PermissionDeniedError,
     RateLimitedError,
+    SignatureMismatchError,
     UnauthenticatedError,
     UnavailableError,
 )
+from signer_client.tuf_signer import DaemonSigner  # registers the signer:// URI scheme
 
 __all__ = [
     "AlreadyExistsError",
     "ClientConfig",
     "ClientError",
+    "DaemonSigner",
     "FailedPreconditionError",
     "InvalidArgumentError",
     "NotFoundError",
     "PermissionDeniedError",
     "RateLimitedError",
+    "SignatureMismatchError",
     "SignerClient",
     "UnauthenticatedError",
     "UnavailableError",

@@ -142,6 +142,14 @@ class SignerClient:
         )
         return [_batch_result(r) for r in response.results]
 
+    def sign_batch_items(self, items: Sequence[tuple[str, bytes]]) -> list[BatchResult]:
+        """One SignBatch where each (key_id, payload) item names its own key."""
+        request = pb.SignBatchRequest(
+            items=[pb.SignBatchItem(key_id=key_id, payload=payload) for key_id, payload in items]
+        )
+        response = self._call(self.signing.SignBatch, request)
+        return [_batch_result(r) for r in response.results]
+
     def request_signature(
         self, key_id: str, payload: bytes, reason: str = ""
     ) -> pb.SignatureRequest:

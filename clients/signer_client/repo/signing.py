@@ -1,0 +1,65 @@
+"""Turning (key, payload) requests into signatures, in as few round trips as possible.
+
+Keys are named by private key URIs, the securesystemslib way, so any registered Signer
+works (an offline ``file2:`` key as much as a daemon key). Requests for ``signer://``
+keys are sent together in SignBatch calls; other signers sign one at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from securesystemslib.signer import Key, Signature, Signer
+
+from signer_client.tuf_signer import DaemonSigner, sign_many
+
+
+@dataclass(frozen=True)
+class KeyRef:
+    """A public key and the URI of its private half."""
+
+    key: Key
+    uri: str
+
+    @property
+    def key_id(self) -> str:
+        return self.key.keyid
+
+
+@dataclass
+class SigningStats:
+    """What publishing cost: signatures made and signing round trips to signers."""
+
+    signatures: int = 0
+    round_trips: int = 0
+
+
+def sign_all(
+    requests: Sequence[tuple[KeyRef, bytes]], stats: SigningStats
+) -> list[Signature | Exception]:
+    """One result per request, in order: a verified Signature or the error for that key."""
+    results: list[Signature | Exception | None] = [None] * len(requests)
+    batched: list[tuple[int, DaemonSigner, bytes]] = []
+    for index, (ref, payload) in enumerate(requests):
+        try:
+            signer = Signer.from_priv_key_uri(ref.uri, ref.key)
+        except Exception as exc:  # any plugin may fail in its own way
+            results[index] = exc
+            continue
+        if isinstance(signer, DaemonSigner):
+            batched.append((index, signer, payload))
+            continue
+        try:
+            results[index] = signer.sign(payload)
+            stats.round_trips += 1
+        except Exception as exc:
+            results[index] = exc
+    if batched:
+        outcomes, trips = sign_many([(signer, payload) for _, signer, payload in batched])
+        stats.round_trips += trips
+        for (index, _, _), outcome in zip(batched, outcomes, strict=True):
+            results[index] = outcome
+    done = [r for r in results if r is not None]
+    stats.signatures += sum(isinstance(r, Signature) for r in done)
+    return done

@@ -1,0 +1,155 @@
+"""The repository directory: all file IO of ``tuf-repo`` lives here.
+
+Layout (the ``metadata`` and ``targets`` folders are what a web server publishes)::
+
+    REPO/tuf-repo.json        settings: expiry periods, key URIs, signer address
+    REPO/metadata/            N.root.json (all kept), N.ROLE.json, timestamp.json
+    REPO/targets/             DIR/SHA256.NAME (consistent snapshot target names)
+    REPO/staging/ROLE.json    edited, possibly partly signed, not yet published
+
+Consistent snapshots throughout: a published file is never rewritten (except
+``timestamp.json``), so clients mid-update always see a coherent set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tuf.api.metadata import Metadata
+from tuf.api.serialization.json import JSONSerializer
+
+from signer_client.repo.errors import RepositoryError
+
+CONFIG_NAME = "tuf-repo.json"
+_ROLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_VERSIONED = re.compile(r"^(\d+)\.root\.json$")
+
+
+def check_role_name(name: str) -> str:
+    """Role names become file names: keep them to a safe alphabet."""
+    if not _ROLE_NAME.match(name) or name.endswith(".json"):
+        raise RepositoryError(f"bad role name {name!r}: use letters, digits, '.', '_', '-'")
+    return name
+
+
+@dataclass
+class RepoConfig:
+    """Settings kept beside the metadata (``tuf-repo.json``)."""
+
+    expiry_seconds: dict[str, int] = field(default_factory=dict)
+    key_uris: dict[str, str] = field(default_factory=dict)  # key_id -> private key URI
+    server: str = ""  # signerd HOST:PORT used for new keys
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "expiry_seconds": self.expiry_seconds,
+            "key_uris": self.key_uris,
+            "server": self.server,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RepoConfig:
+        return cls(
+            expiry_seconds={k: int(v) for k, v in data.get("expiry_seconds", {}).items()},
+            key_uris=dict(data.get("key_uris", {})),
+            server=str(data.get("server", "")),
+        )
+
+
+class RepoStore:
+    """Reads and writes the files of one repository directory."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.metadata_dir = self.path / "metadata"
+        self.targets_dir = self.path / "targets"
+        self.staging_dir = self.path / "staging"
+        self._serializer = JSONSerializer(compact=False)
+
+    # -- settings ----------------------------------------------------------------------
+
+    def exists(self) -> bool:
+        return (self.path / CONFIG_NAME).exists()
+
+    def load_config(self) -> RepoConfig:
+        path = self.path / CONFIG_NAME
+        if not path.exists():
+            raise RepositoryError(f"{self.path} is not a tuf-repo repository (run `init`)")
+        return RepoConfig.from_dict(json.loads(path.read_text()))
+
+    def save_config(self, config: RepoConfig) -> None:
+        for d in (self.metadata_dir, self.targets_dir, self.staging_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        _atomic_write(
+            self.path / CONFIG_NAME, json.dumps(config.to_dict(), indent=2).encode() + b"\n"
+        )
+
+    # -- published metadata ------------------------------------------------------------
+
+    def root_versions(self) -> list[int]:
+        if not self.metadata_dir.exists():
+            return []
+        found = (_VERSIONED.match(p.name) for p in self.metadata_dir.iterdir())
+        return sorted(int(m.group(1)) for m in found if m)
+
+    def published_path(self, role: str, version: int) -> Path:
+        if role == "timestamp":
+            return self.metadata_dir / "timestamp.json"
+        return self.metadata_dir / f"{version}.{role}.json"
+
+    def read_published(self, role: str, version: int) -> Metadata[Any] | None:
+        path = self.published_path(role, version)
+        return Metadata.from_bytes(path.read_bytes()) if path.exists() else None
+
+    def write_published(self, role: str, md: Metadata[Any]) -> Path:
+        path = self.published_path(role, md.signed.version)
+        if role != "timestamp" and path.exists():
+            raise RepositoryError(f"{path.name} is already published; versions are never reused")
+        _atomic_write(path, md.to_bytes(self._serializer))
+        return path
+
+    # -- staging -----------------------------------------------------------------------
+
+    def staged_roles(self) -> list[str]:
+        if not self.staging_dir.exists():
+            return []
+        return sorted(p.name[: -len(".json")] for p in self.staging_dir.glob("*.json"))
+
+    def read_staged(self, role: str) -> Metadata[Any] | None:
+        path = self.staging_dir / f"{role}.json"
+        return Metadata.from_bytes(path.read_bytes()) if path.exists() else None
+
+    def write_staged(self, role: str, md: Metadata[Any]) -> None:
+        self.staging_dir.mkdir(parents=True, exist_ok=True)
+        _atomic_write(self.staging_dir / f"{check_role_name(role)}.json", md.to_bytes())
+
+    def clear_staged(self, role: str) -> None:
+        (self.staging_dir / f"{role}.json").unlink(missing_ok=True)
+
+    # -- target files ------------------------------------------------------------------
+
+    def target_file_path(self, target_path: str, sha256: str) -> Path:
+        """Where a target is served: ``targets/DIR/HASH.NAME`` (consistent snapshot)."""
+        directory, _, name = target_path.rpartition("/")
+        return self.targets_dir / directory / f"{sha256}.{name}"
+
+    def put_target(self, local: Path, target_path: str, sha256: str) -> None:
+        dest = self.target_file_path(target_path, sha256)
+        if dest.exists():
+            return
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + ".tmp")
+        shutil.copyfile(local, tmp)
+        os.replace(tmp, dest)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)

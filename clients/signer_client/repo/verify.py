@@ -1,0 +1,86 @@
+"""Check a published repository the way a real client will: with python-tuf's ngclient.
+
+The Updater starts from a root the caller trusts (by default ``1.root.json``), walks
+every root rotation, timestamp, snapshot and targets metadata, and downloads targets,
+checking lengths and hashes. Local directories are read through a small fetcher; a URL
+is fetched over HTTP(S) by ngclient's own fetcher.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tuf.api.exceptions import DownloadHTTPError
+from tuf.ngclient import FetcherInterface, Updater
+
+from signer_client.repo.errors import RepositoryError
+
+_LOCAL = "http://tuf-repo.invalid/"
+
+
+class DirectoryFetcher(FetcherInterface):
+    """Serves ``_LOCAL`` URLs from a directory, as a web server over it would."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory).resolve()
+
+    def _fetch(self, url: str) -> Iterator[bytes]:
+        if not url.startswith(_LOCAL):
+            raise DownloadHTTPError(f"{url} is outside the repository", 404)
+        path = (self.directory / url[len(_LOCAL) :]).resolve()
+        if not path.is_relative_to(self.directory) or not path.is_file():
+            raise DownloadHTTPError(f"{url} not found", 404)
+        yield path.read_bytes()
+
+
+@dataclass
+class VerifyReport:
+    versions: dict[str, int] = field(default_factory=dict)
+    targets: list[str] = field(default_factory=list)
+
+
+def verify(
+    trusted_root: bytes,
+    targets: Sequence[str] = (),
+    directory: Path | None = None,
+    url: str | None = None,
+) -> VerifyReport:
+    """Refresh top-level metadata with ngclient, then download and check ``targets``.
+
+    Raises tuf's own exceptions (RepositoryError, LengthOrHashMismatchError, ...) on
+    anything a client would reject, and our RepositoryError for unknown targets.
+    """
+    if (directory is None) == (url is None):
+        raise ValueError("give a directory or a URL")
+    base = _LOCAL if directory is not None else url.rstrip("/") + "/"  # type: ignore[union-attr]
+    fetcher = DirectoryFetcher(directory) if directory is not None else None
+    with tempfile.TemporaryDirectory(prefix="tuf-repo-verify-") as tmp:
+        Path(tmp, "metadata").mkdir()
+        Path(tmp, "targets").mkdir()
+        updater = Updater(
+            metadata_dir=str(Path(tmp, "metadata")),
+            metadata_base_url=base + "metadata/",
+            target_dir=str(Path(tmp, "targets")),
+            target_base_url=base + "targets/",
+            fetcher=fetcher,
+            bootstrap=trusted_root,
+        )
+        updater.refresh()
+        report = VerifyReport()
+        for path in targets:
+            info = updater.get_targetinfo(path)
+            if info is None:
+                raise RepositoryError(f"target {path!r} is not in the repository")
+            updater.download_target(info)
+            report.targets.append(path)
+        trusted = updater._trusted_set  # the versions the client now trusts, for the report
+        report.versions = {
+            "root": trusted.root.version,
+            "timestamp": trusted.timestamp.version,
+            "snapshot": trusted.snapshot.version,
+            "targets": trusted.targets.version,
+        }
+        return report
