@@ -1,0 +1,60 @@
+"""Only clients with a certificate from the configured CA get in; there is no plaintext port."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+from harness import Daemon
+
+from signer.devpki import issue_client, make_ca
+from signer.v1 import signer_pb2 as pb
+from signer.v1 import signer_pb2_grpc as pb_grpc
+
+
+def _list_keys(channel: grpc.Channel) -> object:
+    return pb_grpc.KeyServiceStub(channel).ListKeys(pb.ListKeysRequest(), timeout=5)
+
+
+def test_client_with_valid_certificate_is_served(daemon: Daemon) -> None:
+    _list_keys(daemon.channel("admin"))
+
+
+def test_client_without_certificate_is_rejected(daemon: Daemon) -> None:
+    creds = grpc.ssl_channel_credentials(root_certificates=(daemon.pki / "ca.pem").read_bytes())
+    with grpc.secure_channel(daemon.address, creds) as channel, pytest.raises(grpc.RpcError) as info:
+        _list_keys(channel)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE  # the TLS handshake fails
+
+
+def test_client_with_certificate_from_another_ca_is_rejected(daemon: Daemon, tmp_path: Path) -> None:
+    rogue_ca = make_ca(tmp_path, "rogue CA")
+    issue_client(tmp_path, "admin", rogue_ca)  # same name, wrong issuer
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=(daemon.pki / "ca.pem").read_bytes(),
+        private_key=(tmp_path / "client-admin-key.pem").read_bytes(),
+        certificate_chain=(tmp_path / "client-admin.pem").read_bytes(),
+    )
+    with grpc.secure_channel(daemon.address, creds) as channel, pytest.raises(grpc.RpcError) as info:
+        _list_keys(channel)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_plaintext_is_refused(daemon: Daemon) -> None:
+    with grpc.insecure_channel(daemon.address) as channel, pytest.raises(grpc.RpcError) as info:
+        _list_keys(channel)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_client_checks_the_server_certificate(daemon: Daemon, tmp_path: Path) -> None:
+    """A client trusting another CA refuses our server: the trust goes both ways."""
+    make_ca(tmp_path, "other CA")
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=(tmp_path / "ca.pem").read_bytes(),
+        private_key=(daemon.pki / "client-admin-key.pem").read_bytes(),
+        certificate_chain=(daemon.pki / "client-admin.pem").read_bytes(),
+    )
+    with grpc.secure_channel(daemon.address, creds) as channel, pytest.raises(grpc.RpcError) as info:
+        _list_keys(channel)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
