@@ -18,7 +18,8 @@ class UnderSignedError(RepositoryError):
     ``publish`` only adds the missing ones.
     """
 
-    def __init__(self, missing: dict[str, str]) -> None:
+    def __init__(self, missing: dict[str, str], errors: dict[str, str] | None = None) -> None:
         self.missing = missing  # role -> what is missing
+        self.errors = errors or {}  # "role/key_id" -> why that key did not sign
         details = "; ".join(f"{role}: {what}" for role, what in sorted(missing.items()))
         super().__init__(f"not enough signatures, nothing published ({details})")

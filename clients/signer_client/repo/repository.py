@@ -539,9 +539,13 @@ class Repository:
         for role in include + online:
             bad = [c for c in self.checks(role) if not c.ok]
             if bad:
-                missing[role] = ", ".join(f"{c.label}: {len(c.signed)}/{c.threshold}" for c in bad)
+                missing[role] = ", ".join(
+                    (f"{c.label} " if role == "root" else "")
+                    + f"{len(c.signed)}/{c.threshold} signatures"
+                    for c in bad
+                )
         if missing:
-            raise UnderSignedError(missing)
+            raise UnderSignedError(missing, result.errors)
         order = sorted(include, key=lambda r: r == "root") + online
         for role in order:
             md = self.current(role)

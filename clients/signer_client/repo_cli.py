@@ -1,0 +1,434 @@
+"""``tuf-repo``: build, sign and publish a TUF repository whose keys live in signerd.
+
+All repository logic is in ``signer_client.repo``; this module parses arguments, talks
+to the daemon for key lookups and creation, and prints. Signing goes through the
+``signer://`` Signer plugin, so TLS material comes from the standard client config
+(``SIGNER_CLIENT_CONFIG`` or ``SIGNER_ADDRESS``/``SIGNER_CA``/``SIGNER_CERT``/``SIGNER_KEY``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import TextIO
+
+from tuf.api.exceptions import DownloadError
+from tuf.api.exceptions import RepositoryError as TufRepositoryError
+
+from signer_client.client import ALGORITHMS, SignerClient
+from signer_client.config import ClientConfig
+from signer_client.errors import ClientError
+from signer_client.repo import (
+    DaemonKeys,
+    KeyRef,
+    PublishResult,
+    Repository,
+    RepositoryError,
+    RepoStore,
+    RoleSpec,
+    RoleStatus,
+    UnderSignedError,
+    collect_files,
+    verify,
+)
+from signer_client.repo.repository import TOP_LEVEL
+
+_DURATION = re.compile(r"^(\d+)([smhdw]?)$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "": 86400}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (RepositoryError, ClientError, ValueError, TufRepositoryError, DownloadError) as exc:
+        print(f"tuf-repo: error: {exc}", file=sys.stderr)
+        return 1
+
+
+# -- commands ----------------------------------------------------------------------------
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    thresholds = {role: int(n) for role, n in _pairs(args.threshold, "threshold")}
+    expiry = {role: _duration(d) for role, d in _pairs(args.expires, "expires")}
+    keys = _keys(args)
+    given: dict[str, list[KeyRef]] = {role: [] for role in TOP_LEVEL}
+    for role, key_id in _pairs(args.key, "key"):
+        if role not in given:
+            raise RepositoryError(f"--key {role}=...: not a top-level role")
+        given[role].append(keys.get(key_id))
+    if args.create_keys:
+        for role in TOP_LEVEL:
+            while len(given[role]) < thresholds.get(role, 1):
+                ref = keys.create(role, args.algorithm, repository=args.name)
+                print(f"created {role} key {ref.key_id}")
+                given[role].append(ref)
+    roles = {r: RoleSpec(given[r], thresholds.get(r, 1)) for r in TOP_LEVEL}
+    repo = _repo(args)
+    result = repo.init(roles, expiry, server=keys.address)
+    _print_publish(result)
+    return 0
+
+
+def cmd_targets_add(args: argparse.Namespace) -> int:
+    repo = _repo(args)
+    files = collect_files([Path(p) for p in args.paths], args.prefix)
+    bar = None if args.quiet or len(files) < 100 else _ProgressBar(sys.stderr)
+    counts = repo.add_targets(files, args.role, bar)
+    if bar:
+        bar.done()
+    _print_counts("added", counts)
+    return 0
+
+
+def cmd_targets_remove(args: argparse.Namespace) -> int:
+    _print_counts("removed", _repo(args).remove_targets(args.targets, args.role))
+    return 0
+
+
+def cmd_delegate(args: argparse.Namespace) -> int:
+    repo = _repo(args)
+    refs = _delegation_keys(args, repo, args.name)
+    if args.hash_bins:
+        bins = repo.delegate_hash_bins(args.name, args.hash_bins, refs, args.threshold, args.source)
+        print(f"{args.source} delegates to {len(bins)} hash bins {bins[0]}..{bins[-1]}")
+    else:
+        repo.delegate(
+            args.name,
+            refs,
+            args.threshold,
+            args.source,
+            paths=args.paths,
+            path_hash_prefixes=args.path_hash_prefixes,
+            terminating=args.terminating,
+        )
+        print(f"{args.source} delegates to {args.name}")
+    print("staged; run `tuf-repo publish`")
+    return 0
+
+
+def cmd_sign(args: argparse.Namespace) -> int:
+    repo = _repo(args)
+    errors = repo.sign(args.roles or None, args.key or None)
+    for where, error in sorted(errors.items()):
+        print(f"could not sign {where}: {error}", file=sys.stderr)
+    print(f"{repo.stats.signatures} signature(s), {repo.stats.round_trips} signing round trip(s)")
+    _print_status(repo, [s for s in repo.status() if s.staged_version is not None], True)
+    return 1 if errors and not repo.stats.signatures else 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    repo = _repo(args)
+    try:
+        result = repo.publish(args.role or None, sign=not args.no_sign)
+    except UnderSignedError as exc:
+        for where, error in sorted(exc.errors.items()):
+            print(f"could not sign {where}: {error}", file=sys.stderr)
+        raise
+    _print_publish(result)
+    return 0
+
+
+def cmd_rotate(args: argparse.Namespace) -> int:
+    repo = _repo(args)
+    keys = _keys(args) if args.add_key or args.create_key else None
+    add = [keys.get(k) for k in args.add_key] if keys else []
+    if args.create_key and keys is not None:
+        role = args.role
+        ref = keys.create(role, args.algorithm, repository=args.name)
+        print(f"created {role} key {ref.key_id}")
+        add.append(ref)
+    staged = repo.rotate(args.role, add, args.remove_key, args.threshold)
+    print(
+        f"staged {', '.join(staged[:4])}{' ...' if len(staged) > 4 else ''}; run `tuf-repo publish`"
+    )
+    return 0
+
+
+def cmd_refresh(args: argparse.Namespace) -> int:
+    result = _repo(args).refresh(args.margin, args.force)
+    if result is None:
+        print("nothing due: snapshot and timestamp are fresh")
+    else:
+        _print_publish(result)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    repo = _repo(args)
+    _print_status(repo, repo.status(), args.all)
+    staged = repo.staged_roles()
+    if staged:
+        print(f"staged, not published: {_short_list(staged)}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    store = RepoStore(Path(args.repo))
+    root_path = Path(args.root) if args.root else store.published_path("root", 1)
+    targets = list(args.target)
+    if args.all_targets:
+        targets += _all_targets(Repository(store))
+    if args.url:
+        report = verify(root_path.read_bytes(), targets, url=args.url)
+    else:
+        report = verify(root_path.read_bytes(), targets, directory=store.path)
+    versions = ", ".join(f"{role} v{v}" for role, v in report.versions.items())
+    print(f"ok: ngclient trusts {versions}; {len(report.targets)} target(s) downloaded and checked")
+    return 0
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+
+def _repo(args: argparse.Namespace) -> Repository:
+    return Repository(RepoStore(Path(args.repo)))
+
+
+def _keys(args: argparse.Namespace) -> DaemonKeys:
+    store = RepoStore(Path(args.repo))
+    address = args.server or (store.load_config().server if store.exists() else "") or None
+    config = ClientConfig.from_env(address)
+    return DaemonKeys(SignerClient(config), config.address)
+
+
+def _delegation_keys(args: argparse.Namespace, repo: Repository, role: str) -> list[KeyRef]:
+    keys = _keys(args) if args.key or args.create_key else None
+    refs = [keys.get(k) for k in args.key] if keys else []
+    if args.create_key and keys is not None:
+        while len(refs) < max(args.threshold, 1) or not refs:
+            ref = keys.create(role, args.algorithm, repository=args.name_tag)
+            print(f"created {role} key {ref.key_id}")
+            refs.append(ref)
+    return refs
+
+
+def _all_targets(repo: Repository) -> list[str]:
+    paths: list[str] = []
+    for role in repo.all_roles():
+        md = repo.published(role)
+        if md is not None and role not in ("root", "snapshot", "timestamp"):
+            paths.extend(md.signed.targets)
+    return paths
+
+
+def _pairs(values: Sequence[str] | None, option: str) -> list[tuple[str, str]]:
+    out = []
+    for value in values or []:
+        role, sep, rest = value.partition("=")
+        if not sep or not role or not rest:
+            raise RepositoryError(f"--{option} {value!r}: want ROLE=VALUE")
+        out.append((role, rest))
+    return out
+
+
+def _duration(text: str) -> int:
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise RepositoryError(f"bad duration {text!r}: want e.g. 365d, 12h, 30m (days if no unit)")
+    return int(match.group(1)) * _UNITS[match.group(2)]
+
+
+def _print_publish(result: PublishResult) -> None:
+    for where, error in sorted(result.errors.items()):
+        print(f"could not sign {where}: {error}", file=sys.stderr)
+    if not result.published:
+        print("nothing to publish")
+        return
+    roles = ", ".join(f"{r} v{v}" for r, v in list(result.published.items())[:6])
+    more = len(result.published) - 6
+    if more > 0:
+        roles += f" and {more} more"
+    print(
+        f"published {roles} ({result.stats.signatures} signatures, "
+        f"{result.stats.round_trips} signing round trip(s))"
+    )
+
+
+def _print_counts(verb: str, counts: dict[str, int]) -> None:
+    total = sum(counts.values())
+    print(
+        f"{verb} {total} target(s) in {_short_list(sorted(counts))}; staged, run `tuf-repo publish`"
+    )
+
+
+def _print_status(repo: Repository, statuses: list[RoleStatus], show_all: bool) -> None:
+    now = repo.now()
+    print(f"{'ROLE':<14} {'VERSION':>7} {'STAGED':>6}  {'EXPIRES':<20} SIGNATURES")
+    bins: list[RoleStatus] = []
+    for s in statuses:
+        is_bin = s.role not in TOP_LEVEL and repo.find_delegation(s.role)[1] is not None
+        if is_bin and not show_all and s.signed_enough and s.staged_version is None:
+            bins.append(s)
+            continue
+        print(_status_line(s, now))
+    if bins:
+        earliest = min(s.expires for s in bins)
+        print(
+            f"{bins[0].role}..{bins[-1].role}: {len(bins)} hash bins, published and signed, "
+            f"earliest expiry {_when(earliest, now)} (--all lists them)"
+        )
+
+
+def _status_line(s: RoleStatus, now: datetime) -> str:
+    published = str(s.published_version) if s.published_version is not None else "-"
+    staged = str(s.staged_version) if s.staged_version is not None else "-"
+    sigs = []
+    for check in s.checks:
+        text = f"{len(check.signed)}/{check.threshold}"
+        if len(s.checks) > 1:
+            text = f"{check.label} {text}"
+        if not check.ok:
+            waiting = ", ".join(k[:8] for k in check.unsigned)
+            text += f" MISSING {check.missing} (from {waiting})"
+        sigs.append(text)
+    return f"{s.role:<14} {published:>7} {staged:>6}  {_when(s.expires, now):<20} {'; '.join(sigs)}"
+
+
+def _when(expires: datetime, now: datetime) -> str:
+    text = expires.strftime("%Y-%m-%d %H:%M")
+    return text + (" EXPIRED" if expires <= now else "")
+
+
+def _short_list(items: Sequence[str]) -> str:
+    return (
+        ", ".join(items) if len(items) <= 6 else f"{', '.join(items[:5])} and {len(items) - 5} more"
+    )
+
+
+class _ProgressBar:
+    """A one-line progress bar on stderr for large target sets."""
+
+    def __init__(self, out: TextIO, width: int = 40) -> None:
+        self.out = out
+        self.width = width
+        self.shown = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        filled = self.width * done // total
+        if filled == self.shown and done != total:
+            return
+        self.shown = filled
+        bar = "#" * filled + "-" * (self.width - filled)
+        self.out.write(f"\r[{bar}] {done}/{total}")
+        self.out.flush()
+
+    def done(self) -> None:
+        self.out.write("\n")
+        self.out.flush()
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tuf-repo",
+        description="Build, sign and publish a TUF repository with keys held by signerd.",
+    )
+    p.add_argument("-C", "--repo", default=".", help="repository directory (default: .)")
+    p.add_argument("--server", help="signerd HOST:PORT for key lookups (default: from config)")
+    sub = p.add_subparsers(required=True, metavar="COMMAND")
+
+    def key_options(cmd: argparse.ArgumentParser) -> None:
+        cmd.add_argument("--algorithm", default="ecdsa-sha2-nistp256", choices=sorted(ALGORITHMS))
+        cmd.add_argument("--name", default="", help="repository name recorded on new keys")
+
+    c = sub.add_parser("init", help="create root, targets, snapshot, timestamp v1 and publish")
+    c.add_argument("--key", action="append", metavar="ROLE=KEY_ID", help="a daemon key for ROLE")
+    c.add_argument(
+        "--create-keys",
+        action="store_true",
+        help="create the keys a role lacks for its threshold in the daemon",
+    )
+    c.add_argument("--threshold", action="append", metavar="ROLE=N")
+    c.add_argument(
+        "--expires",
+        action="append",
+        metavar="ROLE=DURATION",
+        help="expiry period, e.g. root=365d, timestamp=1d, targets=90d",
+    )
+    key_options(c)
+    c.set_defaults(func=cmd_init)
+
+    targets = sub.add_parser("targets", help="add or remove target files").add_subparsers(
+        required=True, metavar="ACTION"
+    )
+    c = targets.add_parser("add", help="hash files or directories and list them as targets")
+    c.add_argument("paths", nargs="+")
+    c.add_argument("--role", help="targets role to list them in (default: targets, or hash bin)")
+    c.add_argument("--prefix", default="", help="prepended to each target path, e.g. 'pkgs/'")
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    c.set_defaults(func=cmd_targets_add)
+    c = targets.add_parser("remove", help="stop listing targets")
+    c.add_argument("targets", nargs="+", metavar="TARGET_PATH")
+    c.add_argument("--role")
+    c.set_defaults(func=cmd_targets_remove)
+
+    c = sub.add_parser("delegate", help="delegate paths (or hash bins) to a new targets role")
+    c.add_argument("name", help="role name (for --hash-bins: the bin name prefix)")
+    c.add_argument("--from", dest="source", default="targets", help="delegating role")
+    how = c.add_mutually_exclusive_group(required=True)
+    how.add_argument("--paths", nargs="+", metavar="PATTERN")
+    how.add_argument("--path-hash-prefixes", nargs="+", metavar="HEX")
+    how.add_argument("--hash-bins", type=int, metavar="N", help="N succinct hash bins (TAP 15)")
+    c.add_argument("--terminating", action="store_true")
+    c.add_argument("--threshold", type=int, default=1)
+    c.add_argument("--key", action="append", default=[], metavar="KEY_ID")
+    c.add_argument("--create-key", action="store_true", help="create keys up to the threshold")
+    c.add_argument("--algorithm", default="ecdsa-sha2-nistp256", choices=sorted(ALGORITHMS))
+    c.add_argument("--name-tag", default="", help="repository name recorded on new keys")
+    c.set_defaults(func=cmd_delegate)
+
+    c = sub.add_parser("sign", help="add signatures to staged roles (threshold signing)")
+    c.add_argument("roles", nargs="*", metavar="ROLE", help="default: every staged role")
+    c.add_argument("--key", action="append", metavar="KEY_ID", help="sign only with these keys")
+    c.set_defaults(func=cmd_sign)
+
+    c = sub.add_parser("publish", help="bump snapshot and timestamp, sign, write metadata")
+    c.add_argument("--role", action="append", help="publish only these staged roles")
+    c.add_argument(
+        "--no-sign",
+        action="store_true",
+        help="sign only snapshot/timestamp; other roles must already be signed",
+    )
+    c.set_defaults(func=cmd_publish)
+
+    c = sub.add_parser("rotate", help="change a role's keys or threshold (root N+1 for top-level)")
+    c.add_argument(
+        "role", help="root, targets, snapshot, timestamp, a delegated role or bin prefix"
+    )
+    c.add_argument("--add-key", action="append", default=[], metavar="KEY_ID")
+    c.add_argument("--create-key", action="store_true", help="create a new key and add it")
+    c.add_argument("--remove-key", action="append", default=[], metavar="KEY_ID")
+    c.add_argument("--threshold", type=int)
+    key_options(c)
+    c.set_defaults(func=cmd_rotate)
+
+    c = sub.add_parser("refresh", help="re-sign snapshot/timestamp before they expire (cron)")
+    c.add_argument(
+        "--margin",
+        type=float,
+        default=0.5,
+        help="re-sign when less than this fraction of the period is left",
+    )
+    c.add_argument("--force", action="store_true")
+    c.set_defaults(func=cmd_refresh)
+
+    c = sub.add_parser("status", help="versions, expiries and missing signatures")
+    c.add_argument("--all", action="store_true", help="list every hash bin")
+    c.set_defaults(func=cmd_status)
+
+    c = sub.add_parser("verify", help="run python-tuf's ngclient over the published files")
+    c.add_argument("--root", help="trusted root to start from (default: metadata/1.root.json)")
+    c.add_argument("--target", action="append", default=[], help="download and check a target")
+    c.add_argument("--all-targets", action="store_true", help="download and check every target")
+    c.add_argument("--url", help="verify a deployed copy at this base URL instead")
+    c.set_defaults(func=cmd_verify)
+    return p
+
+
+if __name__ == "__main__":
+    sys.exit(main())
