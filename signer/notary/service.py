@@ -95,8 +95,7 @@ class NotaryCore:
     def create(self, principal: Principal, algorithm: str, gun: str, role: str) -> NotaryKey:
         if role not in self.roles:
             exc = PermissionDenied(
-                f"the notary API creates keys for roles {', '.join(self.roles)} only, "
-                f"not {role!r}"
+                f"the notary API creates keys for roles {', '.join(self.roles)} only, not {role!r}"
             )
             self._audit_failure_sync(principal, Operation.CREATE, Resource("", role, gun), exc)
             raise exc
@@ -108,9 +107,7 @@ class NotaryCore:
         label = f"notary {role} {gun}"[:128].rstrip() or "notary"
         record = self.keys.create(principal, label, alg.signer_algorithm, role, gun)
         public = nkeys.public_bytes(nkeys.public_key_from_pem(record.public_key_pem))
-        key = NotaryKey(
-            nkeys.key_id(alg.name, public), record.key_id, alg.name, public, role, gun
-        )
+        key = NotaryKey(nkeys.key_id(alg.name, public), record.key_id, alg.name, public, role, gun)
         self.store.add(key)
         log.info("notary CreateKey: %s key %s for %s %s", alg.name, key.notary_id, gun, role)
         return key

@@ -1,0 +1,436 @@
+"""End to end: an unmodified notary-server signs through signerd, driven by the notary CLI.
+
+Debian's ``notary`` package (notary, notary-server) talks to a real signerd (SoftHSM
+token, mutual TLS, a policy file that limits notary-server to timestamp and snapshot
+keys). The CLI initialises a repository, publishes targets, reads them back from a fresh
+client, adds a delegation and publishes through it, and has the server rotate its
+timestamp and snapshot keys. Then: every signature notary-server serves verifies, the
+server-held keys are objects in the token, and the audit log holds the requests.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from harness import Daemon, free_port, running_daemon
+
+from signer.devpki import issue, load_ca
+from signer.notary import keys as nkeys
+
+GUN = "example.com/app"
+NOTARY_SERVER_PRINCIPAL = "notary-server"
+PASSPHRASES = {
+    "NOTARY_ROOT_PASSPHRASE": "root-pass-4711",
+    "NOTARY_TARGETS_PASSPHRASE": "targets-pass-4711",
+    "NOTARY_SNAPSHOT_PASSPHRASE": "snapshot-pass-4711",
+    "NOTARY_DELEGATION_PASSPHRASE": "delegation-pass-4711",
+}
+CLI_TIMEOUT = 60
+
+# notary-server's principal may create, read and use timestamp and snapshot keys; it may
+# not delete them nor touch any other key. "admin" (the harness's health checks) may read.
+POLICY = f"""
+[[rules]]
+principals = ["{NOTARY_SERVER_PRINCIPAL}"]
+operations = ["create", "sign", "read"]
+keys = {{ roles = ["timestamp", "snapshot"], repositories = ["*"] }}
+
+[[rules]]
+principals = ["admin"]
+operations = ["read", "audit"]
+keys = {{ roles = ["*"], repositories = ["*"] }}
+"""
+
+
+def require(binary: str) -> str:
+    path = shutil.which(binary)
+    if path is None:
+        pytest.fail(
+            f"{binary} is not installed: the notary end-to-end test needs Debian's `notary` "
+            "package (make deps, or apt-get install notary)",
+            pytrace=False,
+        )
+    return path
+
+
+@dataclass
+class NotaryServer:
+    root: Path
+    port: int
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def notary_server_config(root: Path, daemon: Daemon, port: int) -> Path:
+    pki = daemon.pki
+    config = {
+        "server": {
+            "http_addr": f"127.0.0.1:{port}",
+            "tls_cert_file": str(pki / "notary-server-tls.pem"),
+            "tls_key_file": str(pki / "notary-server-tls-key.pem"),
+        },
+        "trust_service": {
+            "type": "remote",
+            "hostname": "localhost",  # a DNS name in signerd's server certificate
+            "port": str(daemon.port),
+            "tls_ca_file": str(pki / "ca.pem"),
+            "tls_client_cert": str(pki / f"client-{NOTARY_SERVER_PRINCIPAL}.pem"),
+            "tls_client_key": str(pki / f"client-{NOTARY_SERVER_PRINCIPAL}-key.pem"),
+            "key_algorithm": "ecdsa",
+        },
+        "storage": {"backend": "memory"},
+        "logging": {"level": "info"},
+    }
+    path = root / "notary-server.json"
+    path.write_text(json.dumps(config, indent=2))
+    return path
+
+
+def start_notary_server(root: Path, daemon: Daemon) -> NotaryServer:
+    binary = require("notary-server")
+    issue(
+        daemon.pki,
+        "notary-server-tls",
+        "localhost",
+        load_ca(daemon.pki),
+        server=True,
+        dns=("localhost",),
+        ips=("127.0.0.1",),
+    )
+    port = free_port()
+    config = notary_server_config(root, daemon, port)
+    log_path = root / "notary-server.log"
+    proc = subprocess.Popen(
+        [binary, "-config", str(config), "-logf", "logfmt"],
+        stdout=log_path.open("ab"),
+        stderr=subprocess.STDOUT,
+        cwd=root,
+    )
+    server = NotaryServer(root, port, proc, log_path)
+    deadline = time.monotonic() + 30
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"notary-server exited ({proc.returncode}):\n{server.log()}")
+        try:
+            # /_notary_server/health reports the trust service's health checks too.
+            with https_get(server, "/_notary_server/health") as resp:
+                if resp.status == 200:
+                    return server
+        except OSError as exc:
+            last = exc
+        time.sleep(0.2)
+    proc.kill()
+    raise TimeoutError(f"notary-server not healthy after 30s ({last}):\n{server.log()}")
+
+
+def https_get(server: NotaryServer, path: str) -> Any:
+    ctx = ssl.create_default_context(cafile=str(server.root / "signerd" / "pki" / "ca.pem"))
+    return urllib.request.urlopen(server.url + path, context=ctx, timeout=10)
+
+
+class NotaryCLI:
+    def __init__(self, server: NotaryServer, trust_dir: Path, ca: Path, logs: Any) -> None:
+        self.binary = require("notary")
+        self.server = server
+        self.trust_dir = trust_dir
+        self.ca = ca
+        self.logs = logs
+
+    def __call__(self, *args: str) -> str:
+        cmd = [
+            self.binary,
+            "-s",
+            self.server.url,
+            "-d",
+            str(self.trust_dir),
+            "--tlscacert",
+            str(self.ca),
+            *args,
+        ]
+        env = dict(os.environ, **PASSPHRASES)
+        try:
+            done = subprocess.run(
+                cmd, env=env, capture_output=True, text=True, timeout=CLI_TIMEOUT, check=False
+            )
+        except subprocess.TimeoutExpired as exc:
+            pytest.fail(f"`notary {' '.join(args)}` timed out after {CLI_TIMEOUT}s\n{self.logs()}")
+            raise AssertionError from exc
+        if done.returncode != 0:
+            pytest.fail(
+                f"`notary {' '.join(args)}` failed ({done.returncode}):\n"
+                f"--- stdout\n{done.stdout}\n--- stderr\n{done.stderr}\n{self.logs()}",
+                pytrace=False,
+            )
+        return done.stdout + done.stderr
+
+
+@dataclass
+class Deployment:
+    daemon: Daemon
+    server: NotaryServer
+    root: Path
+
+    def logs(self) -> str:
+        return (
+            f"--- signerd log (tail)\n{self.daemon.log()[-6000:]}\n"
+            f"--- notary-server log (tail)\n{self.server.log()[-6000:]}"
+        )
+
+    def cli(self, trust_dir: str) -> NotaryCLI:
+        return NotaryCLI(self.server, self.root / trust_dir, self.daemon.pki / "ca.pem", self.logs)
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    require("notary-server")
+    require("notary")
+    root = tmp_path_factory.mktemp("notary")
+    with running_daemon(
+        root / "signerd", clients=["admin", NOTARY_SERVER_PRINCIPAL], policy=POLICY
+    ) as daemon:
+        server = start_notary_server(root, daemon)
+        try:
+            yield Deployment(daemon, server, root)
+        finally:
+            server.proc.send_signal(signal.SIGTERM)
+            try:
+                server.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                server.proc.kill()
+                server.proc.wait()
+
+
+def delegation_key(directory: Path) -> tuple[Path, Path]:
+    """A delegation key (EC PEM, for `notary key import`) and its certificate."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "releases")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=365))
+        .sign(key, hashes.SHA256())
+    )
+    key_path, cert_path = directory / "releases-key.pem", directory / "releases.pem"
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return key_path, cert_path
+
+
+# -- verifying what notary-server serves ---------------------------------------------------
+
+
+def signed_bytes(text: str) -> bytes:
+    """The exact bytes under "signed": notary serves them as they were signed."""
+    prefix = '{"signed":'
+    assert text.startswith(prefix), text[:80]
+    _, end = json.JSONDecoder().raw_decode(text, len(prefix))
+    return text[len(prefix) : end].encode()
+
+
+def public_of(key: dict[str, Any]) -> tuple[str, bytes]:
+    """(algorithm for nkeys.verify, public bytes) of a key in notary metadata."""
+    keytype = key["keytype"]
+    public = base64.b64decode(key["keyval"]["public"])
+    if keytype in ("ecdsa-x509", "ed25519-x509"):
+        cert = x509.load_pem_x509_certificate(public)
+        spki = cert.public_key()
+        if keytype == "ecdsa-x509":
+            return "ecdsa", nkeys.public_bytes(spki)
+        return "ed25519", nkeys.public_bytes(spki)
+    return keytype, public
+
+
+def fetch(deployment: Deployment, role: str) -> tuple[dict[str, Any], str]:
+    with https_get(deployment.server, f"/v2/{GUN}/_trust/tuf/{role}.json") as resp:
+        text = resp.read().decode()
+    return json.loads(text), text
+
+
+def verify_served(deployment: Deployment, role: str, keys: dict[str, Any]) -> dict[str, Any]:
+    """Every signature on the served ``role`` verifies against ``keys``; returns the doc."""
+    doc, text = fetch(deployment, role)
+    content = signed_bytes(text)
+    assert doc["signatures"], f"{role}.json is unsigned"
+    for sig in doc["signatures"]:
+        assert sig["keyid"] in keys, f"{role}.json: signature by unknown key {sig['keyid']}"
+        algorithm, public = public_of(keys[sig["keyid"]])
+        signature = base64.b64decode(sig["sig"])
+        assert nkeys.verify(algorithm, public, signature, content), (
+            f"{role}.json: signature by {sig['keyid']} ({sig['method']}) does not verify"
+        )
+    return doc
+
+
+def verify_repository(deployment: Deployment) -> dict[str, dict[str, Any]]:
+    root, _ = fetch(deployment, "root")
+    keys = root["signed"]["keys"]
+    docs = {"root": verify_served(deployment, "root", keys)}
+    for role in ("targets", "snapshot", "timestamp"):
+        docs[role] = verify_served(deployment, role, keys)
+    for delegated in docs["targets"]["signed"].get("delegations", {}).get("roles", []):
+        name = delegated["name"]
+        docs[name] = verify_served(
+            deployment, name, docs["targets"]["signed"]["delegations"]["keys"]
+        )
+    return docs
+
+
+def notary_keys(daemon: Daemon) -> dict[str, tuple[str, str, str]]:
+    """notary key id -> (registry key_id, role, gun), from signerd's state."""
+    with sqlite3.connect(daemon.state / "notary.db") as conn:
+        rows = conn.execute("SELECT notary_id, key_id, role, gun FROM notary_keys").fetchall()
+    return {r[0]: (r[1], r[2], r[3]) for r in rows}
+
+
+def registry_object(daemon: Daemon, key_id: str) -> tuple[str, str]:
+    with sqlite3.connect(daemon.state / "keys.db") as conn:
+        row = conn.execute(
+            "SELECT object_id, state FROM keys WHERE key_id = ?", [key_id]
+        ).fetchone()
+    assert row is not None, f"key {key_id} is not in the registry"
+    return row[0], row[1]
+
+
+def token_object_ids(daemon: Daemon) -> set[str]:
+    """Private key object ids on the token, read by signerd's own token layer."""
+    code = (
+        "import os, sys; from signer.token import Token, TokenSettings\n"
+        "t = Token(TokenSettings(module=sys.argv[1], label=sys.argv[2], "
+        "pin=os.environ['SIGNER_PIN'], probe_interval=0))\n"
+        "t.open()\n"
+        "print('\\n'.join(o.object_id for o in t.objects() if o.object_class == 'private'))\n"
+        "t.close()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, "/usr/lib/softhsm/libsofthsm2.so", daemon.label],
+        env=dict(os.environ, **daemon.env),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+        cwd=str(Path(__file__).resolve().parent.parent),
+    )
+    return set(done.stdout.split())
+
+
+def audit_rows(daemon: Daemon) -> list[tuple[str, str, str, str, str, str]]:
+    with sqlite3.connect(daemon.state / "audit.db") as conn:
+        return conn.execute(
+            "SELECT principal, operation, outcome, key_id, role, repository FROM audit ORDER BY seq"
+        ).fetchall()
+
+
+# -- the test -------------------------------------------------------------------------------
+
+
+def test_notary_cli_through_notary_server_and_signerd(deployment: Deployment) -> None:
+    root = deployment.root
+    alice = deployment.cli("trust-alice")
+    (root / "hello.txt").write_text("hello from signerd\n")
+    (root / "v2.txt").write_text("release two\n")
+
+    alice("init", GUN)
+    # The server's timestamp key was made in signerd's token during init.
+    alice("add", GUN, "v1", str(root / "hello.txt"))
+    alice("publish", GUN)
+
+    # A fresh client with no local trust data sees the target.
+    listing = deployment.cli("trust-bob")("list", GUN)
+    assert "v1" in listing, listing
+
+    # Delegation: add a key for targets/releases, publish through it.
+    key_path, cert_path = delegation_key(root)
+    alice("delegation", "add", GUN, "targets/releases", str(cert_path), "--all-paths")
+    alice("key", "import", str(key_path), "-r", "targets/releases", "-g", GUN)
+    alice("publish", GUN)
+    alice("add", GUN, "v2", str(root / "v2.txt"), "--roles", "targets/releases")
+    alice("publish", GUN)
+    listing = deployment.cli("trust-carol")("list", GUN)
+    assert "v2" in listing and "targets/releases" in listing, listing
+
+    before = verify_repository(deployment)
+    timestamp_before = before["root"]["signed"]["roles"]["timestamp"]["keyids"]
+
+    # The server rotates its keys; snapshot becomes server-managed (in the token too).
+    alice("key", "rotate", GUN, "timestamp", "-r")
+    alice("key", "rotate", GUN, "snapshot", "-r")
+    (root / "v3.txt").write_text("release three\n")
+    alice("add", GUN, "v3", str(root / "v3.txt"))
+    alice("publish", GUN)
+    listing = deployment.cli("trust-dave")("list", GUN)
+    assert "v3" in listing, listing
+
+    docs = verify_repository(deployment)
+    roles = docs["root"]["signed"]["roles"]
+    timestamp_ids = roles["timestamp"]["keyids"]
+    snapshot_ids = roles["snapshot"]["keyids"]
+    assert timestamp_ids != timestamp_before, "timestamp key was not rotated"
+
+    # The timestamp and snapshot keys notary-server uses are signerd keys in the token.
+    linked = notary_keys(deployment.daemon)
+    on_token = token_object_ids(deployment.daemon)
+    for role, ids in (("timestamp", timestamp_ids), ("snapshot", snapshot_ids)):
+        for notary_id in ids:
+            assert notary_id in linked, f"{role} key {notary_id} was not made by signerd"
+            key_id, key_role, gun = linked[notary_id]
+            assert (key_role, gun) == (role, GUN)
+            object_id, state = registry_object(deployment.daemon, key_id)
+            assert state == "active"
+            assert object_id in on_token, f"{role} key {notary_id} is not on the token"
+        # ... and they signed what the server serves.
+        assert {s["keyid"] for s in docs[role]["signatures"]} <= set(ids)
+    # notary-server created a timestamp key at init and another at rotation, and a
+    # snapshot key at rotation: all through signerd.
+    assert {r for _, r, _ in linked.values()} == {"timestamp", "snapshot"}
+    assert len(linked) >= 3
+
+    # The audit log holds notary-server's requests.
+    rows = [r for r in audit_rows(deployment.daemon) if r[0] == NOTARY_SERVER_PRINCIPAL]
+    ops = {(op, outcome) for _, op, outcome, *_ in rows}
+    assert ("create", "allowed") in ops, rows
+    assert ("sign", "allowed") in ops, rows
+    assert ("read", "allowed") in ops, rows
+    signed_keys = {key_id for _, op, outcome, key_id, _, _ in rows if op == "sign"}
+    assert signed_keys <= {v[0] for v in linked.values()}
+    assert all(repo == GUN for *_, repo in rows if repo), rows
+    # Nothing notary-server did was refused or failed.
+    assert not [r for r in rows if r[2] != "allowed"], rows
