@@ -47,8 +47,16 @@ RAW_SCRIPT = textwrap.dedent(
 )
 
 
-def _client_proc(config: dict, key_id: str, mode: str, batch: int, concurrency: int,
-                 seconds: float, start_at: float, out: mp.Queue) -> None:
+def _client_proc(
+    config: dict,
+    key_id: str,
+    mode: str,
+    batch: int,
+    concurrency: int,
+    seconds: float,
+    start_at: float,
+    out: mp.Queue,
+) -> None:
     """One client process: ``concurrency`` calls in flight on one grpc.aio channel."""
     import asyncio
 
@@ -59,15 +67,17 @@ def _client_proc(config: dict, key_id: str, mode: str, batch: int, concurrency: 
 
     async def run() -> tuple[int, list[float]]:
         creds = grpc.ssl_channel_credentials(
-            Path(config["ca"]).read_bytes(), Path(config["key"]).read_bytes(),
+            Path(config["ca"]).read_bytes(),
+            Path(config["key"]).read_bytes(),
             Path(config["cert"]).read_bytes(),
         )
         async with grpc.aio.secure_channel(config["address"], creds) as channel:
             stub = pb_grpc.SigningServiceStub(channel)
             unary = pb.SignRequest(key_id=key_id, payload=PAYLOAD)
             many = pb.SignBatchRequest(
-                key_id=key_id, items=[pb.SignBatchItem(payload=PAYLOAD + b"%d" % n)
-                                      for n in range(batch)])
+                key_id=key_id,
+                items=[pb.SignBatchItem(payload=PAYLOAD + b"%d" % n) for n in range(batch)],
+            )
             await stub.Sign(unary)
             count, latencies = 0, []
             await asyncio.sleep(max(0.0, start_at - time.time()))
@@ -93,15 +103,17 @@ def _client_proc(config: dict, key_id: str, mode: str, batch: int, concurrency: 
     out.put(asyncio.run(run()))
 
 
-def drive(daemon, key_id: str, mode: str, clients: int, threads: int, batch: int,
-          seconds: float) -> tuple[float, float, float]:
+def drive(
+    daemon, key_id: str, mode: str, clients: int, threads: int, batch: int, seconds: float
+) -> tuple[float, float, float]:
     ctx = mp.get_context("spawn")
     out: mp.Queue = ctx.Queue()
     cfg = daemon.client_config("admin").__dict__
     start_at = time.time() + 2.0
     procs = [
-        ctx.Process(target=_client_proc,
-                    args=(cfg, key_id, mode, batch, threads, seconds, start_at, out))
+        ctx.Process(
+            target=_client_proc, args=(cfg, key_id, mode, batch, threads, seconds, start_at, out)
+        )
         for _ in range(clients)
     ]
     for p in procs:
@@ -121,8 +133,13 @@ def drive(daemon, key_id: str, mode: str, clients: int, threads: int, batch: int
 
 def raw_rate(daemon, object_id: str, seconds: float) -> tuple[float, float, float]:
     env = dict(os.environ, **daemon.env)
-    out = subprocess.run([sys.executable, "-c", RAW_SCRIPT, daemon.label, object_id, str(seconds)],
-                         env=env, capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", RAW_SCRIPT, daemon.label, object_id, str(seconds)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     n, lats = int(out[0]), sorted(float(x) for x in out[1:])
     return n / seconds, statistics.median(lats) * 1000, lats[int(len(lats) * 0.99) - 1] * 1000
 
@@ -137,26 +154,36 @@ def main() -> int:
     args = ap.parse_args()
     import sqlite3
 
-    with tempfile.TemporaryDirectory() as tmp, running_daemon(
-        Path(tmp), workers=args.workers
-    ) as daemon:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        running_daemon(Path(tmp), workers=args.workers) as daemon,
+    ):
         client = daemon.client()
         key = client.create_key("bench-p256", "ecdsa-sha2-nistp256", "timestamp")
         client.sign(key.key_id, PAYLOAD)
-        object_id = sqlite3.connect(daemon.state / "keys.db").execute(
-            "SELECT object_id FROM keys WHERE key_id = ?", (key.key_id,)).fetchone()[0]
+        object_id = (
+            sqlite3.connect(daemon.state / "keys.db")
+            .execute("SELECT object_id FROM keys WHERE key_id = ?", (key.key_id,))
+            .fetchone()[0]
+        )
         raw = raw_rate(daemon, object_id, args.seconds)
         unary = drive(daemon, key.key_id, "unary", args.clients, args.concurrency, 1, args.seconds)
         batch = drive(daemon, key.key_id, "batch", args.clients, 2, args.batch, args.seconds)
-        audited = sqlite3.connect(daemon.state / "audit.db").execute(
-            "SELECT COUNT(*) FROM audit WHERE operation = 'sign' AND outcome = 'allowed'"
-        ).fetchone()[0]
-    print(f"signerd bench: ECDSA P-256, {args.workers} worker processes, {args.clients} client "
-          f"processes, {os.cpu_count()} cores, {args.seconds:.0f}s per run")
+        audited = (
+            sqlite3.connect(daemon.state / "audit.db")
+            .execute("SELECT COUNT(*) FROM audit WHERE operation = 'sign' AND outcome = 'allowed'")
+            .fetchone()[0]
+        )
+    print(
+        f"signerd bench: ECDSA P-256, {args.workers} worker processes, {args.clients} client "
+        f"processes, {os.cpu_count()} cores, {args.seconds:.0f}s per run"
+    )
     print(f"{'path':34} {'signs/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'vs raw':>7}")
-    rows = [("raw python-pkcs11 (1 thread)", raw),
-            (f"unary Sign ({args.clients}x{args.concurrency} in flight)", unary),
-            (f"SignBatch x{args.batch} ({args.clients}x2 in flight)", batch)]
+    rows = [
+        ("raw python-pkcs11 (1 thread)", raw),
+        (f"unary Sign ({args.clients}x{args.concurrency} in flight)", unary),
+        (f"SignBatch x{args.batch} ({args.clients}x2 in flight)", batch),
+    ]
     for name, (rate, p50, p99) in rows:
         print(f"{name:34} {rate:10.0f} {p50:8.2f} {p99:8.2f} {rate / raw[0]:7.2f}")
     print(f"audit rows for allowed signatures: {audited}")

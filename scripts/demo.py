@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from securesystemslib.formats import encode_canonical
 from securesystemslib.signer import Signature
+
 from signer_client import ClientConfig, SignerClient
 from signer_client.client import tuf_key
 

@@ -79,8 +79,9 @@ class SignerConfig:
 
     @property
     def max_message_bytes(self) -> int:
-        """gRPC's own limit sits above ours so that oversize payloads get our clear error."""
-        return self.max_payload_bytes * 4 + 1024 * 1024
+        """gRPC's own limit sits well above ours so that oversize payloads get our clear
+        INVALID_ARGUMENT; only messages beyond it get gRPC's RESOURCE_EXHAUSTED."""
+        return max(64 * 1024 * 1024, self.max_payload_bytes * 4 + 1024 * 1024)
 
 
 def parse_pkcs11_uri(uri: str) -> dict[str, str]:

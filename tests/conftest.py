@@ -11,12 +11,14 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import Daemon, running_daemon  # noqa: E402
+from harness import Daemon, running_daemon
 
 
 def pytest_configure(config: pytest.Config) -> None:
     if shutil.which("softhsm2-util") is None:
-        raise pytest.UsageError("softhsm2 is not installed: run `make deps` (apt-get install softhsm2)")
+        raise pytest.UsageError(
+            "softhsm2 is not installed: run `make deps` (apt-get install softhsm2)"
+        )
 
 
 @pytest.fixture(scope="module")

@@ -40,7 +40,9 @@ def create_token(directory: Path, label: str = "tuf-signer") -> dict[str, str]:
     env = dict(os.environ, SIGNER_PIN=PIN, SIGNER_SO_PIN=SO_PIN)
     subprocess.run(
         [str(ROOT / "softhsm" / "create-token.sh"), str(directory), label],
-        check=True, env=env, capture_output=True,
+        check=True,
+        env=env,
+        capture_output=True,
     )
     return {"SOFTHSM2_CONF": str(directory / "softhsm2.conf"), "SIGNER_PIN": PIN}
 
@@ -117,12 +119,17 @@ dir = "state"
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "signer.cli", "serve", "--config", str(self.config_path)],
-            env=dict(os.environ, **self.env), stdout=log, stderr=subprocess.STDOUT, cwd=self.root,
+            env=dict(os.environ, **self.env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.root,
         )
         if wait:
             self.wait_serving()
 
-    def wait_serving(self, timeout: float = 30.0, want: int = health_pb2.HealthCheckResponse.SERVING) -> None:
+    def wait_serving(
+        self, timeout: float = 30.0, want: int = health_pb2.HealthCheckResponse.SERVING
+    ) -> None:
         deadline = time.monotonic() + timeout
         last: Any = None
         while time.monotonic() < deadline:
@@ -236,7 +243,10 @@ def read_token_objects(daemon: Daemon) -> list[dict[str, Any]]:
 
     result = subprocess.run(
         [sys.executable, "-c", _READ_TOKEN, MODULE, daemon.label],
-        env=dict(os.environ, **daemon.env), capture_output=True, text=True, check=True,
+        env=dict(os.environ, **daemon.env),
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return list(json.loads(result.stdout))
 
@@ -251,9 +261,13 @@ def object_id_of(daemon: Daemon, key_id: str) -> str:
     return str(row[0])
 
 
-def audit_rows(daemon: Daemon, where: str = "1", args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+def audit_rows(
+    daemon: Daemon, where: str = "1", args: tuple[Any, ...] = ()
+) -> list[dict[str, Any]]:
     import sqlite3
 
     with sqlite3.connect(daemon.state / "audit.db") as db:
         db.row_factory = sqlite3.Row
-        return [dict(r) for r in db.execute(f"SELECT * FROM audit WHERE {where} ORDER BY seq", args)]
+        return [
+            dict(r) for r in db.execute(f"SELECT * FROM audit WHERE {where} ORDER BY seq", args)
+        ]

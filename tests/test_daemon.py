@@ -7,16 +7,17 @@ input with its precise status, and the audit row each request leaves.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 
 import grpc
 import pytest
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa, utils
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
-from harness import Daemon, audit_rows, object_id_of, read_token_objects
 from securesystemslib.signer import Signature, SSlibKey
 
+from harness import Daemon, audit_rows, object_id_of, read_token_objects
 from signer.v1 import signer_pb2 as pb
 from signer.v1 import signer_pb2_grpc as pb_grpc
 from signer_client import (
@@ -63,8 +64,15 @@ def keys(daemon: Daemon) -> dict[str, pb.Key]:
 def test_created_key_describes_itself(keys: dict[str, pb.Key], algorithm: str) -> None:
     key = keys[algorithm]
     assert key.scheme == algorithm
-    assert key.keytype == {"ecdsa-sha2-nistp256": "ecdsa", "ecdsa-sha2-nistp384": "ecdsa",
-                           "ed25519": "ed25519", "rsassa-pss-sha256": "rsa"}[algorithm]
+    assert (
+        key.keytype
+        == {
+            "ecdsa-sha2-nistp256": "ecdsa",
+            "ecdsa-sha2-nistp384": "ecdsa",
+            "ed25519": "ed25519",
+            "rsassa-pss-sha256": "rsa",
+        }[algorithm]
+    )
     # key_id is the TUF keyid: sha256 of the canonical JSON of the securesystemslib key dict.
     assert hashlib.sha256(key.tuf_key_json.encode()).hexdigest() == key.key_id
     key_dict = json.loads(key.tuf_key_json, strict=False)
@@ -86,14 +94,18 @@ def test_sign_verifies_with_cryptography_and_securesystemslib(
     sslib_verify(key, response.signature, PAYLOAD)
     with pytest.raises(Exception):  # the same signature must not verify other bytes
         sslib_verify(key, response.signature, PAYLOAD + b" ")
-    rows = audit_rows(daemon, "key_id = ? AND payload_sha256 = ? AND outcome = 'allowed'",
-                      (key.key_id, hashlib.sha256(PAYLOAD).hexdigest()))
+    rows = audit_rows(
+        daemon,
+        "key_id = ? AND payload_sha256 = ? AND outcome = 'allowed'",
+        (key.key_id, hashlib.sha256(PAYLOAD).hexdigest()),
+    )
     assert rows and rows[-1]["principal"] == "admin" and rows[-1]["operation"] == "sign"
     assert rows[-1]["role"] == "targets"
 
 
-@pytest.mark.parametrize("algorithm", ["ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384",
-                                       "rsassa-pss-sha256"])
+@pytest.mark.parametrize(
+    "algorithm", ["ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "rsassa-pss-sha256"]
+)
 def test_sign_prehashed_digest(daemon: Daemon, keys: dict[str, pb.Key], algorithm: str) -> None:
     key = keys[algorithm]
     digest = hashlib.new("sha384" if algorithm.endswith("384") else "sha256", PAYLOAD).digest()
@@ -101,7 +113,9 @@ def test_sign_prehashed_digest(daemon: Daemon, keys: dict[str, pb.Key], algorith
     sslib_verify(key, response.signature, PAYLOAD)  # a digest signature verifies the payload
 
 
-def test_digest_rejected_for_ed25519_and_wrong_length(daemon: Daemon, keys: dict[str, pb.Key]) -> None:
+def test_digest_rejected_for_ed25519_and_wrong_length(
+    daemon: Daemon, keys: dict[str, pb.Key]
+) -> None:
     client = daemon.client()
     with pytest.raises(InvalidArgumentError, match="signs whole messages"):
         client.sign_digest(keys["ed25519"].key_id, hashlib.sha256(PAYLOAD).digest())
@@ -167,8 +181,9 @@ def test_destroy_removes_objects_from_token(daemon: Daemon) -> None:
         client.sign(key.key_id, PAYLOAD)
     with pytest.raises(FailedPreconditionError, match="already destroyed"):
         client.destroy_key(key.key_id, confirm=key.key_id)
-    assert audit_rows(daemon, "key_id = ? AND operation = 'destroy' AND outcome = 'allowed'",
-                      (key.key_id,))
+    assert audit_rows(
+        daemon, "key_id = ? AND operation = 'destroy' AND outcome = 'allowed'", (key.key_id,)
+    )
 
 
 def test_sign_batch_reports_each_item(daemon: Daemon, keys: dict[str, pb.Key]) -> None:
@@ -184,8 +199,14 @@ def test_sign_batch_reports_each_item(daemon: Daemon, keys: dict[str, pb.Key]) -
     ]
     response = stub.SignBatch(pb.SignBatchRequest(key_id=key.key_id, items=items), timeout=10)
     codes = [r.status.code for r in response.results]
-    assert codes == [0, grpc.StatusCode.NOT_FOUND.value[0], grpc.StatusCode.INVALID_ARGUMENT.value[0],
-                     grpc.StatusCode.INVALID_ARGUMENT.value[0], 0, 0]
+    assert codes == [
+        0,
+        grpc.StatusCode.NOT_FOUND.value[0],
+        grpc.StatusCode.INVALID_ARGUMENT.value[0],
+        grpc.StatusCode.INVALID_ARGUMENT.value[0],
+        0,
+        0,
+    ]
     sslib_verify(key, response.results[0].signature, b"one")
     sslib_verify(keys["ed25519"], response.results[4].signature, b"five")
     sslib_verify(key, response.results[5].signature, b"six")
@@ -211,19 +232,44 @@ def test_sign_batch_many_items_in_order(daemon: Daemon, keys: dict[str, pb.Key])
         (lambda c, k: c.get_key("nope"), grpc.StatusCode.NOT_FOUND, "no key"),
         (lambda c, k: c.retire_key("f" * 64), grpc.StatusCode.NOT_FOUND, "no key"),
         (lambda c, k: c.destroy_key("f" * 64, "f" * 64), grpc.StatusCode.NOT_FOUND, "no key"),
-        (lambda c, k: c.keys.CreateKey(pb.CreateKeyRequest(label="x", algorithm=99, role="targets")),
-         grpc.StatusCode.INVALID_ARGUMENT, "unknown or unspecified algorithm"),
-        (lambda c, k: c.keys.CreateKey(pb.CreateKeyRequest(label="x", role="targets")),
-         grpc.StatusCode.INVALID_ARGUMENT, "unknown or unspecified algorithm"),
-        (lambda c, k: c.create_key("", "ed25519", "targets"), grpc.StatusCode.INVALID_ARGUMENT, "label"),
+        (
+            lambda c, k: c.keys.CreateKey(
+                pb.CreateKeyRequest(label="x", algorithm=99, role="targets")
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "unknown or unspecified algorithm",
+        ),
+        (
+            lambda c, k: c.keys.CreateKey(pb.CreateKeyRequest(label="x", role="targets")),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "unknown or unspecified algorithm",
+        ),
+        (
+            lambda c, k: c.create_key("", "ed25519", "targets"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "label",
+        ),
         (lambda c, k: c.create_key("ok", "ed25519", ""), grpc.StatusCode.INVALID_ARGUMENT, "role"),
-        (lambda c, k: c.create_key("ok", "ed25519", "../etc"), grpc.StatusCode.INVALID_ARGUMENT, "role"),
-        (lambda c, k: c.signing.Sign(pb.SignRequest(key_id=k)), grpc.StatusCode.INVALID_ARGUMENT,
-         "send a payload or a digest"),
-        (lambda c, k: c.signing.SignBatch(pb.SignBatchRequest(key_id=k)),
-         grpc.StatusCode.INVALID_ARGUMENT, "items is empty"),
-        (lambda c, k: c.keys.ListKeys(pb.ListKeysRequest(state=42)), grpc.StatusCode.INVALID_ARGUMENT,
-         "unknown key state"),
+        (
+            lambda c, k: c.create_key("ok", "ed25519", "../etc"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "role",
+        ),
+        (
+            lambda c, k: c.signing.Sign(pb.SignRequest(key_id=k)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "send a payload or a digest",
+        ),
+        (
+            lambda c, k: c.signing.SignBatch(pb.SignBatchRequest(key_id=k)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "items is empty",
+        ),
+        (
+            lambda c, k: c.keys.ListKeys(pb.ListKeysRequest(state=42)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "unknown key state",
+        ),
     ],
 )
 def test_bad_input_gets_precise_status(
@@ -263,7 +309,9 @@ def test_health_and_reflection(daemon: Daemon) -> None:
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
     stub = reflection_pb2_grpc.ServerReflectionStub(daemon.channel())
-    responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+    responses = stub.ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+    )
     names = {s.name for r in responses for s in r.list_services_response.service}
     assert {"signer.v1.KeyService", "signer.v1.SigningService", "grpc.health.v1.Health"} <= names
 
@@ -275,10 +323,13 @@ def test_every_request_is_audited_in_a_chain(daemon: Daemon, keys: dict[str, pb.
     with pytest.raises(NotFoundError):
         client.sign("e" * 64, b"audited payload")
     rows = audit_rows(daemon)[before:]
-    assert [(r["principal"], r["outcome"]) for r in rows] == [("alice", "allowed"), ("alice", "failed")]
+    assert [(r["principal"], r["outcome"]) for r in rows] == [
+        ("alice", "allowed"),
+        ("alice", "failed"),
+    ]
     digest = hashlib.sha256(b"audited payload").hexdigest()
     assert all(r["payload_sha256"] == digest for r in rows)
     assert all(b"audited payload".hex() not in json.dumps(r) for r in rows)  # never the payload
     everything = audit_rows(daemon)
-    for prev, row in zip(everything, everything[1:], strict=False):
+    for prev, row in itertools.pairwise(everything):
         assert row["prev_hash"] == prev["hash"] and row["seq"] == prev["seq"] + 1

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from harness import Daemon
 
+from harness import Daemon
 from signer.devpki import issue_client, make_ca
 from signer.v1 import signer_pb2 as pb
 from signer.v1 import signer_pb2_grpc as pb_grpc
@@ -23,12 +23,17 @@ def test_client_with_valid_certificate_is_served(daemon: Daemon) -> None:
 
 def test_client_without_certificate_is_rejected(daemon: Daemon) -> None:
     creds = grpc.ssl_channel_credentials(root_certificates=(daemon.pki / "ca.pem").read_bytes())
-    with grpc.secure_channel(daemon.address, creds) as channel, pytest.raises(grpc.RpcError) as info:
+    with (
+        grpc.secure_channel(daemon.address, creds) as channel,
+        pytest.raises(grpc.RpcError) as info,
+    ):
         _list_keys(channel)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE  # the TLS handshake fails
 
 
-def test_client_with_certificate_from_another_ca_is_rejected(daemon: Daemon, tmp_path: Path) -> None:
+def test_client_with_certificate_from_another_ca_is_rejected(
+    daemon: Daemon, tmp_path: Path
+) -> None:
     rogue_ca = make_ca(tmp_path, "rogue CA")
     issue_client(tmp_path, "admin", rogue_ca)  # same name, wrong issuer
     creds = grpc.ssl_channel_credentials(
@@ -36,7 +41,10 @@ def test_client_with_certificate_from_another_ca_is_rejected(daemon: Daemon, tmp
         private_key=(tmp_path / "client-admin-key.pem").read_bytes(),
         certificate_chain=(tmp_path / "client-admin.pem").read_bytes(),
     )
-    with grpc.secure_channel(daemon.address, creds) as channel, pytest.raises(grpc.RpcError) as info:
+    with (
+        grpc.secure_channel(daemon.address, creds) as channel,
+        pytest.raises(grpc.RpcError) as info,
+    ):
         _list_keys(channel)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
 
@@ -55,6 +63,9 @@ def test_client_checks_the_server_certificate(daemon: Daemon, tmp_path: Path) ->
         private_key=(daemon.pki / "client-admin-key.pem").read_bytes(),
         certificate_chain=(daemon.pki / "client-admin.pem").read_bytes(),
     )
-    with grpc.secure_channel(daemon.address, creds) as channel, pytest.raises(grpc.RpcError) as info:
+    with (
+        grpc.secure_channel(daemon.address, creds) as channel,
+        pytest.raises(grpc.RpcError) as info,
+    ):
         _list_keys(channel)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import Daemon, running_daemon
 from securesystemslib.signer import Signature
 
+from harness import Daemon, running_daemon
 from signer_client import UnavailableError
 from signer_client.client import tuf_key
 
