@@ -60,6 +60,9 @@ _FAULTS: tuple[type[Exception], ...] = (
     p11.OperationActive,
 )
 
+# Anything the module raises while (re)opening or probing: keep healing, never crash.
+_ANY_P11: tuple[type[Exception], ...] = (*_FAULTS, p11.PKCS11Error)
+
 _ED25519_OID = "1.3.101.112"
 
 
@@ -119,7 +122,7 @@ class Token:
         with self._lock:
             try:
                 self._reopen()
-            except (*_FAULTS, p11.PKCS11Error, OSError) as exc:
+            except (p11.PKCS11Error, OSError) as exc:
                 raise TokenUnavailable(
                     f"cannot open token {self.settings.label!r}: {_describe(exc)}"
                 ) from exc
@@ -183,7 +186,7 @@ class Token:
                     private_template=private_template,
                 )
             else:
-                curve = _ED25519_OID if algorithm.family == "ed25519" else algorithm.curve
+                curve = _ED25519_OID if algorithm.family == "ed25519" else str(algorithm.curve)
                 key_type = KeyType.EC_EDWARDS if algorithm.family == "ed25519" else KeyType.EC
                 mechanism = (
                     Mechanism.EC_EDWARDS_KEY_PAIR_GEN
@@ -345,7 +348,7 @@ class Token:
             try:
                 self._reopen()
                 return fn()
-            except (*_FAULTS, p11.PKCS11Error) as exc:
+            except _ANY_P11 as exc:
                 self._mark_broken(exc if first is None else first)
                 raise TokenUnavailable(
                     f"token {self.settings.label!r} is unavailable: {self._fault}"
@@ -410,7 +413,7 @@ class Token:
                 try:
                     kwargs = {"token_label": self.settings.label}
                     self._lib.get_token(**kwargs)
-                except (*_FAULTS, p11.PKCS11Error) as exc:
+                except _ANY_P11 as exc:
                     self._mark_broken(exc)
 
     def _set_health(self, fault: str | None) -> None:

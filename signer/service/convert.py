@@ -21,7 +21,7 @@ STATE_ENUMS = {
     KeyState.RETIRED: pb.RETIRED,
     KeyState.DESTROYED: pb.DESTROYED,
 }
-STATE_NAMES = {value: state.value for state, value in STATE_ENUMS.items()}
+STATE_NAMES: dict[int, str] = {int(value): state.value for state, value in STATE_ENUMS.items()}
 
 
 def algorithm_name(value: int) -> str:
