@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import Daemon
 from tuf.api.exceptions import (
     BadVersionNumberError,
     LengthOrHashMismatchError,
@@ -28,7 +27,8 @@ from tuf.api.exceptions import (
 from tuf.api.metadata import Metadata
 from tuf.ngclient import Updater
 
-from signer_client.repo import RepoStore, Repository, RepositoryError
+from harness import Daemon
+from signer_client.repo import Repository, RepositoryError, RepoStore
 from signer_client.repo_cli import main
 
 # -- fixtures and helpers ----------------------------------------------------------------
@@ -190,15 +190,15 @@ def test_threshold_delegation_partial_signing_and_under_signed(
     assert len(keys) == 2
     assert run("publish", repo=repo) == 0  # the new role is empty; both keys sign it
     files = make_files(tmp_path / "in", 3, "pkg")
-    assert run("targets", "add", str(tmp_path / "in" / "pkg1.txt"), "--role", "pkgs",
-               "--prefix", "pkgs/", repo=repo) == 0
+    pkg1 = str(tmp_path / "in" / "pkg1.txt")
+    assert run("targets", "add", pkg1, "--role", "pkgs", "--prefix", "pkgs/", repo=repo) == 0
     capsys.readouterr()
 
     # first key holder signs; the role is visibly half signed and cannot be published
     assert run("sign", "pkgs", "--key", keys[0], repo=repo) == 0
     assert run("status", repo=repo) == 0
     status = capsys.readouterr().out
-    line = next(l for l in status.splitlines() if l.startswith("pkgs"))
+    line = next(x for x in status.splitlines() if x.startswith("pkgs"))
     assert "1/2 MISSING 1" in line and keys[1][:8] in line
     assert run("publish", "--no-sign", repo=repo) == 1
     assert "pkgs: 1/2 signatures" in capsys.readouterr().err
@@ -224,11 +224,11 @@ def test_threshold_delegation_partial_signing_and_under_signed(
     # path_hash_prefixes delegation beside it
     name = "other/x.bin"
     prefix = hashlib.sha256(name.encode()).hexdigest()[:2]
-    assert run("delegate", "hashed", "--path-hash-prefixes", prefix, "--create-key",
-               "--terminating", repo=repo) == 0
+    args = ["delegate", "hashed", "--path-hash-prefixes", prefix, "--create-key", "--terminating"]
+    assert run(*args, repo=repo) == 0
     (tmp_path / "x.bin").write_bytes(b"x" * 100)
-    assert run("targets", "add", str(tmp_path / "x.bin"), "--role", "hashed",
-               "--prefix", "other/", repo=repo) == 0
+    x_bin = str(tmp_path / "x.bin")
+    assert run("targets", "add", x_bin, "--role", "hashed", "--prefix", "other/", repo=repo) == 0
     assert run("publish", repo=repo) == 0
     assert fetch(served, repo, tmp_path, name) == b"x" * 100
 
