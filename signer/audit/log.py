@@ -20,7 +20,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -48,6 +48,19 @@ CREATE TABLE IF NOT EXISTS audit (
     request_id TEXT NOT NULL,
     prev_hash TEXT NOT NULL,
     hash TEXT NOT NULL
+)
+"""
+
+# Signed (seq, hash) of the chain's tip, written by signer.audit.checkpoint.
+_CHECKPOINT_SCHEMA = """
+CREATE TABLE IF NOT EXISTS audit_checkpoints (
+    id INTEGER PRIMARY KEY,
+    seq INTEGER NOT NULL UNIQUE,
+    hash TEXT NOT NULL,
+    time REAL NOT NULL,
+    key_id TEXT NOT NULL,
+    body TEXT NOT NULL,
+    signature TEXT NOT NULL
 )
 """
 
@@ -81,23 +94,15 @@ def entry_hash(prev_hash: str, seq: int, event: dict[str, object]) -> str:
 
 
 class _Pending:
-    """Entries waiting for the writer; ``notify`` wakes an asyncio waiter, if any."""
+    """Entries waiting to be committed."""
 
-    __slots__ = ("done", "error", "events", "notify", "seqs")
+    __slots__ = ("done", "error", "events", "seqs")
 
-    def __init__(
-        self, events: Sequence[AuditEvent], notify: Callable[[], object] | None = None
-    ) -> None:
+    def __init__(self, events: Sequence[AuditEvent]) -> None:
         self.events = events
         self.done = threading.Event()
-        self.notify = notify
         self.error: BaseException | None = None
         self.seqs: list[int] = []
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 class AuditLog:
@@ -105,7 +110,11 @@ class AuditLog:
         self.path = path
         self._conn = connect(path)
         self._conn.execute(_SCHEMA)
+        self._conn.execute(_CHECKPOINT_SCHEMA)
         self._cv = threading.Condition()
+        self._commit_lock = threading.Lock()
+        self._loop_queue: list[tuple[_Pending, asyncio.Future[list[int]]]] = []
+        self._loop_flush_scheduled = False
         self._queue: list[_Pending] = []
         self._stopped = False
         self._writer = threading.Thread(target=self._write_loop, name="audit-writer", daemon=True)
@@ -127,21 +136,43 @@ class AuditLog:
         return pending.seqs
 
     async def record_async(self, *events: AuditEvent) -> list[int]:
-        """``record`` for asyncio callers: the event loop keeps serving while we wait."""
+        """``record`` for the asyncio server: group commit on the event loop itself.
+
+        Every request that reaches this point in the same turn of the loop joins one
+        transaction, committed by a callback on the loop: no hand-off to another thread
+        (which would wait for the GIL), one commit for many signatures.
+        """
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        pending = _Pending(events, lambda: loop.call_soon_threadsafe(_resolve, future))
-        with self._cv:
-            if self._stopped:
-                raise AuditUnavailable("the audit log is closed")
-            self._queue.append(pending)
-            self._cv.notify()
-        await future
-        if pending.error is not None:
-            raise AuditUnavailable(
-                f"the audit log could not be written ({pending.error}); nothing was signed"
-            ) from pending.error
-        return pending.seqs
+        future: asyncio.Future[list[int]] = loop.create_future()
+        self._loop_queue.append((_Pending(events), future))
+        if not self._loop_flush_scheduled:
+            self._loop_flush_scheduled = True
+            loop.call_soon(self._flush_loop_queue)
+        return await future
+
+    def _flush_loop_queue(self) -> None:
+        self._loop_flush_scheduled = False
+        batch, self._loop_queue = self._loop_queue, []
+        if self._stopped:
+            error: BaseException | None = RuntimeError("the audit log is closed")
+        else:
+            try:
+                self._commit([pending for pending, _ in batch])
+                error = None
+            except BaseException as exc:
+                log.exception("audit write failed")
+                error = exc
+        for pending, future in batch:
+            if future.done():
+                continue
+            if error is None:
+                future.set_result(pending.seqs)
+            else:
+                future.set_exception(
+                    AuditUnavailable(
+                        f"the audit log could not be written ({error}); nothing was signed"
+                    )
+                )
 
     def close(self) -> None:
         with self._cv:
@@ -166,10 +197,12 @@ class AuditLog:
                     pending.error = exc
             for pending in batch:
                 pending.done.set()
-                if pending.notify is not None:
-                    pending.notify()
 
     def _commit(self, batch: list[_Pending]) -> None:
+        with self._commit_lock:
+            self._commit_locked(batch)
+
+    def _commit_locked(self, batch: list[_Pending]) -> None:
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
