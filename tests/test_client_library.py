@@ -24,7 +24,7 @@ from signer_client import (
 )
 from signer_client.client import tuf_key
 
-PAYLOAD = b'{"_type":"targets","version":1}'
+PAYLOAD = b"raw bytes, not TUF metadata: no payload rules apply"
 
 
 def test_config_from_file_resolves_relative_paths(tmp_path: Path) -> None:

@@ -112,6 +112,7 @@ class Repository:
         self._staged = set(store.staged_roles())
         self._current: dict[str, Metadata[Any] | None] = {}
         self._published: dict[str, Metadata[Any] | None] = {}
+        self._bin_top: int | None = None  # highest hash-bin version (see _next_version)
 
     # -- reading -------------------------------------------------------------------------
 
@@ -211,17 +212,41 @@ class Repository:
         current = self.current(role)
         if not staged:
             published = self.published(role)
-            md.signed.version = (published.signed.version if published else 0) + 1
+            md.signed.version = self._next_version(
+                role, (published.signed.version if published else 0) + 1
+            )
         elif current is not None and current.signatures:
             if role == "root":
                 raise RepositoryError(
                     f"root v{current.signed.version} is staged with signatures; root versions "
                     "must be consecutive: publish it before changing root again"
                 )
-            md.signed.version = current.signed.version + 1
+            md.signed.version = self._next_version(role, current.signed.version + 1)
         md.signatures.clear()
         md.signed.expires = self.now() + self.expiry(role)
         self._stage(role, md)
+
+    def _next_version(self, role: str, version: int) -> int:
+        """``version``, or for a hash bin the next version of the whole bin family.
+
+        All bins share one key set, and the daemon keeps one "last version" per key and
+        role: two bins at the same version with different content would be a fork to it.
+        So bin versions are drawn from one counter (the highest bin version + 1); each
+        bin's own versions still only go up, and gaps are harmless to clients.
+        """
+        if role in TOP_LEVEL:
+            return version
+        try:
+            succinct = self.find_delegation(role)[1]
+        except RepositoryError:
+            return version
+        if succinct is None:
+            return version
+        if self._bin_top is None:
+            found = (self.current(b) for b in succinct.get_roles())
+            self._bin_top = max((md.signed.version for md in found if md is not None), default=0)
+        self._bin_top = max(version, self._bin_top + 1)
+        return self._bin_top
 
     def touch(self, role: str) -> None:
         """Stage a new version with unchanged content (new expiry, new signatures)."""
@@ -474,6 +499,8 @@ class Repository:
                     errors[f"{role}/{key_id}"] = "no private key URI for this key"
                     continue
                 requests.append((role, KeyRef(key, uri)))
+        # ascending versions: a key shared by many roles (hash bins) never sees a step back
+        requests.sort(key=lambda request: self._signed(request[0]).version)
         results = sign_all([(ref, payloads[role]) for role, ref in requests], self.stats)
         touched: set[str] = set()
         for (role, ref), result in zip(requests, results, strict=True):
