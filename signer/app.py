@@ -10,9 +10,13 @@ import logging
 from dataclasses import dataclass
 
 from signer.audit import AuditLog
+from signer.audit.checkpoint import Checkpointer, CheckpointSettings
 from signer.config import SignerConfig
 from signer.keys import KeyManager
 from signer.policy import AllowAuthenticated, Policy
+from signer.policy.ratelimit import rate_limiter_of
+from signer.policy.tuf import TufRules, VersionStore
+from signer.quorum import QuorumGuard, QuorumService, QuorumStore
 from signer.registry import KeyRegistry, KeyState
 from signer.signing import SigningService
 from signer.token import Token, TokenSettings
@@ -59,12 +63,35 @@ class SignerApp:
         self.audit = AuditLog(config.state_dir / "audit.db")
         self.policy: Policy = load_policy(config)
         self.keys = KeyManager(self.token, self.registry, self.policy, self.audit)
+        # Payload rules, in order: quorum approval first, then the TUF rules, which record
+        # the version being signed and so must be the last check before the token.
+        self.versions = VersionStore(config.state_dir / "tuf.db")
+        self.requests = QuorumStore(config.state_dir / "quorum.db")
+        self.tuf_rules = TufRules(self.versions)
         self.signing = SigningService(
-            self.token, self.registry, self.policy, self.audit, config.max_payload_bytes
+            self.token,
+            self.registry,
+            self.policy,
+            self.audit,
+            config.max_payload_bytes,
+            guards=[QuorumGuard(self.requests), self.tuf_rules],
+        )
+        self.signing.quorum = QuorumService(
+            self.requests, self.registry, self.audit, lambda: self.policy, [self.tuf_rules]
+        )
+        self.checkpointer = Checkpointer(
+            config.state_dir / "audit.db",
+            self.token,
+            self.registry,
+            self.audit,
+            CheckpointSettings.from_config(config.extra),
         )
 
     def open(self) -> None:
-        self.token.open()
+        try:
+            self.token.open()
+        finally:  # checkpoints retry until the token is usable
+            self.checkpointer.start()
 
     def reload(self) -> None:
         """Re-read the policy (SIGHUP). A policy that fails to load leaves the old one."""
@@ -73,12 +100,20 @@ class SignerApp:
         except Exception as exc:
             log.error("policy reload failed, keeping the current policy: %s", exc)
             return
+        limiter = rate_limiter_of(policy)
+        if limiter is not None:  # a reload is no way to refill one's bucket
+            limiter.adopt(rate_limiter_of(self.policy))
+        # One object carries rules, groups, rate limits, TUF limits and quorum settings:
+        # each request reads it once, so it sees either the old policy or the new one.
         self.policy = self.keys.policy = self.signing.policy = policy
         log.info("policy reloaded")
 
     def close(self) -> None:
+        self.checkpointer.stop()  # signs a last checkpoint while the token is open
         self.token.close()
         self.audit.close()
+        self.versions.close()
+        self.requests.close()
         self.registry.close()
 
     def check(self) -> list[Mismatch]:

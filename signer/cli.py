@@ -211,4 +211,7 @@ def _load_extensions() -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # Run the imported module, not __main__: extensions register into ``signer.cli``.
+    from signer.cli import main as _main
+
+    raise SystemExit(_main())

@@ -8,7 +8,13 @@ from typing import TypeVar
 
 from signer.algorithms import get_algorithm, public_key_pem, tuf_key, tuf_key_json
 from signer.audit import AuditEvent, AuditLog, Outcome
-from signer.errors import FailedPrecondition, InvalidArgument, PermissionDenied, SignerError
+from signer.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    PermissionDenied,
+    ResourceExhausted,
+    SignerError,
+)
 from signer.identity import Principal
 from signer.policy import Operation, Policy, Resource
 from signer.registry import KeyRecord, KeyRegistry, KeyState
@@ -19,6 +25,8 @@ T = TypeVar("T")
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/ -]{0,127}$")
 _ROLE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
 _REPOSITORY = re.compile(r"^[A-Za-z0-9._/:-]{0,255}$")
+
+AUDIT_ROLE = "audit"  # reserved: the daemon's own checkpoint key (signer.audit.checkpoint)
 
 
 def resource_of(key: KeyRecord) -> Resource:
@@ -54,6 +62,10 @@ class KeyManager:
                 raise InvalidArgument(
                     "role must be 1-128 characters: letters, digits and . _ / - "
                     "(root, targets, snapshot, timestamp or a delegated role name)"
+                )
+            if role == AUDIT_ROLE:
+                raise InvalidArgument(
+                    "role 'audit' is reserved for the daemon's audit checkpoint key"
                 )
             if not _REPOSITORY.match(repository):
                 raise InvalidArgument("repository may hold letters, digits and . _ / : - only")
@@ -174,7 +186,8 @@ def record_failure(
     request_id: str = "",
 ) -> None:
     """Audit a refused or failed request. The refusal stands even if the log is down."""
-    outcome = Outcome.DENIED if isinstance(exc, PermissionDenied) else Outcome.FAILED
+    refused = isinstance(exc, PermissionDenied | ResourceExhausted)
+    outcome = Outcome.DENIED if refused else Outcome.FAILED
     try:
         audit.record(
             AuditEvent(

@@ -11,15 +11,25 @@ import asyncio
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from signer.audit import AuditEvent, AuditLog, Outcome
-from signer.errors import FailedPrecondition, InvalidArgument, SignerError
+from signer.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    PermissionDenied,
+    ResourceExhausted,
+    SignerError,
+)
 from signer.identity import Principal
-from signer.keys import record_failure, resource_of
+from signer.keys import AUDIT_ROLE, record_failure, resource_of
 from signer.policy import Operation, Policy, Resource
+from signer.policy.ratelimit import rate_limiter_of
 from signer.registry import KeyRecord, KeyRegistry, KeyState
 from signer.token import SignItem, Token
+
+if TYPE_CHECKING:
+    from signer.quorum import QuorumService
 
 
 @dataclass(frozen=True)
@@ -43,12 +53,19 @@ class Signed:
 class SignGuard(Protocol):
     """A rule applied to each request before the token is touched (e.g. TUF payload rules).
 
-    ``check`` raises a SignerError to refuse and returns the operation the request needs
-    permission for (SIGN for a TUF payload, SIGN_RAW otherwise); ``signed`` is told after
-    the signature is made, to record state such as the last version signed.
+    ``operation`` says which permission the request needs (SIGN for a TUF payload,
+    SIGN_RAW otherwise) from the request alone, reading no state, so that the policy is
+    asked before a guard reveals anything (a version, a request's state). ``check`` runs
+    after authorisation and raises a SignerError to refuse; it may record state (the
+    version being signed) because the signature follows. ``signed`` is told once the
+    signature has been audited and released.
     """
 
-    def check(self, principal: Principal, key: KeyRecord, item: SignInput) -> Operation: ...
+    def operation(self, key: KeyRecord, item: SignInput) -> Operation: ...
+
+    def check(
+        self, principal: Principal, key: KeyRecord, item: SignInput, policy: Policy
+    ) -> None: ...
 
     def signed(self, principal: Principal, key: KeyRecord, item: SignInput) -> None: ...
 
@@ -88,6 +105,7 @@ class SigningService:
         self.audit = audit
         self.max_payload_bytes = max_payload_bytes
         self.guards = list(guards)
+        self.quorum: QuorumService | None = None  # set by the app: the quorum RPCs' core
 
     def sign(self, principal: Principal, item: SignInput) -> Signed:
         result = self.sign_batch(principal, [item])[0]
@@ -100,7 +118,8 @@ class SigningService:
     ) -> list[Signed | SignerError]:
         """Sign each item; per-item errors are returned, never raised.
 
-        Raises only AuditUnavailable (or a token fault), in which case nothing is returned.
+        Raises AuditUnavailable (or a token fault), in which case nothing is returned, or
+        ResourceExhausted when the principal is over its rate limit (nothing is signed).
         """
         batch = self.begin(principal, items)
         seqs = self.audit.record(*batch.events) if batch.events else []
@@ -120,10 +139,12 @@ class SigningService:
     def begin(self, principal: Principal, items: Sequence[SignInput]) -> _Batch:
         """Check every item, sign the acceptable ones in the token; nothing is released yet."""
         batch = _Batch(principal, [None] * len(items))
+        policy = self.policy  # one policy for the whole batch, even across a reload
+        self._rate_limit(policy, principal, items)
         prepared: list[_Prepared] = []
         for index, item in enumerate(items):
             try:
-                prepared.append(self._prepare(principal, index, item))
+                prepared.append(self._prepare(policy, principal, index, item))
             except SignerError as exc:
                 batch.results[index] = exc
                 digest = hashlib.sha256(item.payload).hexdigest() if item.payload else ""
@@ -182,7 +203,24 @@ class SigningService:
             )
         return [r for r in batch.results if r is not None]
 
-    def _prepare(self, principal: Principal, index: int, item: SignInput) -> _Prepared:
+    def _rate_limit(self, policy: Policy, principal: Principal, items: Sequence[SignInput]) -> None:
+        """Every item counts; a refused batch is audited once, not once per item."""
+        limiter = rate_limiter_of(policy)
+        if limiter is None:
+            return
+        try:
+            limiter.take(principal.name, max(1, len(items)))
+        except ResourceExhausted as exc:
+            key_ids = {item.key_id for item in items}
+            key_id = key_ids.pop() if len(key_ids) == 1 else ""
+            payload = items[0].payload if len(items) == 1 else None
+            digest = hashlib.sha256(payload).hexdigest() if payload else ""
+            record_failure(self.audit, principal, "sign", Resource(key_id), exc, digest)
+            raise
+
+    def _prepare(
+        self, policy: Policy, principal: Principal, index: int, item: SignInput
+    ) -> _Prepared:
         if not item.key_id:
             raise InvalidArgument("key_id is required")
         if item.payload is None and item.digest is None:
@@ -199,10 +237,15 @@ class SigningService:
         key = self.registry.get(item.key_id)
         operation = Operation.SIGN if item.digest is None else Operation.SIGN_RAW
         for guard in self.guards:
-            operation = max(operation, guard.check(principal, key, item), key=_strictness)
-        self.policy.authorize(principal, operation, resource_of(key))
+            operation = max(operation, guard.operation(key, item), key=_strictness)
+        # Authorise first: a principal who may not sign learns nothing from the guards.
+        policy.authorize(principal, operation, resource_of(key))
         if key.state is not KeyState.ACTIVE:
             raise FailedPrecondition(f"key {key.key_id} is {key.state.value} and no longer signs")
+        if key.role == AUDIT_ROLE:
+            raise PermissionDenied(f"key {key.key_id} is the audit key: it signs only checkpoints")
+        for guard in self.guards:  # in order: the last one may record state (TUF versions)
+            guard.check(principal, key, item, policy)
         alg = key.algorithm
         if item.digest is not None:
             tbs = alg.check_digest(item.digest)

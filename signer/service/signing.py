@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from signer.errors import InvalidArgument, SignerError
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from signer.errors import InvalidArgument, ServiceError, SignerError
 from signer.identity import principal_from_context
+from signer.quorum import QuorumService, RequestState, SignatureRequest
 from signer.service.errors import grpc_errors
 from signer.signing import SigningService, SignInput
 from signer.v1 import signer_pb2 as pb
@@ -56,6 +60,66 @@ class SigningServicer(pb_grpc.SigningServiceServicer):
                     )
                 )
         return pb.SignBatchResponse(results=results)
+
+    # -- quorum keys: RequestSignature -> Approve (x M) -> Sign(request_id) -------------------
+
+    @grpc_errors
+    def RequestSignature(
+        self, request: pb.RequestSignatureRequest, context: grpc.ServicerContext
+    ) -> pb.SignatureRequest:
+        principal = principal_from_context(context)
+        made = self._quorum().request(principal, request.key_id, request.payload, request.reason)
+        return request_message(made)
+
+    @grpc_errors
+    def Approve(
+        self, request: pb.ApproveRequest, context: grpc.ServicerContext
+    ) -> pb.SignatureRequest:
+        principal = principal_from_context(context)
+        approved = self._quorum().approve(principal, request.request_id, request.payload_sha256)
+        return request_message(approved)
+
+    @grpc_errors
+    def GetSignatureRequest(
+        self, request: pb.GetSignatureRequestRequest, context: grpc.ServicerContext
+    ) -> pb.SignatureRequest:
+        principal = principal_from_context(context)
+        return request_message(self._quorum().get(principal, request.request_id))
+
+    def _quorum(self) -> QuorumService:
+        if self.signing.quorum is None:
+            raise ServiceError("quorum signing is not configured in this daemon")
+        return self.signing.quorum
+
+
+_STATES = {
+    RequestState.PENDING: pb.PENDING,
+    RequestState.APPROVED: pb.APPROVED,
+    RequestState.FULFILLED: pb.FULFILLED,
+    RequestState.EXPIRED: pb.EXPIRED,
+}
+
+
+def _timestamp(seconds: float) -> Timestamp:
+    ts = Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+def request_message(request: SignatureRequest) -> pb.SignatureRequest:
+    return pb.SignatureRequest(
+        request_id=request.request_id,
+        key_id=request.key_id,
+        payload_sha256=request.payload_sha256,
+        requester=request.requester,
+        approvers=list(request.approvers),
+        approvals_required=request.approvals_required,
+        state=_STATES[request.state],  # type: ignore[arg-type]
+        created_at=_timestamp(request.created_at),
+        expires_at=_timestamp(request.expires_at),
+        reason=request.reason,
+        payload=request.payload,
+    )
 
 
 def _input(

@@ -1,0 +1,238 @@
+"""TUF payload rules, checked before the token is touched.
+
+A payload is TUF metadata if it is a JSON object with a ``_type`` that is exactly the
+canonical JSON encoding of itself (what TUF signs); anything else is raw signing, a
+separate permission (``sign-raw``). For TUF payloads, a key bound to role R signs only:
+
+* metadata of that role: ``_type`` equal to R for the top-level roles, ``"targets"``
+  for a delegated role (whose name is the key's role);
+* with ``expires`` no further ahead than the policy's ``max_expiry_days`` for the role;
+* at a version no lower than the last this key signed for the role, and never a second,
+  different payload at the same version (re-signing identical bytes is fine).
+
+The last version per (key, role) lives in SQLite, shared by the worker processes. It is
+recorded under BEGIN IMMEDIATE *before* the token signs, so two different payloads at
+one version can never both be signed, even by two workers at the same instant. If the
+signature is then not released (token fault, audit down), the version stays taken:
+retrying the same bytes still works.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import threading
+import time
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any
+
+from securesystemslib.formats import encode_canonical
+
+from signer.errors import InvalidArgument, PermissionDenied
+from signer.identity import Principal
+from signer.policy import Operation, Policy, tuf_limits_of
+from signer.registry import KeyRecord, connect
+
+TOP_LEVEL_ROLES = frozenset({"root", "targets", "snapshot", "timestamp"})
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tuf_versions (
+    key_id TEXT NOT NULL,
+    role TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    payload_sha256 TEXT NOT NULL,
+    expires TEXT NOT NULL,
+    signed_by TEXT NOT NULL,
+    time REAL NOT NULL,
+    PRIMARY KEY (key_id, role)
+)
+"""
+
+
+@dataclass(frozen=True)
+class TufPayload:
+    type: str
+    version: int
+    expires: dt.datetime
+    expires_text: str
+
+
+def parse_tuf(payload: bytes) -> dict[str, Any] | None:
+    """The parsed ``signed`` object if ``payload`` is canonical TUF metadata, else None."""
+    if payload[:1] != b"{":
+        return None
+    try:
+        parsed = json.loads(payload, strict=False)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(parsed, dict) or "_type" not in parsed:
+        return None
+    try:
+        canonical = encode_canonical(parsed)
+    except Exception:  # floats and other values canonical JSON cannot hold
+        return None
+    if not isinstance(canonical, str) or canonical.encode() != payload:
+        return None
+    return parsed
+
+
+def tuf_fields(parsed: dict[str, Any]) -> TufPayload:
+    kind = parsed.get("_type")
+    if not isinstance(kind, str):
+        raise InvalidArgument("TUF payload: _type must be a string")
+    version = parsed.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise InvalidArgument(f"TUF payload: version must be an integer >= 1, not {version!r}")
+    expires = parsed.get("expires")
+    if not isinstance(expires, str):
+        raise InvalidArgument("TUF payload: expires is missing")
+    try:
+        when = dt.datetime.strptime(expires, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+    except ValueError:
+        raise InvalidArgument(
+            f"TUF payload: expires {expires!r} is not a TUF date (YYYY-MM-DDTHH:MM:SSZ)"
+        ) from None
+    return TufPayload(kind, version, when, expires)
+
+
+def expected_type(role: str) -> str:
+    """The ``_type`` a key bound to ``role`` signs: its own for top-level roles."""
+    return role if role in TOP_LEVEL_ROLES else "targets"
+
+
+def max_expiry_days(policy: Policy, role: str) -> float | None:
+    """The role's own limit, else a matching glob (``targets/*``), else its _type's."""
+    limits = tuf_limits_of(policy).max_expiry_days
+    if role in limits:
+        return limits[role]
+    for pattern, days in limits.items():
+        if any(c in pattern for c in "*?[") and fnmatchcase(role, pattern):
+            return days
+    return limits.get(expected_type(role))
+
+
+class VersionStore:
+    """The last version each key signed for its role (SQLite, shared by all workers)."""
+
+    def __init__(self, path: Path) -> None:
+        self._conn = connect(path)
+        self._conn.execute(_SCHEMA)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def claim(
+        self, key: KeyRecord, payload: TufPayload, payload_sha256: str, principal: str
+    ) -> None:
+        """Record ``payload`` as the key's latest version, or refuse a rollback/fork."""
+        with self._lock:
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                row = conn.execute(
+                    "SELECT version, payload_sha256 FROM tuf_versions "
+                    "WHERE key_id = ? AND role = ?",
+                    (key.key_id, key.role),
+                ).fetchone()
+                if row is not None:
+                    last, last_sha = int(row[0]), str(row[1])
+                    if payload.version < last:
+                        raise PermissionDenied(
+                            f"{key.role} version {payload.version} is lower than version {last}, "
+                            f"already signed with key {key.key_id}: versions never go back"
+                        )
+                    if payload.version == last and payload_sha256 != last_sha:
+                        raise PermissionDenied(
+                            f"{key.role} version {payload.version} was already signed with key "
+                            f"{key.key_id} for different content; a new payload needs a new "
+                            "version"
+                        )
+                conn.execute(
+                    "INSERT INTO tuf_versions VALUES (?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (key_id, role) DO UPDATE SET version = excluded.version, "
+                    "payload_sha256 = excluded.payload_sha256, expires = excluded.expires, "
+                    "signed_by = excluded.signed_by, time = excluded.time",
+                    (
+                        key.key_id,
+                        key.role,
+                        payload.version,
+                        payload_sha256,
+                        payload.expires_text,
+                        principal,
+                        time.time(),
+                    ),
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+    def last(self, key_id: str, role: str) -> tuple[int, str] | None:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT version, payload_sha256 FROM tuf_versions WHERE key_id = ? AND role = ?",
+                (key_id, role),
+            ).fetchone()
+        return (int(row[0]), str(row[1])) if row else None
+
+
+class TufRules:
+    """The SignGuard enforcing the rules above (see ``signer.signing.SignGuard``)."""
+
+    def __init__(self, versions: VersionStore, clock: Any = None) -> None:
+        self.versions = versions
+        self._now = clock or (lambda: dt.datetime.now(dt.UTC))
+
+    def operation(self, key: KeyRecord, item: Any) -> Operation:
+        if item.payload is None or parse_tuf(item.payload) is None:
+            return Operation.SIGN_RAW
+        return Operation.SIGN
+
+    def check(self, principal: Principal, key: KeyRecord, item: Any, policy: Policy) -> None:
+        if item.payload is None:
+            return
+        parsed = parse_tuf(item.payload)
+        if parsed is None:
+            return  # raw signing: authorised as sign-raw already
+        payload = self.inspect(key, parsed, policy)
+        digest = hashlib.sha256(item.payload).hexdigest()
+        self.versions.claim(key, payload, digest, principal.name)
+
+    def inspect(self, key: KeyRecord, parsed: dict[str, Any], policy: Policy) -> TufPayload:
+        """Role and expiry checks, without touching the version state."""
+        payload = tuf_fields(parsed)
+        want = expected_type(key.role)
+        if payload.type != want:
+            raise PermissionDenied(
+                f"key {key.key_id} is bound to role {key.role!r} and signs only {want!r} "
+                f"metadata; this payload is {payload.type!r} metadata"
+            )
+        limit = max_expiry_days(policy, key.role)
+        if limit is not None:
+            ahead = (payload.expires - self._now()).total_seconds() / 86400
+            if ahead > limit:
+                raise PermissionDenied(
+                    f"expires {payload.expires_text} is {ahead:.1f} days ahead; {key.role} "
+                    f"metadata may expire at most {limit:g} days ahead"
+                )
+        return payload
+
+    def inspect_request(self, key: KeyRecord, item: Any, policy: Policy) -> None:
+        """For a quorum request: refuse early what could never be signed later."""
+        parsed = parse_tuf(item.payload) if item.payload is not None else None
+        if parsed is None:
+            return
+        payload = self.inspect(key, parsed, policy)
+        last = self.versions.last(key.key_id, key.role)
+        if last is not None and payload.version < last[0]:
+            raise PermissionDenied(
+                f"{key.role} version {payload.version} is lower than version {last[0]}, "
+                f"already signed with key {key.key_id}: versions never go back"
+            )
+
+    def signed(self, principal: Principal, key: KeyRecord, item: Any) -> None:
+        return None
