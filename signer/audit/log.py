@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from pathlib import Path
 
@@ -84,6 +84,14 @@ class AuditEvent:
     detail: str = ""
     request_id: str = ""
     time: float = field(default_factory=time.time)
+
+
+_FIELDS = tuple(f.name for f in fields(AuditEvent))
+
+
+def astuple_flat(event: AuditEvent) -> tuple[object, ...]:
+    """The event's field values; ``dataclasses.asdict`` deep-copies and costs 10x more."""
+    return tuple(getattr(event, name) for name in _FIELDS)
 
 
 def entry_hash(prev_hash: str, seq: int, event: dict[str, object]) -> str:
@@ -212,7 +220,7 @@ class AuditLog:
             for pending in batch:
                 for event in pending.events:
                     seq += 1
-                    row: dict[str, object] = asdict(event)
+                    row: dict[str, object] = dict(zip(_FIELDS, astuple_flat(event), strict=True))
                     row["outcome"] = str(event.outcome)
                     digest = entry_hash(prev, seq, row)
                     row.update(seq=seq, prev_hash=prev, hash=digest)
