@@ -152,7 +152,7 @@ class SigningService:
                     self.audit,
                     principal,
                     "sign",
-                    Resource(item.key_id),
+                    self._resource(item.key_id),
                     exc,
                     digest,
                     item.request_id,
@@ -203,6 +203,13 @@ class SigningService:
             )
         return [r for r in batch.results if r is not None]
 
+    def _resource(self, key_id: str) -> Resource:
+        """The key's role and repository for the audit entry of a refusal, if it exists."""
+        try:
+            return resource_of(self.registry.get(key_id)) if key_id else Resource()
+        except SignerError:
+            return Resource(key_id)
+
     def _rate_limit(self, policy: Policy, principal: Principal, items: Sequence[SignInput]) -> None:
         """Every item counts; a refused batch is audited once, not once per item."""
         limiter = rate_limiter_of(policy)
@@ -215,7 +222,7 @@ class SigningService:
             key_id = key_ids.pop() if len(key_ids) == 1 else ""
             payload = items[0].payload if len(items) == 1 else None
             digest = hashlib.sha256(payload).hexdigest() if payload else ""
-            record_failure(self.audit, principal, "sign", Resource(key_id), exc, digest)
+            record_failure(self.audit, principal, "sign", self._resource(key_id), exc, digest)
             raise
 
     def _prepare(
