@@ -37,7 +37,9 @@ def audit_rows(state: Path, where: str = "1", args: tuple[Any, ...] = ()) -> lis
     conn = sqlite3.connect(f"file:{state / 'audit.db'}?mode=ro", uri=True)
     conn.row_factory = sqlite3.Row
     try:
-        return [dict(r) for r in conn.execute(f"SELECT * FROM audit WHERE {where} ORDER BY seq", args)]
+        return [
+            dict(r) for r in conn.execute(f"SELECT * FROM audit WHERE {where} ORDER BY seq", args)
+        ]
     finally:
         conn.close()
 

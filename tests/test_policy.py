@@ -65,7 +65,9 @@ def test_rules_grant_by_name_group_glob_and_deny_by_default() -> None:
     policy.authorize(_principal("alice"), Operation.SIGN, targets)
     policy.authorize(_principal(RELEASE_BOT), Operation.SIGN, targets)
     policy.authorize(_principal(NOTARY), Operation.READ, targets)
-    policy.authorize(_principal("alice"), Operation.SIGN, Resource("k", "targets/releases", "docker.io/x"))
+    policy.authorize(
+        _principal("alice"), Operation.SIGN, Resource("k", "targets/releases", "docker.io/x")
+    )
     policy.authorize(_principal("spiffe://example.org/build/7"), Operation.SIGN, targets)
     denied = [
         ("alice", Operation.SIGN, Resource("k1", "targets", "quay.io/x")),  # repository
@@ -99,11 +101,14 @@ def test_policies_compose() -> None:
     ("text", "complaint"),
     [
         ('[[rules]]\nprincipals = ["a"]\noperations = ["sing"]', "unknown operation(s) ['sing']"),
-        ('[[rules]]\nprincipals = ["group:nope"]\noperations = ["read"]', "not defined in [groups]"),
+        (
+            '[[rules]]\nprincipals = ["group:nope"]\noperations = ["read"]',
+            "not defined in [groups]",
+        ),
         ('[[rules]]\nprincipals = []\noperations = ["read"]', "principals is required"),
         ("[rulez]\n", "unknown section(s) ['rulez']"),
         ('[[rules]]\nprincipals = ["a"]\noperations = ["read"]\nkeys = { role = ["x"] }', "role"),
-        ('[rate_limits]\na = { rate = 0 }', "rate must be > 0"),
+        ("[rate_limits]\na = { rate = 0 }", "rate must be > 0"),
         ("[tuf]\nmax_expiry_days = { root = -1 }", "must be > 0"),
         ("[quorum]\napprovals = 0", "integer >= 1"),
         ("[[rules]\n", "not valid TOML"),
@@ -324,7 +329,9 @@ def test_sighup_swaps_the_whole_policy_keeping_connections(tmp_path: Path) -> No
             with pytest.raises(ClientError) as info:  # tuf limits: 30 days is now too far
                 bob.sign(key.key_id, tuf_payload("targets", 2, days=30))
             assert "at most 10 days ahead" in info.value.message
-            bob.sign(key.key_id, tuf_payload("targets", 3, days=5))  # spends the rest of bob's burst
+            bob.sign(
+                key.key_id, tuf_payload("targets", 3, days=5)
+            )  # spends the rest of bob's burst
             with pytest.raises(ClientError) as info:  # rate limits
                 bob.sign(key.key_id, tuf_payload("targets", 4, days=5))
             assert _code(info) == grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -98,7 +98,9 @@ def test_full_ceremony(served: Daemon, clients: dict[str, Any], root_key: Any) -
     message = _refused(lambda: alice.approve(rid, digest), grpc.StatusCode.PERMISSION_DENIED)
     assert message.startswith("alice may not approve")  # alice has no approve grant at all
     # An approver must name the payload they saw.
-    message = _refused(lambda: carol.approve(rid, sha256(b"other")), grpc.StatusCode.FAILED_PRECONDITION)
+    message = _refused(
+        lambda: carol.approve(rid, sha256(b"other")), grpc.StatusCode.FAILED_PRECONDITION
+    )
     assert "does not match the payload" in message
     # Someone without the approve grant.
     _refused(lambda: clients["bob"].approve(rid, digest), grpc.StatusCode.PERMISSION_DENIED)
@@ -171,7 +173,11 @@ def test_requester_who_may_approve_still_cannot_approve_own(
         lambda: alice_sign(clients, root_key, payload, request.request_id),
         grpc.StatusCode.PERMISSION_DENIED,
     )
-    verify(root_key, payload, erin.sign(root_key.key_id, payload, request_id=request.request_id).signature)
+    verify(
+        root_key,
+        payload,
+        erin.sign(root_key.key_id, payload, request_id=request.request_id).signature,
+    )
     (served.root / "policy.toml").write_text(POLICY)
     served.signal(signal.SIGHUP)
 
@@ -199,7 +205,9 @@ def test_request_checks_tuf_rules_and_key(clients: dict[str, Any], root_key: Any
 
 
 def test_expired_request(served: Daemon, clients: dict[str, Any], root_key: Any) -> None:
-    (served.root / "policy.toml").write_text(POLICY.replace("window_seconds = 3600", "window_seconds = 1"))
+    (served.root / "policy.toml").write_text(
+        POLICY.replace("window_seconds = 3600", "window_seconds = 1")
+    )
     served.signal(signal.SIGHUP)
     payload = tuf_payload("root", 3, days=300)
 

@@ -77,7 +77,9 @@ def test_each_key_signs_its_own_role(alice: Any, keys: dict[str, Any]) -> None:
         verify(keys[role], payload, alice.sign(keys[role].key_id, payload).signature)
 
 
-def test_root_payload_to_targets_key_is_refused(served: Daemon, alice: Any, keys: dict[str, Any]) -> None:
+def test_root_payload_to_targets_key_is_refused(
+    served: Daemon, alice: Any, keys: dict[str, Any]
+) -> None:
     key_id = keys["targets"].key_id
     root = tuf_payload("root", 1, days=10)
     message = _refused(lambda: alice.sign(key_id, root))
@@ -199,9 +201,15 @@ def test_unauthorised_principal_learns_nothing_about_versions(
 ) -> None:
     key_id = keys["targets"].key_id
     with served.client("mallory") as mallory:
-        for payload in (tuf_payload("targets", 1), tuf_payload("root", 1), tuf_payload("targets", 6)):
+        for payload in (
+            tuf_payload("targets", 1),
+            tuf_payload("root", 1),
+            tuf_payload("targets", 6),
+        ):
             message = _refused(lambda payload=payload: mallory.sign(key_id, payload))
-            assert message == f"mallory may not sign with key {key_id}: no policy rule grants 'sign'"
+            assert (
+                message == f"mallory may not sign with key {key_id}: no policy rule grants 'sign'"
+            )
 
 
 def test_malformed_tuf_fields_are_invalid(alice: Any, keys: dict[str, Any]) -> None:
