@@ -7,8 +7,8 @@ from pathlib import Path
 import grpc
 import pytest
 from authz_helpers import audit_rows
-from harness import Daemon
 
+from harness import Daemon
 from signer.devpki import issue, make_ca
 from signer.errors import Unauthenticated
 from signer.identity import principal_from_pem

@@ -11,8 +11,8 @@ from pathlib import Path
 import grpc
 import pytest
 from authz_helpers import audit_rows, sha256, tuf_payload, verify, wait_for
-from harness import Daemon, running_daemon
 
+from harness import Daemon, running_daemon
 from signer.errors import ConfigError, PermissionDenied, ResourceExhausted
 from signer.identity import Principal
 from signer.policy import AllOf, AnyOf, DenyAll, Operation, Resource

@@ -11,8 +11,8 @@ from typing import Any
 import grpc
 import pytest
 from authz_helpers import audit_rows, sha256, tuf_payload, verify, wait_for
-from harness import Daemon, running_daemon
 
+from harness import Daemon, running_daemon
 from signer.cli import main as signerd
 from signer.v1 import signer_pb2 as pb
 from signer_client import ClientError

@@ -11,8 +11,8 @@ from typing import Any
 import grpc
 import pytest
 from authz_helpers import audit_rows, sha256, tuf_payload, verify
-from harness import Daemon, running_daemon
 
+from harness import Daemon, running_daemon
 from signer.policy.tuf import parse_tuf
 from signer_client import ClientError
 
