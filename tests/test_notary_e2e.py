@@ -32,8 +32,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from harness import Daemon, free_port, running_daemon
 
+from harness import Daemon, free_port, running_daemon
 from signer.devpki import issue, load_ca
 from signer.notary import keys as nkeys
 

@@ -22,8 +22,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from grpc_health.v1 import health_pb2
-from harness import Daemon, running_daemon
 
+from harness import Daemon, running_daemon
 from signer.notary import keys as nkeys
 from signer.notary import signer_pb2 as pb
 from signer.notary import signer_pb2_grpc as pb_grpc
@@ -377,3 +377,18 @@ def test_keys_are_shared_by_worker_processes(tmp_path: Path) -> None:
                 signature = sign(Stubs(channel), notary_id, content)
             assert nkeys.verify("ecdsa", created.publicKey, signature.content, content)
         assert "worker 1" in daemon.log()
+
+
+def test_rate_limits_apply(tmp_path: Path) -> None:
+    policy = POLICY + f'\n[rate_limits]\n"{NOTARY}" = {{ rate = 0.01, burst = 3 }}\n'
+    with running_daemon(tmp_path, clients=["admin", NOTARY], policy=policy) as daemon:
+        with daemon.channel(NOTARY) as channel:
+            stubs = Stubs(channel)
+            notary_id = create(stubs).keyInfo.keyID.ID
+            for version in range(3):
+                sign(stubs, notary_id, timestamp_content(version))
+            assert code_of(lambda: sign(stubs, notary_id, timestamp_content(9))) == (
+                grpc.StatusCode.RESOURCE_EXHAUSTED
+            )
+        refused = [r for r in audit_rows(daemon) if r[1] == "sign" and r[2] == "denied"]
+        assert len(refused) == 1 and refused[0][6] == "RESOURCE_EXHAUSTED"

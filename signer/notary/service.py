@@ -9,8 +9,8 @@ here and has them sign its metadata. Everything goes through the daemon's own pa
 * GetKeyInfo: policy ``read``; audited.
 * Sign: policy ``sign`` when the content is notary metadata of the key's role (a JSON
   object whose ``_type`` names the role, as notary-server always sends), otherwise
-  ``sign-raw``; the key must be active; one token call; the audit entry is committed
-  before the signature is returned.
+  ``sign-raw``; the policy's rate limit for the principal applies; the key must be
+  active; one token call; the audit entry is committed before the signature is returned.
 * DeleteKey: ``KeyManager.destroy`` (policy ``destroy``: notary-signer lets any client
   delete any key, we do not). Deleting an unknown or already deleted key succeeds, as in
   notary.
@@ -34,14 +34,16 @@ from signer.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    ResourceExhausted,
     SignerError,
 )
 from signer.identity import Principal, principal_from_context
-from signer.keys import KeyManager, resource_of
+from signer.keys import AUDIT_ROLE, KeyManager, resource_of
 from signer.notary import keys as nkeys
 from signer.notary import signer_pb2 as pb
 from signer.notary.store import NotaryKey, NotaryKeyStore
 from signer.policy import Operation, Policy, Resource
+from signer.policy.ratelimit import rate_limiter_of
 from signer.registry import KeyRecord, KeyRegistry, KeyState
 from signer.service.errors import grpc_errors
 from signer.service.registration import add_service
@@ -163,14 +165,20 @@ class NotaryCore:
                 raise InvalidArgument(
                     f"content is {len(content)} bytes; the limit is {self.max_payload_bytes}"
                 )
+            policy = self.policy  # one policy for the request, even across a reload
+            limiter = rate_limiter_of(policy)
+            if limiter is not None:
+                limiter.take(principal.name, 1)
             key, record = self._lookup(notary_id)
             resource = resource_of(record)
             operation = signing_operation(content, record.role)
-            self.policy.authorize(principal, operation, resource)
+            policy.authorize(principal, operation, resource)
             if record.state is not KeyState.ACTIVE:
                 raise FailedPrecondition(
                     f"key {notary_id} is {record.state.value} and no longer signs"
                 )
+            if record.role == AUDIT_ROLE or record.quorum:
+                raise PermissionDenied(f"key {notary_id} does not sign through the notary API")
             alg = record.algorithm
             signature = self.token.sign(record.object_id, alg, alg.to_be_signed(content))
         except SignerError as exc:
@@ -224,7 +232,8 @@ class NotaryCore:
         notary_id: str,
         digest: str = "",
     ) -> AuditEvent:
-        outcome = Outcome.DENIED if isinstance(exc, PermissionDenied) else Outcome.FAILED
+        refused = isinstance(exc, PermissionDenied | ResourceExhausted)
+        outcome = Outcome.DENIED if refused else Outcome.FAILED
         return self._event(principal, operation, outcome, resource, notary_id, digest, exc)
 
     async def _audit_failure(
