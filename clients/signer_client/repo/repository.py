@@ -481,7 +481,9 @@ class Repository:
         requests: list[tuple[str, KeyRef]] = []
         errors: dict[str, str] = {}
         payloads: dict[str, bytes] = {}
-        for role in roles if roles is not None else self.staged_roles():
+        roles = list(roles) if roles is not None else self.staged_roles()
+        matched: set[str] = set()
+        for role in roles:
             if role not in self._staged:
                 raise RepositoryError(f"{role} has no staged changes to sign")
             md = self.current(role)
@@ -494,11 +496,15 @@ class Repository:
             for key_id, key in unsigned.items():
                 if key_ids is not None and key_id not in key_ids:
                     continue
+                matched.add(key_id)
                 uri = self.config.key_uris.get(key_id)
                 if uri is None:
                     errors[f"{role}/{key_id}"] = "no private key URI for this key"
                     continue
                 requests.append((role, KeyRef(key, uri)))
+        for key_id in key_ids or ():
+            if key_id not in matched:
+                errors[f"{','.join(roles)}/{key_id}"] = "not a key that still has to sign"
         # ascending versions: a key shared by many roles (hash bins) never sees a step back
         requests.sort(key=lambda request: self._signed(request[0]).version)
         results = sign_all([(ref, payloads[role]) for role, ref in requests], self.stats)
