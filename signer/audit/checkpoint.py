@@ -72,8 +72,15 @@ class Checkpointer:
         self._conn = connect(path)
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._since = time.time()
+        self._last_seq = 0
+        audit.on_commit(self._committed)
+
+    def _committed(self, seq: int) -> None:
+        if seq - self._last_seq >= self.settings.every_entries:
+            self._wake.set()
 
     def start(self) -> None:
         if self._thread is None:
@@ -83,6 +90,7 @@ class Checkpointer:
     def stop(self) -> None:
         """Stop the thread and sign a last checkpoint of whatever is new (best effort)."""
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
         try:
@@ -92,8 +100,12 @@ class Checkpointer:
         self._conn.close()
 
     def _run(self) -> None:
-        poll = max(0.05, min(0.5, self.settings.every_seconds / 2))
-        while not self._stop.wait(poll):
+        poll = max(0.05, min(1.0, self.settings.every_seconds / 2))
+        while not self._stop.is_set():
+            self._wake.wait(poll)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             try:
                 self.checkpoint()
             except Exception as exc:  # the token may be healing: try again later
@@ -112,6 +124,7 @@ class Checkpointer:
             ).fetchone()
             last_seq, last_time = (int(last[0]), float(last[1])) if last else (0, self._since)
             seq, tip_hash = int(tip[0]), str(tip[1])
+            self._last_seq = last_seq
             if seq <= last_seq:
                 return None
             now = time.time()
@@ -132,6 +145,7 @@ class Checkpointer:
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 (seq, tip_hash, now, key.key_id, body, signature),
             )
+            self._last_seq = seq
             return seq
 
     def audit_key(self) -> KeyRecord:

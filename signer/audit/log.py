@@ -20,7 +20,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from pathlib import Path
@@ -125,6 +125,7 @@ class AuditLog:
         self._loop_flush_scheduled = False
         self._queue: list[_Pending] = []
         self._stopped = False
+        self._listeners: list[Callable[[int], object]] = []
         self._writer = threading.Thread(target=self._write_loop, name="audit-writer", daemon=True)
         self._writer.start()
 
@@ -182,6 +183,10 @@ class AuditLog:
                     )
                 )
 
+    def on_commit(self, listener: Callable[[int], object]) -> None:
+        """Call ``listener(last_seq)`` after each commit; it must return at once."""
+        self._listeners.append(listener)
+
     def close(self) -> None:
         with self._cv:
             self._stopped = True
@@ -209,6 +214,12 @@ class AuditLog:
     def _commit(self, batch: list[_Pending]) -> None:
         with self._commit_lock:
             self._commit_locked(batch)
+        last = max((s for p in batch for s in p.seqs), default=0)
+        for listener in self._listeners:  # e.g. the checkpointer: wakes, never blocks
+            try:
+                listener(last)
+            except Exception:
+                log.exception("audit commit listener failed")
 
     def _commit_locked(self, batch: list[_Pending]) -> None:
         conn = self._conn

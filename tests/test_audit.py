@@ -1,0 +1,311 @@
+"""The audit log: every request, hash-chained, fail-closed, checkpointed, verifiable."""
+
+from __future__ import annotations
+
+import io
+import json
+import sqlite3
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from authz_helpers import audit_rows, sha256, tuf_payload, verify, wait_for
+
+from harness import Daemon, running_daemon
+from signer.audit.log import GENESIS, entry_hash
+from signer.audit.verify import export
+from signer.audit.verify import verify as verify_log
+from signer.cli import main as signerd
+from signer_client import ClientError
+
+CHECKPOINTS = "[audit]\ncheckpoint_entries = 10\ncheckpoint_seconds = 0.3\n"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    root = tmp_path_factory.mktemp("audit")
+    with running_daemon(root, clients=["admin", "alice"], extra_config=CHECKPOINTS) as d:
+        yield d
+
+
+@pytest.fixture(scope="module")
+def key(served: Daemon) -> Any:
+    with served.client("admin") as admin:
+        key = admin.create_key("audited", role="targets")
+    with served.client("alice") as alice:
+        for version in range(1, 31):
+            alice.sign(key.key_id, tuf_payload("targets", version))
+            if version == 15:  # two rounds: at least two checkpoints
+                wait_for(lambda: _checkpoint_seqs(served.state)[-1:] >= [12])
+        with pytest.raises(ClientError):
+            alice.sign("no-such-key", b"x")
+    wait_for(lambda: _checkpoint_seqs(served.state)[-1:] >= [32])
+    return key
+
+
+def _checkpoint_seqs(state: Path) -> list[int]:
+    conn = sqlite3.connect(f"file:{state / 'audit.db'}?mode=ro", uri=True)
+    try:
+        return [r[0] for r in conn.execute("SELECT seq FROM audit_checkpoints ORDER BY seq")]
+    finally:
+        conn.close()
+
+
+def _copy_state(served: Daemon, dest: Path) -> Path:
+    """A consistent copy of the live databases (SQLite's online backup)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("audit.db", "keys.db"):
+        src = sqlite3.connect(served.state / name)
+        dst = sqlite3.connect(dest / name)
+        src.backup(dst)
+        src.close()
+        dst.close()
+    return dest
+
+
+def test_every_request_is_recorded_with_a_hash_not_the_payload(served: Daemon, key: Any) -> None:
+    rows = audit_rows(served.state)
+    assert [r["seq"] for r in rows] == list(range(1, len(rows) + 1))
+    prev = GENESIS
+    for row in rows:
+        assert row["prev_hash"] == prev
+        prev = row["hash"]
+    signs = [r for r in rows if r["operation"] == "sign" and r["principal"] == "alice"]
+    allowed = [r for r in signs if r["outcome"] == "allowed"]
+    assert len(allowed) == 30 == len({r["payload_sha256"] for r in allowed})
+    assert {(r["key_id"], r["role"]) for r in allowed} == {(key.key_id, "targets")}
+    refused = signs[-1]
+    assert (refused["outcome"], refused["code"], refused["key_id"]) == (
+        "failed",
+        "NOT_FOUND",
+        "no-such-key",
+    )
+    assert refused["payload_sha256"] == sha256(b"x")
+    raw = (served.state / "audit.db").read_bytes()
+    assert b'"_type":"targets"' not in raw and b"spec_version" not in raw
+
+
+def test_checkpoints_are_signed_by_an_audit_key_in_the_token(served: Daemon, key: Any) -> None:
+    with served.client("admin") as admin:
+        (audit_key,) = admin.list_keys(role="audit")
+        assert audit_key.label == "signerd-audit" and audit_key.scheme == "ecdsa-sha2-nistp256"
+        with pytest.raises(ClientError) as info:  # it signs checkpoints only
+            admin.sign(audit_key.key_id, tuf_payload("targets"))
+        assert info.value.code == grpc.StatusCode.PERMISSION_DENIED
+        assert "audit key" in info.value.message
+        with pytest.raises(ClientError) as info:
+            admin.create_key("mine", role="audit")
+        assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    conn = sqlite3.connect(f"file:{served.state / 'audit.db'}?mode=ro", uri=True)
+    body, signature, key_id = conn.execute(
+        "SELECT body, signature, key_id FROM audit_checkpoints ORDER BY seq DESC LIMIT 1"
+    ).fetchone()
+    conn.close()
+    assert key_id == audit_key.key_id
+    verify(audit_key, body.encode(), bytes.fromhex(signature))
+    assert json.loads(body)["_type"] == "signerd-audit-checkpoint"
+    report = verify_log(served.state / "audit.db", served.state / "keys.db")
+    assert report.ok, report.problems
+    assert report.checkpoints >= 2 and report.last_checkpoint_seq >= 30
+
+
+# -- tampering, on a copy of the state --------------------------------------------------------
+
+
+def _edit(conn: sqlite3.Connection) -> None:
+    conn.execute("UPDATE audit SET principal = 'mallory' WHERE seq = 5")
+
+
+def _delete(conn: sqlite3.Connection) -> None:
+    conn.execute("DELETE FROM audit WHERE seq = 5")
+
+
+def _body(row: sqlite3.Row) -> dict[str, Any]:
+    return {k: row[k] for k in row.keys() if k not in ("seq", "prev_hash", "hash")}  # noqa: SIM118
+
+
+def _insert(conn: sqlite3.Connection) -> None:
+    """A forged entry at 5, correctly chained to 4; later entries renumbered to make room."""
+    conn.execute("UPDATE audit SET seq = -(seq + 1) WHERE seq >= 5")
+    conn.execute("UPDATE audit SET seq = -seq WHERE seq < 0")
+    conn.row_factory = sqlite3.Row
+    four = conn.execute("SELECT * FROM audit WHERE seq = 4").fetchone()
+    forged = dict(_body(four), principal="mallory", detail="forged")
+    digest = entry_hash(four["hash"], 5, forged)
+    columns = [*forged, "seq", "prev_hash", "hash"]
+    conn.execute(
+        f"INSERT INTO audit ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+        [*forged.values(), 5, four["hash"], digest],
+    )
+
+
+def _reorder(conn: sqlite3.Connection) -> None:
+    conn.row_factory = sqlite3.Row
+    five, six = (conn.execute("SELECT * FROM audit WHERE seq = ?", (s,)).fetchone() for s in (5, 6))
+    columns = [k for k in five.keys() if k != "seq"]  # noqa: SIM118
+    for target, source in ((5, six), (6, five)):
+        conn.execute(
+            f"UPDATE audit SET {', '.join(f'{c} = ?' for c in columns)} WHERE seq = ?",
+            [source[c] for c in columns] + [target],
+        )
+
+
+def _rebuild(conn: sqlite3.Connection) -> None:
+    """Edit entry 5 and re-hash the whole chain after it: only a checkpoint can tell."""
+    _edit(conn)
+    conn.row_factory = sqlite3.Row
+    prev = conn.execute("SELECT hash FROM audit WHERE seq = 4").fetchone()[0]
+    for row in conn.execute("SELECT * FROM audit WHERE seq >= 5 ORDER BY seq").fetchall():
+        digest = entry_hash(prev, row["seq"], _body(row))
+        conn.execute(
+            "UPDATE audit SET prev_hash = ?, hash = ? WHERE seq = ?", (prev, digest, row["seq"])
+        )
+        prev = digest
+
+
+def _truncate(conn: sqlite3.Connection) -> None:
+    first = conn.execute("SELECT MIN(seq) FROM audit_checkpoints WHERE seq > 12").fetchone()[0]
+    conn.execute("DELETE FROM audit WHERE seq >= ?", (first,))
+
+
+def _forge_checkpoint(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        "UPDATE audit_checkpoints SET hash = ? WHERE seq = (SELECT MIN(seq) FROM audit_checkpoints)",
+        ("0" * 64,),
+    )
+
+
+@pytest.mark.parametrize(
+    ("tamper", "kind", "seq", "says"),
+    [
+        (_edit, "edited", 5, "entry 5 was edited: its contents do not match its hash"),
+        (_delete, "deleted", 5, "entry 5 deleted: the chain jumps from entry 4 to entry 6"),
+        (_insert, "inserted", 5, "entry 5 was inserted: entry 6 was written as entry 5"),
+        (_reorder, "reordered", 5, "entries 5, 6 were reordered"),
+        (_rebuild, "edited", None, "were rewritten"),
+        (_truncate, "deleted", None, "was deleted: checkpoint"),
+        (_forge_checkpoint, "checkpoint", None, "bad signature, or its fields were edited"),
+    ],
+)
+def test_verify_names_the_tampering(
+    served: Daemon,
+    key: Any,
+    tmp_path: Path,
+    tamper: Callable[[sqlite3.Connection], None],
+    kind: str,
+    seq: int | None,
+    says: str,
+) -> None:
+    state = _copy_state(served, tmp_path)
+    assert verify_log(state / "audit.db", state / "keys.db").ok
+    conn = sqlite3.connect(state / "audit.db", isolation_level=None)
+    tamper(conn)
+    conn.close()
+    report = verify_log(state / "audit.db", state / "keys.db")
+    assert not report.ok
+    matching = [p for p in report.problems if p.kind == kind and says in p.message]
+    assert matching, [str(p) for p in report.problems]
+    if seq is not None:
+        assert matching[0].seq == seq
+
+
+def test_cli_verify_and_export(
+    served: Daemon, key: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert signerd(["audit", "verify", "--config", str(served.config_path)]) == 0
+    assert capsys.readouterr().out.startswith("OK: ")
+    out = tmp_path / "audit.jsonl"
+    assert signerd(["audit", "export", "--config", str(served.config_path), "--out", str(out)]) == 0
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    rows = audit_rows(served.state)
+    assert lines[: len(rows)] == rows[: len(lines)] and len(lines) >= 32
+    assert set(lines[0]) == {
+        "seq", "time", "principal", "operation", "key_id", "role", "repository",
+        "payload_sha256", "outcome", "code", "detail", "request_id", "prev_hash", "hash",
+    }  # fmt: skip
+    buffer = io.StringIO()
+    assert export(served.state / "audit.db", buffer, since=30) == len(audit_rows(served.state)) - 30
+    state = _copy_state(served, tmp_path / "copy")
+    conn = sqlite3.connect(state / "audit.db", isolation_level=None)
+    _edit(conn)
+    conn.close()
+    capsys.readouterr()
+    assert signerd(["audit", "verify", "--state-dir", str(state)]) == 1
+    printed = capsys.readouterr().out
+    assert "edited: entry 5 was edited" in printed and "FAILED: 1 problem(s)" in printed
+
+
+def test_no_signature_without_its_audit_entry(served: Daemon, key: Any) -> None:
+    """Fail closed: when the entry cannot be written, the caller gets no signature."""
+    before = len(audit_rows(served.state))
+    blocker = sqlite3.connect(served.state / "audit.db", isolation_level=None)
+    blocker.execute(
+        "CREATE TRIGGER refuse BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+    )
+    payload = tuf_payload("targets", 100)
+    try:
+        with served.client("alice") as alice, pytest.raises(ClientError) as info:
+            alice.sign(key.key_id, payload)
+        assert info.value.code == grpc.StatusCode.UNAVAILABLE
+        assert "audit log could not be written" in info.value.message
+        assert "nothing was signed" in info.value.message
+    finally:
+        blocker.execute("DROP TRIGGER refuse")
+        blocker.close()
+    assert len(audit_rows(served.state)) == before
+    with served.client("alice") as alice:  # the same bytes, once the log is back
+        verify(key, payload, alice.sign(key.key_id, payload).signature)
+    assert audit_rows(served.state, "payload_sha256 = ?", (sha256(payload),))[0]["outcome"] == (
+        "allowed"
+    )
+    assert verify_log(served.state / "audit.db", served.state / "keys.db").ok
+
+
+def test_sigkill_under_load_loses_no_entry_for_a_returned_signature(tmp_path: Path) -> None:
+    received: list[str] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+    with running_daemon(tmp_path, clients=["admin"]) as daemon:
+        with daemon.client("admin") as admin:
+            key_id = admin.create_key("load", role="targets").key_id
+
+        def load(worker: int) -> None:
+            with daemon.client("admin") as client:
+                i = 0
+                while not stop.is_set():
+                    i += 1
+                    payloads = [f"{worker}-{i}-{j}-{uuid.uuid4()}".encode() for j in range(4)]
+                    try:
+                        if i % 3:
+                            client.sign(key_id, payloads[0])
+                            got = [payloads[0]]
+                        else:
+                            results = client.sign_batch(key_id, payloads)
+                            got = [p for p, r in zip(payloads, results, strict=True) if r.ok]
+                    except ClientError:
+                        return  # the daemon is gone
+                    with lock:
+                        received.extend(sha256(p) for p in got)
+
+        threads = [threading.Thread(target=load, args=(w,)) for w in range(6)]
+        for t in threads:
+            t.start()
+        wait_for(lambda: len(received) > 300, timeout=30, interval=0.01)
+        daemon.kill()  # SIGKILL, mid-load
+        stop.set()
+        for t in threads:
+            t.join(timeout=20)
+        with lock:
+            returned = set(received)
+    logged = {
+        r["payload_sha256"]
+        for r in audit_rows(daemon.state, "operation = 'sign' AND outcome = 'allowed'")
+    }
+    assert len(returned) > 300
+    missing = returned - logged
+    assert not missing, f"{len(missing)} signatures were returned without an audit entry"
+    assert verify_log(daemon.state / "audit.db", daemon.state / "keys.db").ok
