@@ -160,6 +160,10 @@ def test_init_add_remove_and_tampered_target(
     assert (repo / "metadata" / "2.targets.json").exists()
     assert run("verify", "--all-targets", repo=repo) == 0
     assert "6 target(s) downloaded" in capsys.readouterr().out
+    assert run("verify", "--url", served.url, "--target", "app/file3.txt", repo=repo) == 0
+    assert "1 target(s) downloaded" in capsys.readouterr().out
+    assert run("init", "--create-keys", repo=repo) == 1  # never over an existing one
+    assert "already a repository" in capsys.readouterr().err
 
     assert run("targets", "remove", "app/file1.txt", repo=repo) == 0
     assert run("publish", repo=repo) == 0
@@ -221,6 +225,12 @@ def test_threshold_delegation_partial_signing_and_under_signed(
     with pytest.raises(UnsignedMetadataError):
         fetch(serve(copy), repo, tmp_path, "pkgs/pkg1.txt")
 
+    # a delegated role cannot be published without its staged delegator
+    assert run("delegate", "more", "--paths", "more/*", "--create-key", repo=repo) == 0
+    assert run("publish", "--role", "more", repo=repo) == 1
+    assert "depends on staged targets" in capsys.readouterr().err
+    assert run("publish", repo=repo) == 0
+
     # path_hash_prefixes delegation beside it
     name = "other/x.bin"
     prefix = hashlib.sha256(name.encode()).hexdigest()[:2]
@@ -257,6 +267,11 @@ def test_hash_bins(
     assert len(bin_versions) == 32 and len(set(bin_versions)) == 32
     assert run("status", repo=repo) == 0
     assert "32 hash bins, published and signed" in capsys.readouterr().out
+    right = Repository(RepoStore(repo)).role_for_target("x.txt")
+    wrong = "bins-00" if right != "bins-00" else "bins-01"
+    (tmp_path / "x.txt").write_text("x")
+    assert run("targets", "add", str(tmp_path / "x.txt"), "--role", wrong, repo=repo) == 1
+    assert f"belongs in hash bin {right}" in capsys.readouterr().err
 
     # the bin key, created with role "bins", rotates for all bins at once
     old = published(repo, "targets").signed.delegations.succinct_roles.keyids[0]
@@ -382,3 +397,37 @@ def test_versions_never_reused(client_env: Path, tmp_path: Path) -> None:
         root.unrecognized_fields["x-note"] = "changed"
     result = repo.publish()
     assert result.published["targets"] == 3 and result.published["root"] == 2
+
+
+def test_offline_root_key_with_online_daemon_keys(
+    client_env: Path, daemon: Daemon, tmp_path: Path, serve: Any
+) -> None:
+    """Key URIs of any scheme work: a root key in a local file, the rest in the daemon."""
+    from cryptography.hazmat.primitives import serialization
+    from securesystemslib.signer import CryptoSigner
+
+    from signer_client.repo import DaemonKeys, RoleSpec
+    from signer_client.repo.signing import KeyRef
+
+    offline = CryptoSigner.generate_ecdsa()
+    pem = tmp_path / "root-key.pem"
+    pem.write_bytes(
+        offline._private_key.private_bytes(  # type: ignore[attr-defined]
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    keys = DaemonKeys(daemon.client())
+    roles = {"root": RoleSpec([KeyRef(offline.public_key, f"file2:{pem}")])}
+    roles |= {
+        r: RoleSpec([keys.create(r, "ed25519")]) for r in ("targets", "snapshot", "timestamp")
+    }
+    repo_dir = tmp_path / "repo"
+    result = Repository(RepoStore(repo_dir)).init(roles)
+    assert result.stats.signatures == 4 and result.stats.round_trips == 2  # file + 1 batch
+    (tmp_path / "t.txt").write_text("t")
+    repo = Repository(RepoStore(repo_dir))
+    repo.add_targets([("t.txt", tmp_path / "t.txt")])
+    repo.publish()
+    assert fetch(serve(repo_dir), repo_dir, tmp_path, "t.txt") == b"t"

@@ -296,6 +296,20 @@ class Repository:
             return str(delegations.succinct_roles.get_role_for_target(target_path))
         return "targets"
 
+    def _route(self, target_path: str, role: str | None) -> str:
+        """The role to list a target in; an explicit hash bin must be the target's bin."""
+        if role is None:
+            return self.role_for_target(target_path)
+        if role not in TOP_LEVEL:
+            succinct = self.find_delegation(role)[1]
+            if succinct is not None:
+                right = succinct.get_role_for_target(target_path)
+                if right != role:
+                    raise RepositoryError(
+                        f"{target_path!r} belongs in hash bin {right}, not {role}"
+                    )
+        return role
+
     def add_targets(
         self,
         files: Sequence[tuple[str, Path]],
@@ -306,9 +320,8 @@ class Repository:
         by_role: dict[str, list[tuple[str, Path]]] = {}
         for target_path, local in files:
             _check_target_path(target_path)
-            by_role.setdefault(role or self.role_for_target(target_path), []).append(
-                (target_path, local)
-            )
+            name = self._route(target_path, role)
+            by_role.setdefault(name, []).append((target_path, local))
         done = 0
         for name, items in by_role.items():
             with self.edit(name) as targets:
@@ -327,7 +340,7 @@ class Repository:
     ) -> dict[str, int]:
         by_role: dict[str, list[str]] = {}
         for path in target_paths:
-            by_role.setdefault(role or self.role_for_target(path), []).append(path)
+            by_role.setdefault(self._route(path, role), []).append(path)
         for name, paths in by_role.items():
             with self.edit(name) as targets:
                 _require_targets(name, targets)
