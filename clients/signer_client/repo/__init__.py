@@ -2,14 +2,9 @@
 
 from signer_client.repo.daemon_keys import DaemonKeys
 from signer_client.repo.errors import RepositoryError, UnderSignedError
-from signer_client.repo.repository import (
-    PublishResult,
-    Repository,
-    RoleSpec,
-    RoleStatus,
-    ThresholdCheck,
-    collect_files,
-)
+from signer_client.repo.files import collect_files
+from signer_client.repo.model import PublishResult, RoleSpec, RoleStatus, ThresholdCheck
+from signer_client.repo.repository import Repository
 from signer_client.repo.signing import KeyRef, SigningStats
 from signer_client.repo.store import RepoConfig, RepoStore
 from signer_client.repo.verify import verify

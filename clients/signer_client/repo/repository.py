@@ -19,9 +19,8 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from securesystemslib.signer import Key, Signature
@@ -40,6 +39,13 @@ from tuf.api.metadata import (
 )
 
 from signer_client.repo.errors import RepositoryError, UnderSignedError
+from signer_client.repo.files import check_target_path
+from signer_client.repo.model import (
+    PublishResult,
+    RoleSpec,
+    RoleStatus,
+    ThresholdCheck,
+)
 from signer_client.repo.signing import KeyRef, SigningStats, sign_all
 from signer_client.repo.store import RepoConfig, RepoStore, check_role_name
 
@@ -53,52 +59,6 @@ Progress = Callable[[int, int], None]
 
 def utc_now() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
-
-
-@dataclass(frozen=True)
-class RoleSpec:
-    """Keys and threshold of a top-level role at ``init``."""
-
-    keys: list[KeyRef]
-    threshold: int = 1
-
-
-@dataclass(frozen=True)
-class ThresholdCheck:
-    """One threshold a role must meet (root N+1 must meet two: old keys and new keys)."""
-
-    label: str
-    threshold: int
-    signed: list[str]
-    unsigned: list[str]
-
-    @property
-    def ok(self) -> bool:
-        return len(self.signed) >= self.threshold
-
-    @property
-    def missing(self) -> int:
-        return max(0, self.threshold - len(self.signed))
-
-
-@dataclass(frozen=True)
-class RoleStatus:
-    role: str
-    published_version: int | None
-    staged_version: int | None
-    expires: datetime
-    checks: list[ThresholdCheck]
-
-    @property
-    def signed_enough(self) -> bool:
-        return all(c.ok for c in self.checks)
-
-
-@dataclass
-class PublishResult:
-    published: dict[str, int] = field(default_factory=dict)  # role -> version written
-    stats: SigningStats = field(default_factory=SigningStats)
-    errors: dict[str, str] = field(default_factory=dict)  # "role/key_id" -> signing error
 
 
 class Repository:
@@ -319,7 +279,7 @@ class Repository:
         """Hash files, copy them into ``targets/`` and list them; returns count per role."""
         by_role: dict[str, list[tuple[str, Path]]] = {}
         for target_path, local in files:
-            _check_target_path(target_path)
+            check_target_path(target_path)
             name = self._route(target_path, role)
             by_role.setdefault(name, []).append((target_path, local))
         done = 0
@@ -425,6 +385,8 @@ class Repository:
         thresholds); delegated roles (or a hash-bin prefix) change in their delegator.
         The role itself is staged at a new version so its new keys sign it.
         """
+        if not add and not remove and threshold is None:
+            raise RepositoryError("nothing to rotate: give keys to add or remove, or a threshold")
         if role in TOP_LEVEL:
             delegator, succinct = "root", None
         else:
@@ -635,27 +597,6 @@ class Repository:
                 )
             )
         return out
-
-
-def collect_files(paths: Sequence[Path], prefix: str = "") -> list[tuple[str, Path]]:
-    """(target path, local file) for files and, recursively, directories."""
-    out: list[tuple[str, Path]] = []
-    for path in paths:
-        path = Path(path)
-        if path.is_dir():
-            for local in sorted(p for p in path.rglob("*") if p.is_file()):
-                out.append((prefix + local.relative_to(path).as_posix(), local))
-        elif path.is_file():
-            out.append((prefix + path.name, path))
-        else:
-            raise RepositoryError(f"{path}: no such file or directory")
-    return out
-
-
-def _check_target_path(path: str) -> None:
-    parts = PurePosixPath(path).parts
-    if not path or path.startswith("/") or ".." in parts or "" in path.split("/"):
-        raise RepositoryError(f"bad target path {path!r}")
 
 
 def _require_targets(name: str, signed: Any) -> None:
