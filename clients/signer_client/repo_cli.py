@@ -69,7 +69,7 @@ def cmd_init(args: argparse.Namespace) -> int:
                 print(f"created {role} key {ref.key_id}")
                 given[role].append(ref)
     roles = {r: RoleSpec(given[r], thresholds.get(r, 1)) for r in TOP_LEVEL}
-    repo = _repo(args)
+    repo = _repo(args, new=True)
     result = repo.init(roles, expiry, server=keys.address)
     _print_publish(result)
     return 0
@@ -169,15 +169,17 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    store = RepoStore(Path(args.repo))
-    root_path = Path(args.root) if args.root else store.published_path("root", 1)
     targets = list(args.target)
-    if args.all_targets:
-        targets += _all_targets(Repository(store))
-    if args.url:
-        report = verify(root_path.read_bytes(), targets, url=args.url)
+    directory = None
+    if args.url and args.root and not args.all_targets:
+        root = Path(args.root)  # a deployed copy: no local repository needed
     else:
-        report = verify(root_path.read_bytes(), targets, directory=store.path)
+        repo = _repo(args)
+        root = Path(args.root) if args.root else repo.store.published_path("root", 1)
+        directory = None if args.url else repo.store.path
+        if args.all_targets:
+            targets += _all_targets(repo)
+    report = verify(root.read_bytes(), targets, directory=directory, url=args.url)
     versions = ", ".join(f"{role} v{v}" for role, v in report.versions.items())
     print(f"ok: ngclient trusts {versions}; {len(report.targets)} target(s) downloaded and checked")
     return 0
@@ -186,8 +188,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
 # -- helpers -----------------------------------------------------------------------------
 
 
-def _repo(args: argparse.Namespace) -> Repository:
-    return Repository(RepoStore(Path(args.repo)))
+def _repo(args: argparse.Namespace, new: bool = False) -> Repository:
+    store = RepoStore(Path(args.repo))
+    if not new:
+        store.load_config()  # says "not a tuf-repo repository (run `init`)" if it is not
+    return Repository(store)
 
 
 def _keys(args: argparse.Namespace) -> DaemonKeys:
