@@ -280,6 +280,28 @@ def test_hash_bins(
     assert "35 signatures" in capsys.readouterr().out
     assert fetch(served, repo, tmp_path, "file77.txt") == files["file77.txt"]
 
+    # before they expire: new versions and expiries for every bin, one SignBatch
+    assert run("bump", "bins", repo=repo) == 0
+    assert run("publish", repo=repo) == 0
+    assert "34 signatures, 1 signing round trip" in capsys.readouterr().out
+    assert fetch(served, repo, tmp_path, "sub/file148.txt") == files["sub/file148.txt"]
+
+
+def test_repository_lock_serialises_commands(tmp_path: Path) -> None:
+    store = RepoStore(tmp_path / "repo")
+    entered = threading.Event()
+
+    def second() -> None:
+        with store.lock():
+            entered.set()
+
+    with store.lock():
+        thread = threading.Thread(target=second)
+        thread.start()
+        assert not entered.wait(0.3)  # waits while the first holder works
+    assert entered.wait(5)
+    thread.join()
+
 
 def test_rotations_refresh_and_rollback(
     client_env: Path, tmp_path: Path, serve: Any, capsys: pytest.CaptureFixture[str]

@@ -44,7 +44,10 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "": 86400}
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        if args.func in _READ_ONLY:
+            return int(args.func(args) or 0)
+        with RepoStore(Path(args.repo)).lock():
+            return int(args.func(args) or 0)
     except (RepositoryError, ClientError, ValueError, TufRepositoryError, DownloadError) as exc:
         print(f"tuf-repo: error: {exc}", file=sys.stderr)
         return 1
@@ -150,6 +153,12 @@ def cmd_rotate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bump(args: argparse.Namespace) -> int:
+    staged = _repo(args).bump(args.roles)
+    print(f"staged {_short_list(staged)} with new versions and expiries; run `tuf-repo publish`")
+    return 0
+
+
 def cmd_refresh(args: argparse.Namespace) -> int:
     result = _repo(args).refresh(args.margin, args.force)
     if result is None:
@@ -186,6 +195,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 # -- helpers -----------------------------------------------------------------------------
+
+_READ_ONLY = (cmd_status, cmd_verify)
 
 
 def _repo(args: argparse.Namespace, new: bool = False) -> Repository:
@@ -411,6 +422,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--threshold", type=int)
     key_options(c)
     c.set_defaults(func=cmd_rotate)
+
+    c = sub.add_parser("bump", help="new version and expiry for roles (before they expire)")
+    c.add_argument("roles", nargs="+", metavar="ROLE", help="a role, or a hash-bin prefix")
+    c.set_defaults(func=cmd_bump)
 
     c = sub.add_parser("refresh", help="re-sign snapshot/timestamp before they expire (cron)")
     c.add_argument(

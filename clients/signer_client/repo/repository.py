@@ -213,6 +213,19 @@ class Repository:
         with self.edit(role, force=True):
             pass
 
+    def bump(self, roles: Sequence[str]) -> list[str]:
+        """``touch`` roles before they expire; a hash-bin prefix means all its bins."""
+        staged = []
+        for role in roles:
+            succinct = None if role in TOP_LEVEL else self.find_delegation(role)[1]
+            names = (
+                list(succinct.get_roles()) if succinct and role == succinct.name_prefix else [role]
+            )
+            for name in names:
+                self.touch(name)
+            staged += names
+        return staged
+
     def _stage(self, role: str, md: Metadata[Any]) -> None:
         self.store.write_staged(role, md)
         self._staged.add(role)

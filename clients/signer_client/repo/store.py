@@ -13,10 +13,13 @@ Consistent snapshots throughout: a published file is never rewritten (except
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,6 +74,17 @@ class RepoStore:
         self.targets_dir = self.path / "targets"
         self.staging_dir = self.path / "staging"
         self._serializer = JSONSerializer(compact=False)
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Exclusive use of the repository (a cron ``refresh`` waits for a ``publish``)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        with (self.path / ".tuf-repo.lock").open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     # -- settings ----------------------------------------------------------------------
 
