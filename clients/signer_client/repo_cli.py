@@ -48,6 +48,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(args.func(args) or 0)
         with RepoStore(Path(args.repo)).lock():
             return int(args.func(args) or 0)
+    except UnderSignedError as exc:
+        for where, error in sorted(exc.errors.items()):
+            print(f"could not sign {where}: {error}", file=sys.stderr)
+        print(f"tuf-repo: error: {exc}", file=sys.stderr)
+        return 1
     except (RepositoryError, ClientError, ValueError, TufRepositoryError, DownloadError) as exc:
         print(f"tuf-repo: error: {exc}", file=sys.stderr)
         return 1
@@ -127,12 +132,7 @@ def cmd_sign(args: argparse.Namespace) -> int:
 
 def cmd_publish(args: argparse.Namespace) -> int:
     repo = _repo(args)
-    try:
-        result = repo.publish(args.role or None, sign=not args.no_sign)
-    except UnderSignedError as exc:
-        for where, error in sorted(exc.errors.items()):
-            print(f"could not sign {where}: {error}", file=sys.stderr)
-        raise
+    result = repo.publish(args.role or None, sign=not args.no_sign)
     _print_publish(result)
     return 0
 
