@@ -75,9 +75,10 @@ def _client_proc(
         async with grpc.aio.secure_channel(config["address"], creds) as channel:
             stub = pb_grpc.SigningServiceStub(channel)
             unary = pb.SignRequest(key_id=key_id, payload=PAYLOAD)
+            # The build-farm shape: many artefact digests per call.
+            digests = [hashlib.sha256(b"artefact-%d" % n).digest() for n in range(batch)]
             many = pb.SignBatchRequest(
-                key_id=key_id,
-                items=[pb.SignBatchItem(payload=PAYLOAD + b"%d" % n) for n in range(batch)],
+                key_id=key_id, items=[pb.SignBatchItem(digest=d) for d in digests]
             )
             await stub.Sign(unary)
             count, latencies = 0, []
