@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -37,7 +38,7 @@ from signer_client.errors import ClientError, SignatureMismatchError
 
 SCHEME = "signer"
 
-_clients: dict[tuple[str, str], SignerClient] = {}
+_clients: dict[ClientConfig, SignerClient] = {}
 _clients_lock = threading.Lock()
 
 
@@ -57,18 +58,19 @@ def parse_uri(uri: str) -> tuple[str, str, str | None]:
 
 
 def shared_client(address: str, config_path: str | None = None) -> SignerClient:
-    """One client (one channel) per daemon and config, shared by every signer in the process."""
-    cache_key = (address, config_path or "")
-    with _clients_lock:
-        client = _clients.get(cache_key)
-        if client is None:
-            if config_path:
-                from dataclasses import replace
+    """One client (one channel) per daemon and config, shared by every signer in the process.
 
-                config = replace(ClientConfig.from_file(Path(config_path)), address=address)
-            else:
-                config = ClientConfig.from_env(address)
-            client = _clients[cache_key] = SignerClient(config)
+    The cache key is the whole config (address, CA, certificate, key), so a changed
+    environment or another daemon on a reused port never gets a stale channel.
+    """
+    if config_path:
+        config = replace(ClientConfig.from_file(Path(config_path)), address=address)
+    else:
+        config = ClientConfig.from_env(address)
+    with _clients_lock:
+        client = _clients.get(config)
+        if client is None:
+            client = _clients[config] = SignerClient(config)
         return client
 
 
