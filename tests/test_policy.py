@@ -259,10 +259,14 @@ def test_rate_limited_client(served: Daemon, key: object) -> None:
             client.sign_batch(other.key_id, [tuf_payload("snapshot", 10 + i) for i in range(4)])
         assert _code(info) == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "4 signatures in one request exceed the burst of 3" in info.value.message
+        with pytest.raises(ClientError) as info:  # every API call draws from the same bucket
+            client.list_keys()
+        assert _code(info) == grpc.StatusCode.RESOURCE_EXHAUSTED
     with served.client("alice") as alice:  # others are not affected
         alice.sign(key.key_id, tuf_payload("targets", 1))
     rows = audit_rows(served.state, "principal = 'limited' AND code = 'RESOURCE_EXHAUSTED'")
-    assert len(rows) == 2 and {r["outcome"] for r in rows} == {"denied"}
+    assert [r["operation"] for r in rows] == ["sign", "sign", "list"]
+    assert {r["outcome"] for r in rows} == {"denied"}
     assert rows[0]["payload_sha256"] == sha256(tuf_payload("snapshot", 4))
 
 
