@@ -84,6 +84,23 @@ def test_rules_grant_by_name_group_glob_and_deny_by_default() -> None:
         assert who in info.value.message and f"'{op}'" in info.value.message
 
 
+def test_the_guide_policy_is_valid() -> None:
+    """docs/policy.md's build-farm policy loads and means what the guide says."""
+    guide = (Path(__file__).parent.parent / "docs" / "policy.md").read_text()
+    text = guide.split("```toml\n", 1)[1].split("```", 1)[0]
+    policy = FilePolicy.parse(text, "docs/policy.md")
+    runner = _principal("spiffe://example.org/build/runner-1")
+    policy.authorize(runner, Operation.SIGN, Resource("k", "targets/web", "docker.io/acme/web"))
+    with pytest.raises(PermissionDenied):
+        policy.authorize(runner, Operation.SIGN, Resource("k", "targets", "docker.io/acme/web"))
+    with pytest.raises(PermissionDenied):
+        policy.authorize(_principal("ops-1"), Operation.SIGN, Resource("k", "root"))
+    policy.authorize(_principal("carol"), Operation.APPROVE, Resource("k", "root"))
+    assert policy.quorum.approvals == 2 and policy.tuf.max_expiry_days["timestamp"] == 1
+    with pytest.raises(ResourceExhausted):
+        policy.rate_limiter.take("anyone", 21)
+
+
 def test_empty_policy_denies_everything() -> None:
     with pytest.raises(PermissionDenied):
         FilePolicy.parse("").authorize(_principal("admin"), Operation.READ, Resource("k"))

@@ -222,3 +222,42 @@ def test_malformed_tuf_fields_are_invalid(alice: Any, keys: dict[str, Any]) -> N
     assert "version must be an integer >= 1" in _refused(
         lambda: alice.sign(key_id, bad_version), grpc.StatusCode.INVALID_ARGUMENT
     )
+
+
+def test_two_workers_never_sign_two_payloads_at_one_version(tmp_path: Any) -> None:
+    """The version state is shared by the worker processes: forks are refused across them."""
+    with running_daemon(tmp_path, policy=POLICY, clients=["admin", "alice"], workers=2) as d:
+        with d.client("admin") as admin:
+            key_id = admin.create_key("shared", role="snapshot").key_id
+        clients = [d.client("alice") for _ in range(8)]  # separate connections: both workers
+        try:
+            for version in (1, 2, 3):
+                payloads = [tuf_payload("snapshot", version, days=1 + i / 10) for i in range(8)]
+                outcomes = _race(clients, key_id, payloads)
+                assert sorted(outcomes) == ["PERMISSION_DENIED"] * 7 + ["ok"], version
+        finally:
+            for c in clients:
+                c.close()
+        log = d.log()
+        assert "worker 0" in log and "worker 1" in log
+
+
+def _race(clients: list[Any], key_id: str, payloads: list[bytes]) -> list[str]:
+    """Each client signs its payload at the same instant; returns the outcomes."""
+    outcomes: list[str] = []
+    barrier = threading.Barrier(len(clients))
+
+    def run(client: Any, payload: bytes) -> None:
+        barrier.wait()
+        try:
+            client.sign(key_id, payload)
+            outcomes.append("ok")
+        except ClientError as exc:
+            outcomes.append(exc.code.name)
+
+    threads = [threading.Thread(target=run, args=cp) for cp in zip(clients, payloads, strict=True)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return outcomes

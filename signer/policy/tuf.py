@@ -26,6 +26,7 @@ import threading
 import time
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -61,9 +62,18 @@ class TufPayload:
 
 
 def parse_tuf(payload: bytes) -> dict[str, Any] | None:
-    """The parsed ``signed`` object if ``payload`` is canonical TUF metadata, else None."""
+    """The parsed ``signed`` object if ``payload`` is canonical TUF metadata, else None.
+
+    Do not modify the result: it is cached, as each request is classified before it is
+    authorised and checked after (two parses of a large targets file otherwise).
+    """
     if payload[:1] != b"{":
         return None
+    return _parse_tuf(payload)
+
+
+@lru_cache(maxsize=4)
+def _parse_tuf(payload: bytes) -> dict[str, Any] | None:
     try:
         parsed = json.loads(payload, strict=False)
     except (ValueError, UnicodeDecodeError):
