@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import grpc
@@ -148,7 +148,12 @@ class SignerClient:
             items=[pb.SignBatchItem(key_id=key_id, payload=payload) for key_id, payload in items]
         )
         response = self._call(self.signing.SignBatch, request)
-        return [_batch_result(r) for r in response.results]
+        results = [_batch_result(r) for r in response.results]
+        # a failed item carries no key_id on the wire: name the key the caller asked for
+        return [
+            replace(r, key_id=key_id) if r.error else r
+            for r, (key_id, _) in zip(results, items, strict=True)
+        ]
 
     def request_signature(
         self, key_id: str, payload: bytes, reason: str = ""

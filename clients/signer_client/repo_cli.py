@@ -53,7 +53,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"could not sign {where}: {error}", file=sys.stderr)
         print(f"tuf-repo: error: {exc}", file=sys.stderr)
         return 1
-    except (RepositoryError, ClientError, ValueError, TufRepositoryError, DownloadError) as exc:
+    except (
+        RepositoryError,
+        ClientError,
+        TufRepositoryError,
+        DownloadError,
+        ValueError,
+        OSError,
+    ) as exc:
         print(f"tuf-repo: error: {exc}", file=sys.stderr)
         return 1
 
@@ -143,6 +150,9 @@ def cmd_rotate(args: argparse.Namespace) -> int:
     add = [keys.get(k) for k in args.add_key] if keys else []
     if args.create_key and keys is not None:
         role = args.role
+        if role not in TOP_LEVEL:
+            succinct = repo.find_delegation(role)[1]
+            role = succinct.name_prefix if succinct is not None else role  # the bins' key role
         ref = keys.create(role, args.algorithm, repository=args.name)
         print(f"created {role} key {ref.key_id}")
         add.append(ref)

@@ -122,7 +122,7 @@ class Repository:
 
     def find_delegation(self, role: str) -> tuple[str, SuccinctRoles | None]:
         """(delegating role, its SuccinctRoles if ``role`` is a bin or the bin prefix)."""
-        queue = ["targets"]
+        queue, seen = ["targets"], {"targets"}
         while queue:
             name = queue.pop(0)
             delegations = self._signed(name).delegations
@@ -136,7 +136,8 @@ class Repository:
             if delegations.roles:
                 if role in delegations.roles:
                     return name, None
-                queue.extend(delegations.roles)
+                queue.extend(r for r in delegations.roles if r not in seen)
+                seen.update(delegations.roles)
         raise RepositoryError(f"no role delegates to {role!r}")
 
     def all_roles(self) -> list[str]:
@@ -149,8 +150,9 @@ class Repository:
             if delegations.succinct_roles is not None:
                 roles.extend(delegations.succinct_roles.get_roles())
             for name in delegations.roles or {}:
-                roles.append(name)
-                queue.append(name)
+                if name not in roles:  # a delegation back up the tree is listed once
+                    roles.append(name)
+                    queue.append(name)
         return roles
 
     # -- editing -------------------------------------------------------------------------
