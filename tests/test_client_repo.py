@@ -453,3 +453,27 @@ def test_offline_root_key_with_online_daemon_keys(
     repo.add_targets([("t.txt", tmp_path / "t.txt")])
     repo.publish()
     assert fetch(serve(repo_dir), repo_dir, tmp_path, "t.txt") == b"t"
+
+
+def test_init_with_existing_daemon_keys(
+    client_env: Path, daemon: Daemon, tmp_path: Path, serve: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with daemon.client() as client:
+        ids = {r: client.create_key(f"existing-{r}", role=r).key_id for r in TOP}
+        second_root = client.create_key("existing-root-2", "ed25519", role="root").key_id
+    repo = tmp_path / "repo"
+    # a key bound to another role is refused before anything is written
+    wrong = [f"--key={r}={ids['root' if r == 'targets' else r]}" for r in TOP]
+    assert run("init", *wrong, repo=repo) == 1
+    assert "signs only 'root' metadata; targets needs 'targets'" in capsys.readouterr().err
+    assert not (repo / "tuf-repo.json").exists()
+
+    keys = [f"--key={r}={ids[r]}" for r in TOP] + [f"--key=root={second_root}"]
+    assert run("init", *keys, "--threshold", "root=2", repo=repo) == 0
+    root = published(repo, "root").signed
+    assert set(root.roles["root"].keyids) == {ids["root"], second_root}
+    assert root.roles["root"].threshold == 2
+    assert fetch(serve(repo), repo, tmp_path, "none") is None
+
+
+TOP = ("root", "targets", "snapshot", "timestamp")

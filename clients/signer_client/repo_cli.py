@@ -76,7 +76,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     for role, key_id in _pairs(args.key, "key"):
         if role not in given:
             raise RepositoryError(f"--key {role}=...: not a top-level role")
-        given[role].append(keys.get(key_id))
+        given[role].append(keys.get(key_id, role))
     if args.create_keys:
         for role in TOP_LEVEL:
             while len(given[role]) < thresholds.get(role, 1):
@@ -147,7 +147,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 def cmd_rotate(args: argparse.Namespace) -> int:
     repo = _repo(args)
     keys = _keys(args) if args.add_key or args.create_key else None
-    add = [keys.get(k) for k in args.add_key] if keys else []
+    add = [keys.get(k, args.role) for k in args.add_key] if keys else []
     if args.create_key and keys is not None:
         role = args.role
         if role not in TOP_LEVEL:
@@ -225,7 +225,7 @@ def _keys(args: argparse.Namespace) -> DaemonKeys:
 
 def _delegation_keys(args: argparse.Namespace, repo: Repository, role: str) -> list[KeyRef]:
     keys = _keys(args) if args.key or args.create_key else None
-    refs = [keys.get(k) for k in args.key] if keys else []
+    refs = [keys.get(k, role) for k in args.key] if keys else []
     if args.create_key and keys is not None:
         while len(refs) < max(args.threshold, 1) or not refs:
             ref = keys.create(role, args.algorithm, repository=args.name_tag)
