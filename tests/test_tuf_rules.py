@@ -10,9 +10,10 @@ from typing import Any
 
 import grpc
 import pytest
-from authz_helpers import audit_rows, sha256, tuf_payload, verify
+from authz_helpers import audit_rows, sha256, tuf_payload, verify, wait_for
 
 from harness import Daemon, running_daemon
+from signer.audit.verify import verify as verify_log
 from signer.policy.tuf import parse_tuf
 from signer_client import ClientError
 
@@ -227,6 +228,7 @@ def test_malformed_tuf_fields_are_invalid(alice: Any, keys: dict[str, Any]) -> N
 def test_two_workers_never_sign_two_payloads_at_one_version(tmp_path: Any) -> None:
     """The version state is shared by the worker processes: forks are refused across them."""
     with running_daemon(tmp_path, policy=POLICY, clients=["admin", "alice"], workers=2) as d:
+        wait_for(lambda: "worker 0 INFO" in d.log() and "worker 1 INFO" in d.log())
         with d.client("admin") as admin:
             key_id = admin.create_key("shared", role="snapshot").key_id
         clients = [d.client("alice") for _ in range(8)]  # separate connections: both workers
@@ -238,8 +240,12 @@ def test_two_workers_never_sign_two_payloads_at_one_version(tmp_path: Any) -> No
         finally:
             for c in clients:
                 c.close()
-        log = d.log()
-        assert "worker 0" in log and "worker 1" in log
+        assert "Traceback" not in d.log()
+    # Both workers signed a last audit checkpoint at shutdown, with one audit key.
+    conn = sqlite3.connect(d.state / "keys.db")
+    assert conn.execute("SELECT COUNT(*) FROM keys WHERE role = 'audit'").fetchone() == (1,)
+    conn.close()
+    assert verify_log(d.state / "audit.db", d.state / "keys.db").checkpoints >= 1
 
 
 def _race(clients: list[Any], key_id: str, payloads: list[bytes]) -> list[str]:

@@ -149,12 +149,45 @@ class Checkpointer:
             return seq
 
     def audit_key(self) -> KeyRecord:
-        """The active audit key; generated in the token and registered on first use."""
+        """The active audit key; generated in the token and registered on first use.
+
+        Workers race to make it on their first checkpoint: the maker holds the audit
+        database's write lock meanwhile, so exactly one key is made.
+        """
+        found = self._find_key()
+        if found is not None:
+            return found
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            found = self._find_key()  # made by another worker while we waited?
+            if found is None:
+                record = self._make_key()
+        finally:
+            self._conn.execute("COMMIT")
+        if found is not None:
+            return found
+        self.audit.record(  # after COMMIT: the audit writer needs the lock we held
+            AuditEvent(
+                SYSTEM_PRINCIPAL,
+                "create",
+                Outcome.ALLOWED,
+                record.key_id,
+                AUDIT_ROLE,
+                detail="audit checkpoint key",
+            )
+        )
+        log.info("created the audit checkpoint key %s in the token", record.key_id)
+        return record
+
+    def _find_key(self) -> KeyRecord | None:
         for record in self.registry.find(role=AUDIT_ROLE, state="active"):
             return record
+        return None
+
+    def _make_key(self) -> KeyRecord:
         object_id, public = self.token.generate(ECDSA_P256, AUDIT_KEY_LABEL)
         key = tuf_key(ECDSA_P256, public)
-        record = self.registry.add(
+        return self.registry.add(
             KeyRecord(
                 key_id=key.keyid,
                 object_id=object_id,
@@ -167,15 +200,3 @@ class Checkpointer:
                 created_by=SYSTEM_PRINCIPAL,
             )
         )
-        self.audit.record(
-            AuditEvent(
-                SYSTEM_PRINCIPAL,
-                "create",
-                Outcome.ALLOWED,
-                record.key_id,
-                AUDIT_ROLE,
-                detail="audit checkpoint key",
-            )
-        )
-        log.info("created the audit checkpoint key %s in the token", record.key_id)
-        return record
