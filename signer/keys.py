@@ -17,7 +17,6 @@ from signer.errors import (
 )
 from signer.identity import Principal
 from signer.policy import Operation, Policy, Resource
-from signer.policy.ratelimit import rate_limiter_of
 from signer.registry import KeyRecord, KeyRegistry, KeyState
 from signer.token import Token
 
@@ -55,7 +54,6 @@ class KeyManager:
         resource = Resource("", role, repository)
 
         def run() -> KeyRecord:
-            self._rate_limit(principal)
             if not _LABEL.match(label):
                 raise InvalidArgument(
                     "label must be 1-128 characters: letters, digits and . _ : @ / - or space"
@@ -100,12 +98,6 @@ class KeyManager:
     ) -> list[KeyRecord]:
         """Keys matching the filter that the principal may read; others are left out."""
         policy = self.policy
-        resource = Resource("", role, repository)
-        try:
-            self._rate_limit(principal)
-        except SignerError as exc:
-            record_failure(self.audit, principal, "list", resource, exc)
-            raise
         visible = []
         for record in self.registry.find(role, repository, state):
             try:
@@ -124,11 +116,6 @@ class KeyManager:
             )
         )
         return visible
-
-    def _rate_limit(self, principal: Principal) -> None:
-        limiter = rate_limiter_of(self.policy)
-        if limiter is not None:
-            limiter.take(principal.name)
 
     def retire(self, principal: Principal, key_id: str) -> KeyRecord:
         record = self._lookup(principal, Operation.RETIRE, key_id, audit_read=False)
@@ -159,7 +146,6 @@ class KeyManager:
         """Find a key and check the principal may perform ``operation`` on it."""
 
         def run() -> KeyRecord:
-            self._rate_limit(principal)
             if not key_id:
                 raise InvalidArgument("key_id is required")
             record = self.registry.get(key_id)
