@@ -113,6 +113,14 @@ def test_checkpoints_are_signed_by_an_audit_key_in_the_token(served: Daemon, key
     assert report.checkpoints >= 2 and report.last_checkpoint_seq >= 30
 
 
+def test_a_quiet_log_is_checkpointed_after_checkpoint_seconds(served: Daemon, key: Any) -> None:
+    """One more entry (far fewer than checkpoint_entries) is covered within the period."""
+    with served.client("alice") as alice:
+        alice.get_key(key.key_id)
+    tip = audit_rows(served.state)[-1]["seq"]
+    wait_for(lambda: _checkpoint_seqs(served.state)[-1:] >= [tip], timeout=5)
+
+
 # -- tampering, on a copy of the state --------------------------------------------------------
 
 
@@ -126,6 +134,13 @@ def _delete(conn: sqlite3.Connection) -> None:
 
 def _body(row: sqlite3.Row) -> dict[str, Any]:
     return {k: row[k] for k in row.keys() if k not in ("seq", "prev_hash", "hash")}  # noqa: SIM118
+
+
+def _delete_renumbered(conn: sqlite3.Connection) -> None:
+    """Entry 5 removed and the later ones renumbered to close the gap."""
+    conn.execute("DELETE FROM audit WHERE seq = 5")
+    conn.execute("UPDATE audit SET seq = -(seq - 1) WHERE seq > 5")
+    conn.execute("UPDATE audit SET seq = -seq WHERE seq < 0")
 
 
 def _insert(conn: sqlite3.Connection) -> None:
@@ -184,6 +199,7 @@ def _forge_checkpoint(conn: sqlite3.Connection) -> None:
     [
         (_edit, "edited", 5, "entry 5 was edited: its contents do not match its hash"),
         (_delete, "deleted", 5, "entry 5 deleted: the chain jumps from entry 4 to entry 6"),
+        (_delete_renumbered, "deleted", 5, "entry 5 (or several from there) was deleted"),
         (_insert, "inserted", 5, "entry 5 was inserted: entry 6 was written as entry 5"),
         (_reorder, "reordered", 5, "entries 5, 6 were reordered"),
         (_rebuild, "edited", None, "were rewritten"),
