@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -30,6 +31,8 @@ from signer.token import SignItem, Token
 
 if TYPE_CHECKING:
     from signer.quorum import QuorumService
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -196,7 +199,10 @@ class SigningService:
         """After the audit entries are committed: release the signatures."""
         for (p, signature), seq in zip(batch.signed, seqs, strict=True):
             for guard in self.guards:
-                guard.signed(batch.principal, p.key, p.item)
+                try:  # the signature is audited: bookkeeping must not withhold it
+                    guard.signed(batch.principal, p.key, p.item)
+                except Exception:
+                    log.exception("after signing with key %s", p.key.key_id)
             alg = p.key.algorithm
             batch.results[p.index] = Signed(
                 p.key.key_id, alg.encode_signature(signature), alg.scheme, seq
