@@ -107,8 +107,9 @@ def split(concurrency: int, max_procs: int) -> list[int]:
 
 
 def drive(
-    target: Target, key_id: str, concurrency: int, max_procs: int, seconds: float
-) -> tuple[float, float, float]:
+    target: Target, key_id: str, concurrency: int, max_procs: int, seconds: float, pid: int
+) -> tuple[float, float, float, float]:
+    """(signs/s, p50 ms, p99 ms, server CPU ms per signature)."""
     ctx = mp.get_context("spawn")
     out, ready, go = ctx.Queue(), ctx.Queue(), ctx.Event()
     procs = [
@@ -119,18 +120,52 @@ def drive(
         p.start()
     for _ in procs:
         ready.get(timeout=60)
+    cpu = cpu_seconds(pid)
     go.set()
     total, lats = 0, []
     for _ in procs:
         n, lat = out.get()
         total += n
         lats.extend(lat)
+    cpu = cpu_seconds(pid) - cpu
     for p in procs:
         p.join()
     lats.sort()
     p50 = statistics.median(lats) * 1000
     p99 = lats[max(0, int(len(lats) * 0.99) - 1)] * 1000
-    return total / seconds, p50, p99
+    return total / seconds, p50, p99, cpu * 1000 / max(1, total)
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (signerd's worker processes), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children.get(current, []))
+    return found
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time used so far by ``pid`` and its descendants."""
+    total = 0.0
+    for p in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def create_key(target: Target) -> tuple[str, bytes]:
@@ -156,6 +191,38 @@ def create_key(target: Target) -> tuple[str, bytes]:
     if key_id != nkeys.key_id("ecdsa", created.publicKey):
         raise SystemExit(f"{target.name}: unexpected key ID {key_id}")
     return key_id, created.publicKey
+
+
+def _floor_server(pki: str, port: int) -> None:
+    """The floor: a bare Python grpc.aio server, same mTLS, whose Sign does nothing.
+
+    No token, no audit, no policy: what Python's gRPC stack alone costs per request.
+    """
+    import asyncio
+
+    import grpc
+
+    from signer.notary import signer_pb2 as pb
+    from signer.notary import signer_pb2_grpc as pb_grpc
+
+    class Floor(pb_grpc.SignerServicer):
+        async def Sign(self, request: Any, context: Any) -> Any:
+            return pb.Signature(keyInfo=pb.KeyInfo(keyID=request.keyID), content=bytes(64))
+
+    async def serve() -> None:
+        server = grpc.aio.server()
+        pb_grpc.add_SignerServicer_to_server(Floor(), server)
+        base = Path(pki)
+        creds = grpc.ssl_server_credentials(
+            [((base / "server-key.pem").read_bytes(), (base / "server.pem").read_bytes())],
+            root_certificates=(base / "ca.pem").read_bytes(),
+            require_client_auth=True,
+        )
+        server.add_secure_port(f"127.0.0.1:{port}", creds)
+        await server.start()
+        await server.wait_for_termination()
+
+    asyncio.run(serve())
 
 
 def start_notary_signer(root: Path, daemon: Daemon) -> tuple[subprocess.Popen[bytes], int]:
@@ -219,9 +286,12 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=2, help="signerd worker processes")
     ap.add_argument("--client-procs", type=int, default=4, help="client processes at most")
     ap.add_argument("--rounds", type=int, default=1, help="repeat and keep the best of each")
+    ap.add_argument(
+        "--floor", action="store_true", help="also measure a bare Python grpc.aio server"
+    )
     args = ap.parse_args()
 
-    results: dict[tuple[str, int], tuple[float, float, float]] = {}
+    results: dict[tuple[str, int], tuple[float, float, float, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         with running_daemon(root / "signerd", clients=["bench"], workers=args.workers) as daemon:
@@ -230,23 +300,41 @@ def main() -> int:
             ours = Target("signerd", f"localhost:{daemon.port}", **common)
             proc, port = start_notary_signer(root, daemon)
             theirs = Target("notary-signer", f"localhost:{port}", **common)
+            targets = [ours, theirs]
+            floor = None
             try:
                 wait_ready(theirs, proc, root / "notary-signer.log")
                 key_ids = {t.name: create_key(t)[0] for t in (ours, theirs)}
+                assert daemon.proc is not None
+                pids = {ours.name: daemon.proc.pid, theirs.name: proc.pid}
+                if args.floor:
+                    floor_port = free_port()
+                    floor = mp.get_context("spawn").Process(
+                        target=_floor_server, args=(str(daemon.pki), floor_port)
+                    )
+                    floor.start()
+                    time.sleep(2)
+                    targets.append(Target("floor", f"localhost:{floor_port}", **common))
+                    key_ids["floor"] = "floor"
+                    assert floor.pid is not None
+                    pids["floor"] = floor.pid
                 for _ in range(args.rounds):
                     for level in LEVELS:
-                        for target in (ours, theirs):  # interleaved: same machine state
+                        for target in targets:  # interleaved: same machine state
                             result = drive(
                                 target,
                                 key_ids[target.name],
                                 level,
                                 args.client_procs,
                                 args.seconds,
+                                pids[target.name],
                             )
                             best = results.get((target.name, level))
                             if best is None or result[0] > best[0]:
                                 results[(target.name, level)] = result
             finally:
+                if floor is not None:
+                    floor.kill()
                 proc.send_signal(signal.SIGTERM)
                 try:
                     proc.wait(10)
@@ -260,8 +348,8 @@ def main() -> int:
         f"{os.cpu_count()} cores, {args.seconds:.0f}s per run, best of {args.rounds}"
     )
     head = (
-        f"{'callers':>7} | {'signerd/s':>9} {'p50 ms':>7} {'p99 ms':>7} | "
-        f"{'notary/s':>9} {'p50 ms':>7} {'p99 ms':>7} | {'ratio':>5}"
+        f"{'callers':>7} | {'signerd/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'cpu ms':>6} | "
+        f"{'notary/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'cpu ms':>6} | {'ratio':>5}"
     )
     print(head)
     print("-" * len(head))
@@ -269,9 +357,15 @@ def main() -> int:
         a = results[("signerd", level)]
         b = results[("notary-signer", level)]
         print(
-            f"{level:>7} | {a[0]:9.0f} {a[1]:7.2f} {a[2]:7.2f} | "
-            f"{b[0]:9.0f} {b[1]:7.2f} {b[2]:7.2f} | {a[0] / b[0]:5.2f}"
+            f"{level:>7} | {a[0]:9.0f} {a[1]:7.2f} {a[2]:7.2f} {a[3]:6.3f} | "
+            f"{b[0]:9.0f} {b[1]:7.2f} {b[2]:7.2f} {b[3]:6.3f} | {a[0] / b[0]:5.2f}"
         )
+    if args.floor:
+        print("floor: a bare Python grpc.aio server (same mTLS) whose Sign does nothing")
+        for level in LEVELS:
+            f = results[("floor", level)]
+            print(f"{level:>7} | {f[0]:9.0f} {f[1]:7.2f} {f[2]:7.2f} {f[3]:6.3f}")
+    print("cpu ms: server CPU time (user + system, all its processes) per signature")
     return 0
 
 
