@@ -148,6 +148,15 @@ dir = "state"
             stub = health_pb2_grpc.HealthStub(channel)
             return int(stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2).status)
 
+    def wait_log(self, text: str, timeout: float = 20.0) -> str:
+        """Wait until the daemon's log contains ``text`` (work done after start-up)."""
+        deadline = time.monotonic() + timeout
+        while text not in (log := self.log()):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{text!r} not in the daemon log after {timeout}s:\n{log}")
+            time.sleep(0.1)
+        return log
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 

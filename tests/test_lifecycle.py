@@ -82,8 +82,8 @@ def test_workers_share_port_and_see_each_others_changes(tmp_path: Path) -> None:
         clients = [daemon.client() for _ in range(8)]  # separate connections spread over workers
         for c in clients:
             verify(key, c.sign(key.key_id, b"w").signature, b"w")
-        log = daemon.log()
-        assert "worker 0 INFO" in log and "worker 1 INFO" in log  # two processes, one port
+        daemon.wait_log("worker 0 INFO")  # two processes, one port
+        daemon.wait_log("worker 1 INFO")
         admin.retire_key(key.key_id)
         for c in clients:  # no worker keeps signing with a retired key
             with pytest.raises(FailedPreconditionError):
@@ -134,7 +134,7 @@ s.generate_keypair(KeyType.RSA, 1024, store=True, label="stray", id=b"stray")
         assert f"key {gone.key_id}: private key object missing" in dirty.stdout
         assert "label 'stray'" in dirty.stdout and "not registered" in dirty.stdout
         daemon.start()
-        assert "registry/token mismatch" in daemon.log()  # also reported at start-up
+        daemon.wait_log("registry/token mismatch")  # also reported at start-up
         with pytest.raises(FailedPreconditionError, match="not on the token"):
             daemon.client().sign(gone.key_id, b"x")
 
