@@ -88,7 +88,7 @@ class NotaryServer:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
-def notary_server_config(root: Path, daemon: Daemon, port: int) -> Path:
+def notary_server_config(root: Path, daemon: Daemon, port: int, algorithm: str) -> Path:
     pki = daemon.pki
     config = {
         "server": {
@@ -103,7 +103,7 @@ def notary_server_config(root: Path, daemon: Daemon, port: int) -> Path:
             "tls_ca_file": str(pki / "ca.pem"),
             "tls_client_cert": str(pki / f"client-{NOTARY_SERVER_PRINCIPAL}.pem"),
             "tls_client_key": str(pki / f"client-{NOTARY_SERVER_PRINCIPAL}-key.pem"),
-            "key_algorithm": "ecdsa",
+            "key_algorithm": algorithm,  # what notary-server asks CreateKey for
         },
         "storage": {"backend": "memory"},
         "logging": {"level": "info"},
@@ -113,7 +113,7 @@ def notary_server_config(root: Path, daemon: Daemon, port: int) -> Path:
     return path
 
 
-def start_notary_server(root: Path, daemon: Daemon) -> NotaryServer:
+def start_notary_server(root: Path, daemon: Daemon, algorithm: str) -> NotaryServer:
     binary = require("notary-server")
     issue(
         daemon.pki,
@@ -125,7 +125,7 @@ def start_notary_server(root: Path, daemon: Daemon) -> NotaryServer:
         ips=("127.0.0.1",),
     )
     port = free_port()
-    config = notary_server_config(root, daemon, port)
+    config = notary_server_config(root, daemon, port, algorithm)
     log_path = root / "notary-server.log"
     proc = subprocess.Popen(
         [binary, "-config", str(config), "-logf", "logfmt"],
@@ -197,6 +197,7 @@ class Deployment:
     daemon: Daemon
     server: NotaryServer
     root: Path
+    algorithm: str
 
     def logs(self) -> str:
         return (
@@ -208,17 +209,19 @@ class Deployment:
         return NotaryCLI(self.server, self.root / trust_dir, self.daemon.pki / "ca.pem", self.logs)
 
 
-@pytest.fixture(scope="module")
-def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+@pytest.fixture(scope="module", params=["ecdsa", "ed25519"])
+def deployment(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Deployment]:
     require("notary-server")
     require("notary")
     root = tmp_path_factory.mktemp("notary")
     with running_daemon(
         root / "signerd", clients=["admin", NOTARY_SERVER_PRINCIPAL], policy=POLICY
     ) as daemon:
-        server = start_notary_server(root, daemon)
+        server = start_notary_server(root, daemon, request.param)
         try:
-            yield Deployment(daemon, server, root)
+            yield Deployment(daemon, server, root, request.param)
         finally:
             server.proc.send_signal(signal.SIGTERM)
             try:
@@ -411,6 +414,7 @@ def test_notary_cli_through_notary_server_and_signerd(deployment: Deployment) ->
     for role, ids in (("timestamp", timestamp_ids), ("snapshot", snapshot_ids)):
         for notary_id in ids:
             assert notary_id in linked, f"{role} key {notary_id} was not made by signerd"
+            assert docs["root"]["signed"]["keys"][notary_id]["keytype"] == deployment.algorithm
             key_id, key_role, gun = linked[notary_id]
             assert (key_role, gun) == (role, GUN)
             object_id, state = registry_object(deployment.daemon, key_id)
