@@ -45,8 +45,8 @@ stop:
 test: deps lint typecheck proto-check pytest
 
 lint:
-	ruff check .
-	ruff format --check .
+	ruff check signer clients tests bench scripts
+	ruff format --check signer clients tests bench scripts
 
 typecheck:
 	$(PYTHON) -m mypy
