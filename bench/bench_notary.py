@@ -12,7 +12,7 @@ timestamp-like JSON object) and an ECDSA P-256 key made through CreateKey:
 For 1, 4 and 16 concurrent callers it prints signs/s, p50 and p99 latency for each and
 the ratio signerd / notary-signer (higher is better for signerd).
 
-    python bench/bench_notary.py [--seconds 5] [--workers 2] [--rounds 1]
+    python bench/bench_notary.py [--seconds 5] [--workers N] [--rounds 1] [--floor]
 """
 
 from __future__ import annotations
@@ -283,7 +283,12 @@ def wait_ready(target: Target, proc: subprocess.Popen[bytes], log: Path) -> None
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--seconds", type=float, default=5.0, help="per measurement")
-    ap.add_argument("--workers", type=int, default=2, help="signerd worker processes")
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=max(1, (os.cpu_count() or 2) // 2),
+        help="signerd worker processes (default: half the cores; the clients need the rest)",
+    )
     ap.add_argument("--client-procs", type=int, default=4, help="client processes at most")
     ap.add_argument("--rounds", type=int, default=1, help="repeat and keep the best of each")
     ap.add_argument(
