@@ -42,7 +42,7 @@ keys = {{ roles = ["timestamp", "snapshot"], repositories = ["*"] }}
 
 [[rules]]
 principals = ["{OPS}"]
-operations = ["read", "destroy"]
+operations = ["read", "retire", "destroy"]
 keys = {{ roles = ["*"], repositories = ["*"] }}
 
 [[rules]]
@@ -392,3 +392,51 @@ def test_rate_limits_apply(tmp_path: Path) -> None:
             )
         refused = [r for r in audit_rows(daemon) if r[1] == "sign" and r[2] == "denied"]
         assert len(refused) == 1 and refused[0][6] == "RESOURCE_EXHAUSTED"
+
+
+def test_retired_key_answers_but_no_longer_signs(notary_daemon: Daemon, notary: Stubs) -> None:
+    from signer.v1 import signer_pb2 as v1
+    from signer.v1 import signer_pb2_grpc as v1_grpc
+
+    created = create(notary)
+    notary_id = created.keyInfo.keyID.ID
+    with notary_daemon.channel(OPS) as channel:
+        v1_grpc.KeyServiceStub(channel).RetireKey(
+            v1.RetireKeyRequest(key_id=linked_key_id(notary_daemon, notary_id)), timeout=10
+        )
+    info = notary.keys.GetKeyInfo(pb.KeyID(ID=notary_id), timeout=10)
+    assert info.publicKey == created.publicKey
+    assert code_of(lambda: sign(notary, notary_id, timestamp_content())) == (
+        grpc.StatusCode.FAILED_PRECONDITION
+    )
+
+
+def test_token_outage_shows_in_notary_health_and_heals(tmp_path: Path) -> None:
+    """notary-server's health check follows the token; requests fail UNAVAILABLE meanwhile."""
+    serving, not_serving = (
+        health_pb2.HealthCheckResponse.SERVING,
+        health_pb2.HealthCheckResponse.NOT_SERVING,
+    )
+    with (
+        running_daemon(tmp_path, clients=["admin"]) as daemon,
+        daemon.channel("admin") as channel,
+    ):
+        stubs = Stubs(channel)
+        created = create(stubs)
+        notary_id = created.keyInfo.keyID.ID
+        tokens = Path(daemon.env["SOFTHSM2_CONF"]).parent / "tokens"
+        away = tokens.with_name("tokens.pulled")
+        tokens.rename(away)
+        try:
+            daemon.wait_serving(timeout=10, want=not_serving)
+            assert daemon.health("grpc.health.v1.Health.Overall") == not_serving
+            assert daemon.health("grpc.health.v1.Health.Signer") == not_serving
+            assert code_of(lambda: sign(stubs, notary_id, timestamp_content())) == (
+                grpc.StatusCode.UNAVAILABLE
+            )
+        finally:
+            away.rename(tokens)
+        daemon.wait_serving(timeout=20, want=serving)
+        assert daemon.health("grpc.health.v1.Health.Overall") == serving
+        signature = sign(stubs, notary_id, timestamp_content())
+        assert nkeys.verify("ecdsa", created.publicKey, signature.content, timestamp_content())
