@@ -21,6 +21,7 @@ import ssl
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -317,6 +318,52 @@ def verify_repository(deployment: Deployment) -> dict[str, dict[str, Any]]:
     return docs
 
 
+def fetch_version(deployment: Deployment, role: str, version: int) -> str | None:
+    """``<version>.<role>.json`` as notary-server serves it, or None past the last one."""
+    try:
+        with https_get(deployment.server, f"/v2/{GUN}/_trust/tuf/{version}.{role}.json") as resp:
+            return str(resp.read().decode())
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return None
+        raise
+
+
+def verify_history(deployment: Deployment) -> dict[str, list[set[str]]]:
+    """Every stored version of root, snapshot and timestamp verifies; returns, per role
+    and stored version, the key IDs that signed it.
+
+    Versions can be missing: notary-server (memory storage) keeps the versions that were
+    published or that it generated, and a client publish may skip version numbers.
+    """
+    keys: dict[str, Any] = {}
+    signers: dict[str, list[set[str]]] = {}
+    for role in ("root", "snapshot", "timestamp"):
+        signers[role] = []
+        current, _ = fetch(deployment, role)
+        for version in range(1, current["signed"]["version"] + 1):
+            text = fetch_version(deployment, role, version)
+            if text is None:  # not every version is stored (see the docstring)
+                continue
+            doc = json.loads(text)
+            assert doc["signed"]["version"] == version
+            if role == "root":
+                keys.update(doc["signed"]["keys"])
+            content = signed_bytes(text)
+            ids = set()
+            for sig in doc["signatures"]:
+                assert sig["keyid"] in keys, f"{version}.{role}.json: unknown key {sig['keyid']}"
+                algorithm, public = public_of(keys[sig["keyid"]])
+                assert nkeys.verify(algorithm, public, base64.b64decode(sig["sig"]), content), (
+                    f"{version}.{role}.json: signature by {sig['keyid']} does not verify"
+                )
+                ids.add(sig["keyid"])
+            assert ids, f"{version}.{role}.json is unsigned"
+            signers[role].append(ids)
+        assert signers[role], f"notary-server served no {role} versions"
+    return signers
+
+
 def notary_keys(daemon: Daemon) -> dict[str, tuple[str, str, str]]:
     """notary key id -> (registry key_id, role, gun), from signerd's state."""
     with sqlite3.connect(daemon.state / "notary.db") as conn:
@@ -426,6 +473,14 @@ def test_notary_cli_through_notary_server_and_signerd(deployment: Deployment) ->
     # snapshot key at rotation: all through signerd.
     assert {r for _, r, _ in linked.values()} == {"timestamp", "snapshot"}
     assert len(linked) >= 3
+
+    # Every timestamp notary-server ever served, and every snapshot after the rotation,
+    # was signed by signerd (and verifies).
+    history = verify_history(deployment)
+    for ids in history["timestamp"]:
+        assert ids <= set(linked), f"a timestamp was signed by keys {ids} not in signerd"
+    assert history["snapshot"][-1] <= set(linked)
+    assert len(history["timestamp"]) >= 4, history
 
     # The audit log holds notary-server's requests.
     rows = [r for r in audit_rows(deployment.daemon) if r[0] == NOTARY_SERVER_PRINCIPAL]
