@@ -346,6 +346,10 @@ def test_delete_is_a_separate_permission(notary_daemon: Daemon, notary: Stubs) -
     assert code_of(lambda: notary.keys.DeleteKey(pb.KeyID(ID=notary_id), timeout=10)) == (
         grpc.StatusCode.PERMISSION_DENIED
     )
+    # ... not even a key that does not exist (the answer would tell which IDs exist).
+    assert code_of(lambda: notary.keys.DeleteKey(pb.KeyID(ID="e" * 64), timeout=10)) == (
+        grpc.StatusCode.PERMISSION_DENIED
+    )
     sign(notary, notary_id, timestamp_content())  # still there
 
     with notary_daemon.channel(OPS) as channel:

@@ -13,7 +13,7 @@ here and has them sign its metadata. Everything goes through the daemon's own pa
   active; one token call; the audit entry is committed before the signature is returned.
 * DeleteKey: ``KeyManager.destroy`` (policy ``destroy``: notary-signer lets any client
   delete any key, we do not). Deleting an unknown or already deleted key succeeds, as in
-  notary.
+  notary, for a principal that may delete notary keys at all.
 
 Which roles this API creates keys for is limited (``[notary] roles``, by default
 timestamp and snapshot: the only keys notary-server holds) on top of the policy.
@@ -118,7 +118,10 @@ class NotaryCore:
         try:
             key = self.store.get(notary_id)
         except NotFound:
-            # As notary-signer: deleting a key that does not exist succeeds.
+            # As notary-signer: deleting a key that does not exist succeeds, but only for
+            # a principal that may delete notary keys (else the answer would tell anyone
+            # which key IDs exist).
+            self._authorize_any_notary_key(principal, Operation.DESTROY, notary_id)
             self._record(
                 principal,
                 Operation.DESTROY,
@@ -133,6 +136,22 @@ class NotaryCore:
             if self.registry.get(key.key_id).state is not KeyState.DESTROYED:
                 raise
         log.info("notary DeleteKey: %s destroyed", notary_id)
+
+    def _authorize_any_notary_key(
+        self, principal: Principal, operation: Operation, notary_id: str
+    ) -> None:
+        """Allowed if the principal may do ``operation`` to notary keys of some role."""
+        policy = self.policy
+        first: PermissionDenied | None = None
+        for role in self.roles:
+            try:
+                policy.authorize(principal, operation, Resource("", role, ""))
+                return
+            except PermissionDenied as exc:
+                first = first or exc
+        exc = first or PermissionDenied(f"{principal.name} may not {operation} notary keys")
+        self._audit_failure_sync(principal, operation, Resource(""), exc, notary_id)
+        raise exc
 
     # -- hot path (coroutines on the event loop) -------------------------------------------
 
@@ -254,10 +273,15 @@ class NotaryCore:
             pass
 
     def _audit_failure_sync(
-        self, principal: Principal, operation: Operation, resource: Resource, exc: SignerError
+        self,
+        principal: Principal,
+        operation: Operation,
+        resource: Resource,
+        exc: SignerError,
+        notary_id: str = "",
     ) -> None:
         try:
-            self.audit.record(self._failure_event(principal, operation, resource, exc, ""))
+            self.audit.record(self._failure_event(principal, operation, resource, exc, notary_id))
         except SignerError:
             pass
 
