@@ -444,3 +444,24 @@ def test_token_outage_shows_in_notary_health_and_heals(tmp_path: Path) -> None:
         assert daemon.health("grpc.health.v1.Health.Overall") == serving
         signature = sign(stubs, notary_id, timestamp_content())
         assert nkeys.verify("ecdsa", created.publicKey, signature.content, timestamp_content())
+
+
+def test_notary_section_of_the_config(tmp_path: Path) -> None:
+    with (
+        running_daemon(
+            tmp_path / "roles", clients=["admin"], extra_config='[notary]\nroles = ["timestamp"]\n'
+        ) as daemon,
+        daemon.channel("admin") as channel,
+    ):
+        stubs = Stubs(channel)
+        create(stubs, role="timestamp")
+        assert code_of(lambda: create(stubs, role="snapshot")) == (
+            grpc.StatusCode.PERMISSION_DENIED
+        )
+    with (
+        running_daemon(
+            tmp_path / "off", clients=["admin"], extra_config="[notary]\nenabled = false\n"
+        ) as daemon,
+        daemon.channel("admin") as channel,
+    ):
+        assert code_of(lambda: create(Stubs(channel))) == grpc.StatusCode.UNIMPLEMENTED
