@@ -14,8 +14,10 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Coroutine
 from concurrent import futures
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -166,7 +168,17 @@ def _configure_logging(worker: int | None) -> None:
 def run_worker(config_path: str, index: int, reuse_port: bool) -> None:
     """Serve until SIGTERM/SIGINT. Runs in its own (spawned) process, or in the parent."""
     _configure_logging(index if reuse_port else None)
-    asyncio.run(_serve(config_path, index, reuse_port))
+    run_event_loop(_serve(config_path, index, reuse_port))
+
+
+def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run on uvloop when it is installed: ~15% less CPU per RPC than asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
 
 
 async def _serve(config_path: str, index: int, reuse_port: bool) -> None:
