@@ -222,7 +222,12 @@ def _floor_server(pki: str, port: int) -> None:
         await server.start()
         await server.wait_for_termination()
 
-    asyncio.run(serve())
+    try:  # the same event loop as signerd's workers
+        import uvloop
+    except ImportError:
+        asyncio.run(serve())
+    else:
+        uvloop.run(serve())
 
 
 def start_notary_signer(root: Path, daemon: Daemon) -> tuple[subprocess.Popen[bytes], int]:
