@@ -26,7 +26,10 @@ sys.path[:0] = [str(ROOT), str(ROOT / "clients"), str(ROOT / "tests")]
 
 from harness import running_daemon  # noqa: E402
 
-PAYLOAD = b'{"_type":"timestamp","expires":"2030-01-01T00:00:00Z","meta":{},"version":1}'
+# A TUF payload (the version rules apply: a claim per signature) and a raw one (build farms).
+TUF_PAYLOAD = b'{"_type":"timestamp","expires":"2030-01-01T00:00:00Z","meta":{},"version":1}'
+RAW_PAYLOAD = b"artefact sha256:" + bytes(range(48))
+CONNECTIONS = 4  # per client process
 
 RAW_SCRIPT = textwrap.dedent(
     """
@@ -57,8 +60,13 @@ def _client_proc(
     seconds: float,
     start_at: float,
     out: mp.Queue,
+    payload: bytes = RAW_PAYLOAD,
 ) -> None:
-    """One client process: ``concurrency`` calls in flight on one grpc.aio channel."""
+    """One client process: ``concurrency`` calls in flight over CONNECTIONS channels.
+
+    Several connections per process, as a build farm has: SO_REUSEPORT spreads
+    connections (not calls) over the worker processes.
+    """
     import asyncio
 
     import grpc
@@ -72,20 +80,26 @@ def _client_proc(
             Path(config["key"]).read_bytes(),
             Path(config["cert"]).read_bytes(),
         )
-        async with grpc.aio.secure_channel(config["address"], creds) as channel:
-            stub = pb_grpc.SigningServiceStub(channel)
-            unary = pb.SignRequest(key_id=key_id, payload=PAYLOAD)
+        options = [("grpc.use_local_subchannel_pool", 1)]  # a real connection per channel
+        channels = [
+            grpc.aio.secure_channel(config["address"], creds, options=options)
+            for _ in range(CONNECTIONS)
+        ]
+        stubs = [pb_grpc.SigningServiceStub(channel) for channel in channels]
+        try:
+            unary = pb.SignRequest(key_id=key_id, payload=payload)
             # The build-farm shape: many artefact digests per call.
             digests = [hashlib.sha256(b"artefact-%d" % n).digest() for n in range(batch)]
             many = pb.SignBatchRequest(
                 key_id=key_id, items=[pb.SignBatchItem(digest=d) for d in digests]
             )
-            await stub.Sign(unary)
+            for stub in stubs:
+                await stub.Sign(unary)
             count, latencies = 0, []
             await asyncio.sleep(max(0.0, start_at - time.time()))
             end = start_at + seconds
 
-            async def caller() -> None:
+            async def caller(stub: pb_grpc.SigningServiceStub) -> None:
                 nonlocal count
                 while time.time() < end:
                     t = time.perf_counter()
@@ -101,14 +115,24 @@ def _client_proc(
                         count += done
                         latencies.append(time.perf_counter() - t)
 
-            await asyncio.gather(*(caller() for _ in range(concurrency)))
+            await asyncio.gather(*(caller(stubs[i % len(stubs)]) for i in range(concurrency)))
             return count, latencies
+        finally:
+            for channel in channels:
+                await channel.close()
 
     out.put(asyncio.run(run()))
 
 
 def drive(
-    daemon, key_id: str, mode: str, clients: int, threads: int, batch: int, seconds: float
+    daemon,
+    key_id: str,
+    mode: str,
+    clients: int,
+    threads: int,
+    batch: int,
+    seconds: float,
+    payload: bytes = RAW_PAYLOAD,
 ) -> tuple[float, float, float]:
     ctx = mp.get_context("spawn")
     out: mp.Queue = ctx.Queue()
@@ -116,7 +140,8 @@ def drive(
     start_at = time.time() + 2.0
     procs = [
         ctx.Process(
-            target=_client_proc, args=(cfg, key_id, mode, batch, threads, seconds, start_at, out)
+            target=_client_proc,
+            args=(cfg, key_id, mode, batch, threads, seconds, start_at, out, payload),
         )
         for _ in range(clients)
     ]
@@ -164,7 +189,7 @@ def main() -> int:
     ):
         client = daemon.client()
         key = client.create_key("bench-p256", "ecdsa-sha2-nistp256", "timestamp")
-        client.sign(key.key_id, PAYLOAD)
+        client.sign(key.key_id, TUF_PAYLOAD)
         object_id = (
             sqlite3.connect(daemon.state / "keys.db")
             .execute("SELECT object_id FROM keys WHERE key_id = ?", (key.key_id,))
@@ -172,7 +197,17 @@ def main() -> int:
         )
         raw = raw_rate(daemon, object_id, args.seconds)
         unary = drive(daemon, key.key_id, "unary", args.clients, args.concurrency, 1, args.seconds)
-        batch = drive(daemon, key.key_id, "batch", args.clients, 2, args.batch, args.seconds)
+        unary_tuf = drive(
+            daemon,
+            key.key_id,
+            "unary",
+            args.clients,
+            args.concurrency,
+            1,
+            args.seconds,
+            TUF_PAYLOAD,
+        )
+        batch = drive(daemon, key.key_id, "batch", args.clients, 4, args.batch, args.seconds)
         audited = (
             sqlite3.connect(daemon.state / "audit.db")
             .execute("SELECT COUNT(*) FROM audit WHERE operation = 'sign' AND outcome = 'allowed'")
@@ -182,14 +217,15 @@ def main() -> int:
         f"signerd bench: ECDSA P-256, {args.workers} worker processes, {args.clients} client "
         f"processes, {os.cpu_count()} cores, {args.seconds:.0f}s per run"
     )
-    print(f"{'path':40} {'signs/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'vs raw':>7}")
+    print(f"{'path':44} {'signs/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'vs raw':>7}")
     rows = [
         ("raw python-pkcs11 (1 thread)", raw),
-        (f"unary Sign ({args.clients}x{args.concurrency} in flight)", unary),
-        (f"SignBatch {args.batch} digests ({args.clients}x2 in flight)", batch),
+        (f"unary Sign, raw ({args.clients}x{args.concurrency} in flight)", unary),
+        (f"unary Sign, TUF timestamp ({args.clients}x{args.concurrency})", unary_tuf),
+        (f"SignBatch {args.batch} digests ({args.clients}x4 in flight)", batch),
     ]
     for name, (rate, p50, p99) in rows:
-        print(f"{name:40} {rate:10.0f} {p50:8.2f} {p99:8.2f} {rate / raw[0]:7.2f}")
+        print(f"{name:44} {rate:10.0f} {p50:8.2f} {p99:8.2f} {rate / raw[0]:7.2f}")
     print(f"audit rows for allowed signatures: {audited}")
     return 0
 
