@@ -149,9 +149,9 @@ class NotaryCore:
                 return
             except PermissionDenied as exc:
                 first = first or exc
-        exc = first or PermissionDenied(f"{principal.name} may not {operation} notary keys")
-        self._audit_failure_sync(principal, operation, Resource(""), exc, notary_id)
-        raise exc
+        denied = first or PermissionDenied(f"{principal.name} may not {operation} notary keys")
+        self._audit_failure_sync(principal, operation, Resource(""), denied, notary_id)
+        raise denied
 
     # -- hot path (coroutines on the event loop) -------------------------------------------
 
