@@ -129,6 +129,15 @@ def _state(value: int) -> str:
     return pb.KeyState.Name(value).lower()  # type: ignore[arg-type]
 
 
+def client_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options every API-client subcommand takes."""
+    parser.add_argument(
+        "--client-config", help="client TOML (else SIGNER_CLIENT_CONFIG / SIGNER_*)"
+    )
+    parser.add_argument("--address", help="override the daemon address")
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="signerd", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -146,11 +155,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     keys = sub.add_parser("keys", help="manage keys through the running daemon")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
-
-    def client_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--client-config", help="client TOML (else SIGNER_CLIENT_CONFIG / SIGNER_*)")
-        p.add_argument("--address", help="override the daemon address")
-        return p
 
     create = client_args(keys_sub.add_parser("create", help="generate a key inside the token"))
     create.add_argument("--label", required=True)

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from signer.cli import COMMANDS, PARSER_EXTENSIONS, _client
+from signer.cli import COMMANDS, PARSER_EXTENSIONS, _client, client_args
 
 
 def _show_request(request: Any, with_payload: bool = False) -> None:
@@ -94,11 +94,6 @@ def _sign(args: argparse.Namespace) -> int:
 def _extend(sub: Any) -> None:
     request = sub.add_parser("request", help="quorum signing: request, approve, show, sign")
     request_sub = request.add_subparsers(dest="request_command", required=True)
-
-    def client_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--client-config", help="client TOML (else SIGNER_CLIENT_CONFIG / SIGNER_*)")
-        p.add_argument("--address", help="override the daemon address")
-        return p
 
     create = client_args(request_sub.add_parser("create", help="ask for a quorum signature"))
     create.add_argument("--key-id", required=True)
