@@ -64,6 +64,7 @@ _FAULTS: tuple[type[Exception], ...] = (
 _ANY_P11: tuple[type[Exception], ...] = (*_FAULTS, p11.PKCS11Error)
 
 _ED25519_OID = "1.3.101.112"
+_MISSING_KEY_REOPEN_INTERVAL = 5.0  # seconds
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,7 @@ class Token:
         self._healer: threading.Thread | None = None
         self._closed = threading.Event()
         self._prober: threading.Thread | None = None
+        self._last_reopen = 0.0
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -343,7 +345,11 @@ class Token:
             except _FAULTS as exc:
                 first = exc
             except KeyObjectMissing:
-                # The session may be stale (token removed and re-inserted): re-open, look again.
+                # The session may be stale (token removed and re-inserted): re-open and look
+                # again, but not for every request naming a missing key: at most every few
+                # seconds, so such requests cannot keep re-initialising the module.
+                if time.monotonic() - self._last_reopen < _MISSING_KEY_REOPEN_INTERVAL:
+                    raise
                 first = None
             try:
                 self._reopen()
@@ -356,6 +362,7 @@ class Token:
 
     def _reopen(self) -> None:
         """(Re-)initialise the module, find the token by label, open a session, log in."""
+        self._last_reopen = time.monotonic()
         self._handles.clear()
         if self._session is not None:
             with contextlib.suppress(p11.PKCS11Error):
