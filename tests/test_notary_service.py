@@ -94,6 +94,10 @@ def test_signing_operation() -> None:
     assert signing_operation(b"\x00" * 32, "timestamp") is Operation.SIGN_RAW
     assert signing_operation(b"{not json", "timestamp") is Operation.SIGN_RAW
     assert signing_operation(b"[1]", "timestamp") is Operation.SIGN_RAW
+    # Standard TUF spelling is not notary's: it must not slip past the v1 TUF rules.
+    assert signing_operation(timestamp_content(kind="timestamp"), "timestamp") is Operation.SIGN_RAW
+    deep = b'{"_type":' + b"[" * 200_000 + b"]" * 200_000 + b"}"
+    assert signing_operation(deep, "timestamp") is Operation.SIGN_RAW
 
 
 # -- against a daemon ----------------------------------------------------------------------
@@ -380,7 +384,7 @@ def test_keys_are_shared_by_worker_processes(tmp_path: Path) -> None:
                 content = timestamp_content(version)
                 signature = sign(Stubs(channel), notary_id, content)
             assert nkeys.verify("ecdsa", created.publicKey, signature.content, content)
-        assert "worker 1" in daemon.log()
+        daemon.wait_log("worker 1")
 
 
 def test_rate_limits_apply(tmp_path: Path) -> None:

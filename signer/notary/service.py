@@ -313,16 +313,17 @@ def signing_operation(content: bytes, role: str) -> Operation:
     is the role name capitalised ("Timestamp", "Snapshot"). That is TUF metadata, but in
     notary's dialect, so the TUF payload rules (SignGuard) for the v1 API do not apply;
     this check keeps a timestamp key from signing arbitrary bytes under the plain ``sign``
-    grant.
+    grant. Standard TUF spelling ("timestamp") needs ``sign-raw``: otherwise the notary API
+    would sign v1-style TUF metadata past the v1 version and expiry rules.
     """
     if content[:1] != b"{":
         return Operation.SIGN_RAW
     try:
         parsed = json.loads(content)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return Operation.SIGN_RAW
     kind = parsed.get("_type") if isinstance(parsed, dict) else None
-    if isinstance(kind, str) and kind.lower() == role.lower():
+    if isinstance(kind, str) and kind == role.capitalize():
         return Operation.SIGN
     return Operation.SIGN_RAW
 
