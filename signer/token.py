@@ -63,6 +63,9 @@ _FAULTS: tuple[type[Exception], ...] = (
 # Anything the module raises while (re)opening or probing: keep healing, never crash.
 _ANY_P11: tuple[type[Exception], ...] = (*_FAULTS, p11.PKCS11Error)
 
+# What a failed re-open raises: module errors, or a refused login (TokenUnavailable).
+_REOPEN_FAILURES: tuple[type[Exception], ...] = (*_ANY_P11, TokenUnavailable)
+
 _ED25519_OID = "1.3.101.112"
 _MISSING_KEY_REOPEN_INTERVAL = 5.0  # seconds
 
@@ -354,7 +357,7 @@ class Token:
             try:
                 self._reopen()
                 return fn()
-            except _ANY_P11 as exc:
+            except _REOPEN_FAILURES as exc:  # incl. a refused login
                 self._mark_broken(exc if first is None else first)
                 raise TokenUnavailable(
                     f"token {self.settings.label!r} is unavailable: {self._fault}"

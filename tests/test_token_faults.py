@@ -91,3 +91,37 @@ def test_daemon_starts_without_token_and_serves_once_it_appears(tmp_path: Path) 
         _reinsert(away)
         daemon.wait_serving(timeout=20, want=SERVING)
         daemon.client().sign(key.key_id, b"hello")
+
+
+def test_token_back_with_another_pin_stays_unavailable_then_heals(
+    fragile: Daemon, tmp_path: Path
+) -> None:
+    """A token that comes back refusing our PIN is a fault (UNAVAILABLE), not a crash."""
+    import os
+    import subprocess
+
+    from harness import ROOT
+
+    client = fragile.client()
+    key = client.create_key("pin", "ecdsa-sha2-nistp256", "timestamp")
+    client.sign(key.key_id, b"before")
+    impostor = tmp_path / "impostor"
+    env = dict(os.environ, SIGNER_PIN="another-pin-9", SIGNER_SO_PIN="another-so-pin")
+    subprocess.run(
+        [str(ROOT / "softhsm" / "create-token.sh"), str(impostor), fragile.label],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+    away = _pull(fragile)
+    (impostor / "tokens").rename(away.with_name("tokens"))  # same label, other PIN
+    with pytest.raises(UnavailableError):
+        client.sign(key.key_id, b"during")
+    fragile.wait_serving(timeout=10, want=NOT_SERVING)
+    with pytest.raises(UnavailableError):  # still a clean UNAVAILABLE, never INTERNAL
+        client.sign(key.key_id, b"during")
+    away.with_name("tokens").rename(impostor / "tokens")
+    _reinsert(away)
+    fragile.wait_serving(timeout=20, want=SERVING)
+    response = client.sign(key.key_id, b"after")
+    tuf_key(key).verify_signature(Signature(key.key_id, response.signature.hex()), b"after")
