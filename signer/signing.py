@@ -20,6 +20,7 @@ from signer.errors import (
     InvalidArgument,
     PermissionDenied,
     ResourceExhausted,
+    ServiceError,
     SignerError,
 )
 from signer.identity import Principal
@@ -147,7 +148,15 @@ class SigningService:
         prepared: list[_Prepared] = []
         for index, item in enumerate(items):
             try:
-                prepared.append(self._prepare(policy, principal, index, item))
+                try:
+                    prepared.append(self._prepare(policy, principal, index, item))
+                except SignerError:
+                    raise
+                except Exception as unexpected:  # a bug must cost one item, not the batch
+                    log.exception("unexpected error checking a sign request")
+                    raise ServiceError(
+                        "internal error checking this item; see the daemon's log"
+                    ) from unexpected
             except SignerError as exc:
                 batch.results[index] = exc
                 digest = hashlib.sha256(item.payload).hexdigest() if item.payload else ""

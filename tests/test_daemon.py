@@ -333,3 +333,23 @@ def test_every_request_is_audited_in_a_chain(daemon: Daemon, keys: dict[str, pb.
     everything = audit_rows(daemon)
     for prev, row in itertools.pairwise(everything):
         assert row["prev_hash"] == prev["hash"] and row["seq"] == prev["seq"] + 1
+
+
+def test_hostile_payloads_get_a_status_not_a_crash(daemon: Daemon, keys: dict[str, pb.Key]) -> None:
+    """Deep nesting and huge versions must not escape as INTERNAL or fail a whole batch."""
+    key = daemon.client().create_key("hostile", "ecdsa-sha2-nistp256", "timestamp")
+    client = daemon.client()
+    deep = b'{"_type":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    sslib_verify(key, client.sign(key.key_id, deep).signature, deep)  # raw bytes, not TUF
+    huge = b'{"_type":"timestamp","expires":"2030-01-01T00:00:00Z","meta":{},"version":%d}' % 2**64
+    with pytest.raises(InvalidArgumentError, match="version must be an integer"):
+        client.sign(key.key_id, huge)
+    fine = b'{"_type":"timestamp","expires":"2030-01-01T00:00:00Z","meta":{},"version":7}'
+    results = client.sign_batch(key.key_id, [huge, deep, fine])
+    assert [r.ok for r in results] == [False, True, True]
+    assert (
+        results[0].error is not None and results[0].error.code == grpc.StatusCode.INVALID_ARGUMENT
+    )
+    sslib_verify(key, results[2].signature, fine)
+    rows = audit_rows(daemon, "key_id = ? AND code = 'INVALID_ARGUMENT'", (key.key_id,))
+    assert len(rows) == 2  # the refused huge-version payload, alone and in the batch

@@ -76,13 +76,13 @@ def parse_tuf(payload: bytes) -> dict[str, Any] | None:
 def _parse_tuf(payload: bytes) -> dict[str, Any] | None:
     try:
         parsed = json.loads(payload, strict=False)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # deep nesting: not metadata
         return None
     if not isinstance(parsed, dict) or "_type" not in parsed:
         return None
     try:
         canonical = encode_canonical(parsed)
-    except Exception:  # floats and other values canonical JSON cannot hold
+    except Exception:  # floats, deep nesting and other values canonical JSON cannot hold
         return None
     if not isinstance(canonical, str) or canonical.encode() != payload:
         return None
@@ -94,8 +94,10 @@ def tuf_fields(parsed: dict[str, Any]) -> TufPayload:
     if not isinstance(kind, str):
         raise InvalidArgument("TUF payload: _type must be a string")
     version = parsed.get("version")
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise InvalidArgument(f"TUF payload: version must be an integer >= 1, not {version!r}")
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version < 2**63:
+        raise InvalidArgument(
+            f"TUF payload: version must be an integer from 1 to 2**63-1, not {version!r}"
+        )
     expires = parsed.get("expires")
     if not isinstance(expires, str):
         raise InvalidArgument("TUF payload: expires is missing")
