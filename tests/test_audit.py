@@ -182,6 +182,19 @@ def _rebuild(conn: sqlite3.Connection) -> None:
         prev = digest
 
 
+def _delete_relinked(conn: sqlite3.Connection) -> None:
+    """Entry 5 removed and every later entry re-hashed onto 4: the numbering still tells."""
+    conn.execute("DELETE FROM audit WHERE seq = 5")
+    conn.row_factory = sqlite3.Row
+    prev = conn.execute("SELECT hash FROM audit WHERE seq = 4").fetchone()[0]
+    for row in conn.execute("SELECT * FROM audit WHERE seq > 5 ORDER BY seq").fetchall():
+        digest = entry_hash(prev, row["seq"], _body(row))
+        conn.execute(
+            "UPDATE audit SET prev_hash = ?, hash = ? WHERE seq = ?", (prev, digest, row["seq"])
+        )
+        prev = digest
+
+
 def _truncate(conn: sqlite3.Connection) -> None:
     first = conn.execute("SELECT MIN(seq) FROM audit_checkpoints WHERE seq > 12").fetchone()[0]
     conn.execute("DELETE FROM audit WHERE seq >= ?", (first,))
@@ -200,6 +213,12 @@ def _forge_checkpoint(conn: sqlite3.Connection) -> None:
         (_edit, "edited", 5, "entry 5 was edited: its contents do not match its hash"),
         (_delete, "deleted", 5, "entry 5 deleted: the chain jumps from entry 4 to entry 6"),
         (_delete_renumbered, "deleted", 5, "entry 5 (or several from there) was deleted"),
+        (
+            _delete_relinked,
+            "deleted",
+            5,
+            "entry 5 deleted: the chain jumps from entry 4 to entry 6",
+        ),
         (_insert, "inserted", 5, "entry 5 was inserted: entry 6 was written as entry 5"),
         (_reorder, "reordered", 5, "entries 5, 6 were reordered"),
         (_rebuild, "edited", None, "were rewritten"),
