@@ -16,7 +16,7 @@ from signer.keys import KeyManager
 from signer.policy import AllowAuthenticated, Policy
 from signer.policy.ratelimit import rate_limiter_of
 from signer.policy.tuf import TufRules, VersionStore
-from signer.quorum import QuorumGuard, QuorumService, QuorumStore
+from signer.quorum import QuorumClaim, QuorumGuard, QuorumService, QuorumStore
 from signer.registry import KeyRegistry, KeyState
 from signer.signing import SigningService
 from signer.token import Token, TokenSettings
@@ -74,7 +74,7 @@ class SignerApp:
             self.policy,
             self.audit,
             config.max_payload_bytes,
-            guards=[QuorumGuard(self.requests), self.tuf_rules],
+            guards=[QuorumGuard(self.requests), self.tuf_rules, QuorumClaim(self.requests)],
         )
         self.signing.quorum = QuorumService(
             self.requests, self.registry, self.audit, lambda: self.policy, [self.tuf_rules]

@@ -140,6 +140,26 @@ class QuorumStore:
                 raise
             return self._get(request_id)
 
+    def claim(self, request_id: str) -> bool:
+        """Atomically take an approved, unexpired request for signing: true for one caller only.
+
+        Taken before the token signs, so concurrent Sign calls (any worker) cannot both use
+        one approval. If signing then fails, the request stays used: request again.
+        """
+        with self._lock:
+            cursor = self._conn.execute(
+                "UPDATE signature_requests SET state = ?, fulfilled_at = ? "
+                "WHERE request_id = ? AND state = ? AND expires_at >= ?",
+                (
+                    RequestState.FULFILLED.value,
+                    self.clock(),
+                    request_id,
+                    RequestState.APPROVED.value,
+                    self.clock(),
+                ),
+            )
+            return cursor.rowcount == 1
+
     def fulfil(self, request_id: str) -> None:
         with self._lock:
             self._conn.execute(
@@ -352,6 +372,27 @@ class QuorumService:
                 request_id=request.request_id,
             )
         )
+
+
+class QuorumClaim:
+    """The last SignGuard for quorum keys: takes the approved request, once.
+
+    Separate from ``QuorumGuard`` so it runs after every other check (the TUF rules):
+    a request is consumed only by a signature that is about to be made.
+    """
+
+    def __init__(self, store: QuorumStore) -> None:
+        self.store = store
+
+    def operation(self, key: KeyRecord, item: Any) -> Operation:
+        return Operation.SIGN
+
+    def check(self, principal: Principal, key: KeyRecord, item: Any, policy: Policy) -> None:
+        if key.quorum and item.request_id and not self.store.claim(item.request_id):
+            raise FailedPrecondition(f"signature request {item.request_id} is already signed")
+
+    def signed(self, principal: Principal, key: KeyRecord, item: Any) -> None:
+        return None
 
 
 class QuorumGuard:

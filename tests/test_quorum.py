@@ -274,3 +274,35 @@ def test_cli_ceremony(
     code, _ = run("request", "approve", rid, "--client-config", cfg["alice"],
                   "--payload-sha256", sha256(payload))  # fmt: skip
     assert code == 1
+
+
+def test_one_approval_yields_one_signature_under_concurrency(
+    served: Daemon, clients: dict[str, Any], root_key: Any
+) -> None:
+    """Eight simultaneous Sign calls on one approved request: exactly one signature."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    payload = tuf_payload("root", 1000, days=300)  # above any version other tests signed
+    digest = sha256(payload)
+    rid = clients["alice"].request_signature(root_key.key_id, payload, "race").request_id
+    clients["carol"].approve(rid, digest)
+    clients["dave"].approve(rid, digest)
+    import threading
+
+    racers = [served.client("alice") for _ in range(8)]
+    for client in racers:  # connect first, so the Sign calls arrive together
+        client.get_signature_request(rid)
+    start = threading.Barrier(len(racers))
+
+    def sign(client: Any) -> str:
+        start.wait()
+        try:
+            client.sign(root_key.key_id, payload, request_id=rid)
+            return "ok"
+        except ClientError as exc:
+            return exc.code.name
+
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(sign, racers))
+    assert outcomes.count("ok") == 1, outcomes
+    assert outcomes.count("FAILED_PRECONDITION") == 7, outcomes
