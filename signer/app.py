@@ -77,7 +77,12 @@ class SignerApp:
             guards=[QuorumGuard(self.requests), self.tuf_rules, QuorumClaim(self.requests)],
         )
         self.signing.quorum = QuorumService(
-            self.requests, self.registry, self.audit, lambda: self.policy, [self.tuf_rules]
+            self.requests,
+            self.registry,
+            self.audit,
+            lambda: self.policy,
+            [self.tuf_rules],
+            config.max_payload_bytes,
         )
         self.checkpointer = Checkpointer(
             config.state_dir / "audit.db",

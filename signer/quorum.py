@@ -220,7 +220,9 @@ class QuorumService:
         audit: AuditLog,
         current_policy: Callable[[], Policy],
         guards: Sequence[Any] = (),
+        max_payload_bytes: int = 16 * 1024 * 1024,
     ) -> None:
+        self.max_payload_bytes = max_payload_bytes  # approvers never review the unsignable
         self.store = store
         self.registry = registry
         self.audit = audit
@@ -239,6 +241,10 @@ class QuorumService:
                 raise InvalidArgument("key_id is required")
             if not payload:
                 raise InvalidArgument("payload is empty")
+            if len(payload) > self.max_payload_bytes:
+                raise InvalidArgument(
+                    f"payload is {len(payload)} bytes; the limit is {self.max_payload_bytes}"
+                )
             if len(reason) > 1000:
                 raise InvalidArgument("reason is limited to 1000 characters")
             key = self.registry.get(key_id)

@@ -202,6 +202,25 @@ def test_request_checks_tuf_rules_and_key(clients: dict[str, Any], root_key: Any
         grpc.StatusCode.INVALID_ARGUMENT,
     )
     _refused(lambda: clients["bob"].get_signature_request("nope"), grpc.StatusCode.NOT_FOUND)
+    # Nothing approvers could review in vain: oversized, or a fork of a signed version.
+    assert "the limit is" in _refused(
+        lambda: alice.request_signature(root_key.key_id, b"{" + b" " * 17 * 1024 * 1024),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+
+
+def test_request_refuses_a_second_payload_at_a_signed_version(clients: dict[str, Any]) -> None:
+    alice, carol, dave = clients["alice"], clients["carol"], clients["dave"]
+    root_key = clients["admin"].create_key("root-fork", role="root", quorum=True)  # own history
+    first = tuf_payload("root", 500, days=300)
+    rid = alice.request_signature(root_key.key_id, first).request_id
+    carol.approve(rid, sha256(first))
+    dave.approve(rid, sha256(first))
+    alice.sign(root_key.key_id, first, request_id=rid)
+    fork = tuf_payload("root", 500, days=200)
+    assert "bump the version" in _refused(
+        lambda: alice.request_signature(root_key.key_id, fork), grpc.StatusCode.PERMISSION_DENIED
+    )
 
 
 def test_expired_request(served: Daemon, clients: dict[str, Any], root_key: Any) -> None:

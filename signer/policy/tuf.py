@@ -245,6 +245,12 @@ class TufRules:
                 f"{key.role} version {payload.version} is lower than version {last[0]}, "
                 f"already signed with key {key.key_id}: versions never go back"
             )
+        digest = hashlib.sha256(item.payload).hexdigest()
+        if last is not None and payload.version == last[0] and digest != last[1]:
+            raise PermissionDenied(
+                f"{key.role} version {payload.version} was already signed with key "
+                f"{key.key_id} for different bytes: bump the version"
+            )
 
     def signed(self, principal: Principal, key: KeyRecord, item: Any) -> None:
         return None
