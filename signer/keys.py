@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable
 from typing import TypeVar
 
-from signer.algorithms import get_algorithm, public_key_pem, tuf_key, tuf_key_json
+from signer.algorithms import Algorithm, get_algorithm, public_key_pem, tuf_key, tuf_key_json
 from signer.audit import AuditEvent, AuditLog, Outcome
 from signer.errors import (
     FailedPrecondition,
@@ -53,7 +54,7 @@ class KeyManager:
     ) -> KeyRecord:
         resource = Resource("", role, repository)
 
-        def run() -> KeyRecord:
+        def check() -> Algorithm:
             if not _LABEL.match(label):
                 raise InvalidArgument(
                     "label must be 1-128 characters: letters, digits and . _ : @ / - or space"
@@ -71,6 +72,9 @@ class KeyManager:
                 raise InvalidArgument("repository may hold letters, digits and . _ / : - only")
             algorithm = get_algorithm(algorithm_name)
             self.policy.authorize(principal, Operation.CREATE, resource)
+            return algorithm
+
+        def make(algorithm: Algorithm) -> KeyRecord:
             object_id, public = self.token.generate(algorithm, label)
             key = tuf_key(algorithm, public)
             record = KeyRecord(
@@ -87,7 +91,17 @@ class KeyManager:
             )
             return self.registry.add(record)
 
-        return self._audited(principal, Operation.CREATE, resource, run)
+        algorithm = self._run(principal, Operation.CREATE, resource, check)
+        record = self._run(principal, Operation.CREATE, resource, lambda: make(algorithm))
+        try:
+            self._allow(principal, Operation.CREATE, resource_of(record))
+        except SignerError:
+            # Fail closed: a key whose creation cannot be audited does not stay.
+            with contextlib.suppress(SignerError):
+                self.token.destroy(record.object_id)
+                self.registry.set_state(record.key_id, KeyState.DESTROYED)
+            raise
+        return record
 
     def get(self, principal: Principal, key_id: str) -> KeyRecord:
         record = self._lookup(principal, Operation.READ, key_id)
@@ -120,25 +134,32 @@ class KeyManager:
     def retire(self, principal: Principal, key_id: str) -> KeyRecord:
         record = self._lookup(principal, Operation.RETIRE, key_id, audit_read=False)
 
-        def run() -> KeyRecord:
+        def check() -> None:
             if record.state is not KeyState.ACTIVE:
                 raise FailedPrecondition(f"key {key_id} is {record.state.value}, not active")
-            return self.registry.set_state(key_id, KeyState.RETIRED)
 
-        return self._audited(principal, Operation.RETIRE, resource_of(record), run)
+        return self._audited_first(
+            principal,
+            Operation.RETIRE,
+            resource_of(record),
+            check,
+            lambda: self.registry.set_state(key_id, KeyState.RETIRED),
+        )
 
     def destroy(self, principal: Principal, key_id: str, confirm: str) -> KeyRecord:
         record = self._lookup(principal, Operation.DESTROY, key_id, audit_read=False)
 
-        def run() -> KeyRecord:
+        def check() -> None:
             if confirm != key_id:
                 raise InvalidArgument("confirm must repeat the key_id of the key to destroy")
             if record.state is KeyState.DESTROYED:
                 raise FailedPrecondition(f"key {key_id} is already destroyed")
+
+        def act() -> KeyRecord:
             self.token.destroy(record.object_id)
             return self.registry.set_state(key_id, KeyState.DESTROYED)
 
-        return self._audited(principal, Operation.DESTROY, resource_of(record), run)
+        return self._audited_first(principal, Operation.DESTROY, resource_of(record), check, act)
 
     def _lookup(
         self, principal: Principal, operation: Operation, key_id: str, audit_read: bool = True
@@ -163,23 +184,45 @@ class KeyManager:
     def _audited(
         self, principal: Principal, operation: Operation, resource: Resource, fn: Callable[[], T]
     ) -> T:
+        """A read: run it, then record it (a failure is recorded as such)."""
+        result = self._run(principal, operation, resource, fn)
+        key_id = resource.key_id or getattr(result, "key_id", "")
+        self._allow(principal, operation, Resource(key_id, resource.role, resource.repository))
+        return result
+
+    def _audited_first(
+        self,
+        principal: Principal,
+        operation: Operation,
+        resource: Resource,
+        check: Callable[[], None],
+        act: Callable[[], T],
+    ) -> T:
+        """A change: checked, then recorded (fail closed), and only then carried out."""
+        self._run(principal, operation, resource, check)
+        self._allow(principal, operation, resource)
+        return self._run(principal, operation, resource, act)
+
+    def _run(
+        self, principal: Principal, operation: Operation, resource: Resource, fn: Callable[[], T]
+    ) -> T:
         try:
-            result = fn()
+            return fn()
         except SignerError as exc:
             self._record_failure(principal, operation, resource, exc)
             raise
-        key_id = resource.key_id or getattr(result, "key_id", "")
+
+    def _allow(self, principal: Principal, operation: Operation, resource: Resource) -> None:
         self.audit.record(
             AuditEvent(
                 principal.name,
                 operation.value,
                 Outcome.ALLOWED,
-                key_id,
+                resource.key_id,
                 resource.role,
                 resource.repository,
             )
         )
-        return result
 
     def _record_failure(
         self, principal: Principal, operation: Operation, resource: Resource, exc: SignerError

@@ -117,15 +117,19 @@ class QuorumStore:
     def approve(
         self, request_id: str, approver: str, check: Callable[[SignatureRequest], None]
     ) -> SignatureRequest:
-        """Add ``approver`` after ``check`` accepted the current request; one transaction."""
+        """Add ``approver`` after ``check`` accepted the current request; one transaction.
+
+        ``check`` runs inside the transaction: if it raises (a refusal, or the audit log
+        cannot be written), nothing is approved.
+        """
         with self._lock:
             conn = self._conn
             conn.execute("BEGIN IMMEDIATE")
             try:
                 request = self._get(request_id)
-                check(request)
                 if approver in request.approvers:
                     raise AlreadyExists(f"{approver} has already approved request {request_id}")
+                check(request)  # last: it may write the audit entry (then commit or nothing)
                 conn.execute(
                     "INSERT INTO approvals VALUES (?, ?, ?)", (request_id, approver, self.clock())
                 )
@@ -266,24 +270,24 @@ class QuorumService:
                     inspect(key, item, policy)
             settings = quorum_of(policy)
             now = self.store.clock()
-            request = self.store.add(
-                SignatureRequest(
-                    request_id=secrets.token_hex(16),
-                    key_id=key_id,
-                    payload=payload,
-                    payload_sha256=digest,
-                    requester=principal.name,
-                    reason=reason,
-                    approvals_required=settings.approvals,
-                    state=RequestState.PENDING,
-                    created_at=now,
-                    expires_at=now + settings.window_seconds,
-                )
+            request = SignatureRequest(
+                request_id=secrets.token_hex(16),
+                key_id=key_id,
+                payload=payload,
+                payload_sha256=digest,
+                requester=principal.name,
+                reason=reason,
+                approvals_required=settings.approvals,
+                state=RequestState.PENDING,
+                created_at=now,
+                expires_at=now + settings.window_seconds,
             )
+            # Fail closed: the request exists only once its audit entry is written.
+            self._audit(principal, "request-signature", key, request)
+            self.store.add(request)
         except SignerError as exc:
             record_failure(self.audit, principal, "request-signature", resource, exc, digest)
             raise
-        self._audit(principal, "request-signature", key, request)
         return request
 
     def approve(
@@ -319,12 +323,24 @@ class QuorumService:
                     raise FailedPrecondition(f"signature request {request_id} has expired")
                 if current.state is RequestState.FULFILLED:
                     raise FailedPrecondition(f"signature request {request_id} is already signed")
+                # Fail closed: the approval counts only if its audit entry is written first.
+                approvals = len(current.approvers) + 1
+                state = (
+                    RequestState.APPROVED
+                    if approvals >= current.approvals_required
+                    else RequestState.PENDING
+                )
+                self._audit(
+                    principal,
+                    "approve",
+                    key,
+                    replace(current, approvers=(*current.approvers, principal.name), state=state),
+                )
 
             request = self.store.approve(request_id, principal.name, check)
         except SignerError as exc:
             record_failure(self.audit, principal, "approve", resource, exc, digest, request_id)
             raise
-        self._audit(principal, "approve", key, request)
         return request
 
     def get(self, principal: Principal, request_id: str) -> SignatureRequest:

@@ -223,3 +223,31 @@ def test_registry_is_sqlite(daemon: Daemon) -> None:
         ).fetchone()
     assert row == ("sql", "targets", "r", "active", "ed25519")
     assert len(object_id_of(daemon, key.key_id)) == 32
+
+
+def test_key_changes_are_audited_before_they_happen(daemon: Daemon) -> None:
+    """Fail closed for administration too: no audit entry, no create/retire/destroy."""
+    from harness import read_token_objects
+    from signer_client import UnavailableError
+
+    client = daemon.client()
+    key = client.create_key("guarded", "ed25519", "targets")
+    labels_before = {o["label"] for o in read_token_objects(daemon)}
+    blocker = sqlite3.connect(daemon.state / "audit.db", isolation_level=None)
+    blocker.execute(
+        "CREATE TRIGGER refuse BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+    )
+    try:
+        with pytest.raises(UnavailableError, match="audit log could not be written"):
+            client.destroy_key(key.key_id, confirm=key.key_id)
+        with pytest.raises(UnavailableError):
+            client.retire_key(key.key_id)
+        with pytest.raises(UnavailableError):
+            client.create_key("unaudited", "ed25519", "targets")
+    finally:
+        blocker.execute("DROP TRIGGER refuse")
+        blocker.close()
+    assert client.get_key(key.key_id).state == 1  # still ACTIVE, still on the token
+    assert any(o["id"] == object_id_of(daemon, key.key_id) for o in read_token_objects(daemon))
+    assert {o["label"] for o in read_token_objects(daemon)} == labels_before  # nothing new kept
+    verify(key, client.sign(key.key_id, b"still here").signature, b"still here")
