@@ -143,6 +143,17 @@ class VersionStore:
         """Record ``payload`` as the key's latest version, or refuse a rollback/fork."""
         with self._lock:
             conn = self._conn
+            # Re-signing exactly the latest payload changes nothing: a read, no write lock.
+            # (Linearised at this read: a higher version claimed later comes after it.)
+            latest = conn.execute(
+                "SELECT version, payload_sha256 FROM tuf_versions WHERE key_id = ? AND role = ?",
+                (key.key_id, key.role),
+            ).fetchone()
+            if latest is not None and (int(latest[0]), str(latest[1])) == (
+                payload.version,
+                payload_sha256,
+            ):
+                return
             conn.execute("BEGIN IMMEDIATE")
             try:
                 row = conn.execute(
