@@ -226,7 +226,11 @@ def main() -> int:
     ]
     for name, (rate, p50, p99) in rows:
         print(f"{name:44} {rate:10.0f} {p50:8.2f} {p99:8.2f} {rate / raw[0]:7.2f}")
-    print(f"audit rows for allowed signatures: {audited}")
+    counted = round(sum(rate for rate, _, _ in (unary, unary_tuf, batch)) * args.seconds)
+    print(f"audit rows for allowed signatures: {audited} (signatures counted above: {counted})")
+    if audited < counted:
+        print("FAIL: fewer audit rows than signatures returned")
+        return 1
     return 0
 
 
