@@ -169,30 +169,28 @@ def _reorder(conn: sqlite3.Connection) -> None:
         )
 
 
-def _rebuild(conn: sqlite3.Connection) -> None:
-    """Edit entry 5 and re-hash the whole chain after it: only a checkpoint can tell."""
-    _edit(conn)
+def _rehash_after(conn: sqlite3.Connection, seq: int) -> None:
+    """Re-link every entry after ``seq`` onto it, as a forger covering tracks would."""
     conn.row_factory = sqlite3.Row
-    prev = conn.execute("SELECT hash FROM audit WHERE seq = 4").fetchone()[0]
-    for row in conn.execute("SELECT * FROM audit WHERE seq >= 5 ORDER BY seq").fetchall():
+    prev = conn.execute("SELECT hash FROM audit WHERE seq = ?", (seq,)).fetchone()[0]
+    for row in conn.execute("SELECT * FROM audit WHERE seq > ? ORDER BY seq", (seq,)).fetchall():
         digest = entry_hash(prev, row["seq"], _body(row))
         conn.execute(
             "UPDATE audit SET prev_hash = ?, hash = ? WHERE seq = ?", (prev, digest, row["seq"])
         )
         prev = digest
+
+
+def _rebuild(conn: sqlite3.Connection) -> None:
+    """Edit entry 5 and re-hash the whole chain after it: only a checkpoint can tell."""
+    _edit(conn)
+    _rehash_after(conn, 4)
 
 
 def _delete_relinked(conn: sqlite3.Connection) -> None:
     """Entry 5 removed and every later entry re-hashed onto 4: the numbering still tells."""
     conn.execute("DELETE FROM audit WHERE seq = 5")
-    conn.row_factory = sqlite3.Row
-    prev = conn.execute("SELECT hash FROM audit WHERE seq = 4").fetchone()[0]
-    for row in conn.execute("SELECT * FROM audit WHERE seq > 5 ORDER BY seq").fetchall():
-        digest = entry_hash(prev, row["seq"], _body(row))
-        conn.execute(
-            "UPDATE audit SET prev_hash = ?, hash = ? WHERE seq = ?", (prev, digest, row["seq"])
-        )
-        prev = digest
+    _rehash_after(conn, 4)
 
 
 def _truncate(conn: sqlite3.Connection) -> None:
