@@ -319,10 +319,7 @@ class QuorumService:
                         f"payload_sha256 {payload_sha256} does not match the payload of request "
                         f"{request_id} (sha256 {current.payload_sha256}); nothing was approved"
                     )
-                if current.state is RequestState.EXPIRED:
-                    raise FailedPrecondition(f"signature request {request_id} has expired")
-                if current.state is RequestState.FULFILLED:
-                    raise FailedPrecondition(f"signature request {request_id} is already signed")
+                refuse_if_closed(current)
                 # Fail closed: the approval counts only if its audit entry is written first.
                 approvals = len(current.approvers) + 1
                 state = (
@@ -396,6 +393,14 @@ class QuorumService:
         )
 
 
+def refuse_if_closed(request: SignatureRequest) -> None:
+    """An expired or already fulfilled request can be neither approved nor signed."""
+    if request.state is RequestState.EXPIRED:
+        raise FailedPrecondition(f"signature request {request.request_id} has expired")
+    if request.state is RequestState.FULFILLED:
+        raise FailedPrecondition(f"signature request {request.request_id} is already signed")
+
+
 class QuorumClaim:
     """The last SignGuard for quorum keys: takes the approved request, once.
 
@@ -459,10 +464,7 @@ class QuorumGuard:
                 f"signature request {request.request_id} has {len(request.approvers)} of "
                 f"{request.approvals_required} approvals"
             )
-        if request.state is RequestState.EXPIRED:
-            raise FailedPrecondition(f"signature request {request.request_id} has expired")
-        if request.state is RequestState.FULFILLED:
-            raise FailedPrecondition(f"signature request {request.request_id} is already signed")
+        refuse_if_closed(request)
 
     def signed(self, principal: Principal, key: KeyRecord, item: Any) -> None:
         if key.quorum and item.request_id:
