@@ -8,12 +8,11 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from signer.algorithms import Algorithm, get_algorithm, public_key_pem, tuf_key, tuf_key_json
-from signer.audit import AuditEvent, AuditLog, Outcome
+from signer.audit import AuditEvent, AuditLog, Outcome, failure_outcome
 from signer.errors import (
     FailedPrecondition,
     InvalidArgument,
     PermissionDenied,
-    ResourceExhausted,
     SignerError,
 )
 from signer.identity import Principal
@@ -240,8 +239,7 @@ def record_failure(
     request_id: str = "",
 ) -> None:
     """Audit a refused or failed request. The refusal stands even if the log is down."""
-    refused = isinstance(exc, PermissionDenied | ResourceExhausted)
-    outcome = Outcome.DENIED if refused else Outcome.FAILED
+    outcome = failure_outcome(exc)
     try:
         audit.record(
             AuditEvent(

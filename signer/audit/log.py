@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from pathlib import Path
 
-from signer.errors import AuditUnavailable
+from signer.errors import AuditUnavailable, PermissionDenied, ResourceExhausted, SignerError
 from signer.registry import connect
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,13 @@ class Outcome(StrEnum):
     ALLOWED = "allowed"  # the operation was carried out
     DENIED = "denied"  # refused by policy or payload rules
     FAILED = "failed"  # allowed but could not be carried out (bad input, token fault)
+
+
+def failure_outcome(exc: SignerError) -> Outcome:
+    """A refusal (policy, rate limit) is DENIED; anything else that went wrong is FAILED."""
+    return (
+        Outcome.DENIED if isinstance(exc, PermissionDenied | ResourceExhausted) else Outcome.FAILED
+    )
 
 
 @dataclass(frozen=True)

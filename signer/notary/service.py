@@ -28,13 +28,12 @@ from typing import Any
 
 import grpc
 
-from signer.audit import AuditEvent, AuditLog, Outcome
+from signer.audit import AuditEvent, AuditLog, Outcome, failure_outcome
 from signer.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
     PermissionDenied,
-    ResourceExhausted,
     SignerError,
 )
 from signer.identity import Principal, principal_from_context
@@ -251,8 +250,7 @@ class NotaryCore:
         notary_id: str,
         digest: str = "",
     ) -> AuditEvent:
-        refused = isinstance(exc, PermissionDenied | ResourceExhausted)
-        outcome = Outcome.DENIED if refused else Outcome.FAILED
+        outcome = failure_outcome(exc)
         return self._event(principal, operation, outcome, resource, notary_id, digest, exc)
 
     async def _audit_failure(
