@@ -78,5 +78,11 @@ class AuditUnavailable(ServiceError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class StorageUnavailable(ServiceError):
+    """The daemon's state (a database) cannot be read or written now: fail closed."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
 class ConfigError(Exception):
     """The daemon's configuration is invalid; raised at start-up, never to a caller."""

@@ -33,7 +33,8 @@ from signer.identity import Principal
 from signer.keys import AUDIT_ROLE, record_failure, resource_of
 from signer.policy import Operation, Policy, Resource, quorum_of
 from signer.policy.ratelimit import rate_limiter_of
-from signer.registry import KeyRecord, KeyRegistry, KeyState, connect
+from signer.registry import KeyRecord, KeyRegistry, KeyState
+from signer.storage.sqlite import connect
 
 _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS signature_requests (

@@ -20,6 +20,7 @@ import sqlite_utils
 
 from signer.algorithms import Algorithm, get_algorithm
 from signer.errors import AlreadyExists, NotFound
+from signer.storage.sqlite import connect
 
 
 class KeyState(StrEnum):
@@ -48,25 +49,6 @@ class KeyRecord:
     @property
     def algorithm(self) -> Algorithm:
         return get_algorithm(self.algorithm_name)
-
-
-def connect(path: Path) -> sqlite3.Connection:
-    """A connection tuned for several processes: WAL, a busy timeout, shared by threads."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(str(path), timeout=30, check_same_thread=False, isolation_level=None)
-    conn.execute("PRAGMA busy_timeout=30000")
-    # Switching a new file to WAL can fail at once with "database is locked" (no busy
-    # handler there) when another worker process opens it at the same moment: retry.
-    for attempt in range(100):
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            break
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or attempt == 99:
-                raise
-            time.sleep(0.05)
-    conn.execute("PRAGMA synchronous=NORMAL")
-    return conn
 
 
 class KeyRegistry:

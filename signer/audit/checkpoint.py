@@ -22,7 +22,8 @@ from securesystemslib.formats import encode_canonical
 from signer.algorithms import ECDSA_P256, public_key_pem, tuf_key, tuf_key_json
 from signer.audit.log import AuditEvent, AuditLog, Outcome
 from signer.keys import AUDIT_ROLE
-from signer.registry import KeyRecord, KeyRegistry, connect
+from signer.registry import KeyRecord, KeyRegistry
+from signer.storage.sqlite import connect
 from signer.token import Token
 
 log = logging.getLogger(__name__)

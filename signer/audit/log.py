@@ -26,7 +26,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from signer.errors import AuditUnavailable, PermissionDenied, ResourceExhausted, SignerError
-from signer.registry import connect
+from signer.storage.sqlite import connect
 
 log = logging.getLogger(__name__)
 

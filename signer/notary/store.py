@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from signer.errors import NotFound
-from signer.registry import connect
+from signer.storage.sqlite import connect
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS notary_keys (

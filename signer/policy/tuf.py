@@ -35,7 +35,8 @@ from securesystemslib.formats import encode_canonical
 from signer.errors import InvalidArgument, PermissionDenied
 from signer.identity import Principal
 from signer.policy import Operation, Policy, tuf_limits_of
-from signer.registry import KeyRecord, connect
+from signer.registry import KeyRecord
+from signer.storage.sqlite import connect
 
 TOP_LEVEL_ROLES = frozenset({"root", "targets", "snapshot", "timestamp"})
 
