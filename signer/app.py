@@ -19,6 +19,7 @@ from signer.policy.tuf import TufRules, VersionStore
 from signer.quorum import QuorumClaim, QuorumGuard, QuorumService, QuorumStore
 from signer.registry import KeyRegistry, KeyState
 from signer.signing import SigningService
+from signer.storage.buckets import Buckets, SqliteBuckets
 from signer.token import Token, TokenSettings
 
 log = logging.getLogger(__name__)
@@ -37,13 +38,15 @@ class Mismatch:
         return f"{who}: {self.problem}"
 
 
-def load_policy(config: SignerConfig) -> Policy:
-    """The configured policy; without a policy file, any authenticated client may act."""
+def load_policy(config: SignerConfig, buckets: Buckets | None = None) -> Policy:
+    """The configured policy; without a policy file, any authenticated client may act.
+
+    ``buckets``: the rate-limit store (the daemon's is shared by its workers)."""
     if config.policy_file is None:
         return AllowAuthenticated()
     from signer.policy.file import FilePolicy  # issue: policy files
 
-    return FilePolicy.load(config.policy_file)
+    return FilePolicy.load(config.policy_file, buckets)
 
 
 class SignerApp:
@@ -61,7 +64,8 @@ class SignerApp:
         config.state_dir.mkdir(parents=True, exist_ok=True)
         self.registry = KeyRegistry(config.state_dir / "keys.db")
         self.audit = AuditLog(config.state_dir / "audit.db")
-        self.policy: Policy = load_policy(config)
+        self.buckets = SqliteBuckets(config.state_dir / "ratelimit.db")  # shared by workers
+        self.policy: Policy = load_policy(config, self.buckets)
         self.keys = KeyManager(self.token, self.registry, self.policy, self.audit)
         # Payload rules, in order: quorum approval first, then the TUF rules, which record
         # the version being signed and so must be the last check before the token.
@@ -101,7 +105,7 @@ class SignerApp:
     def reload(self) -> None:
         """Re-read the policy (SIGHUP). A policy that fails to load leaves the old one."""
         try:
-            policy = load_policy(self.config)
+            policy = load_policy(self.config, self.buckets)
         except Exception as exc:
             log.error("policy reload failed, keeping the current policy: %s", exc)
             return
@@ -119,6 +123,7 @@ class SignerApp:
         self.audit.close()
         self.versions.close()
         self.requests.close()
+        self.buckets.close()
         self.registry.close()
 
     def check(self) -> list[Mismatch]:

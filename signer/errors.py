@@ -86,3 +86,15 @@ class StorageUnavailable(ServiceError):
 
 class ConfigError(Exception):
     """The daemon's configuration is invalid; raised at start-up, never to a caller."""
+
+
+def shown(value: str, limit: int = 64) -> str:
+    """Client input quoted for an error message: at most ``limit`` characters of it.
+
+    Quoted as Python's ``repr`` does (control characters, lone surrogates and other
+    unprintable characters escaped, so the message stays one line); longer values are cut
+    and say how long they were: ``'abcd'... (1048576 characters)``.
+    """
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}... ({len(value)} characters)"

@@ -36,6 +36,7 @@ from signer.identity import Principal
 from signer.policy import Operation, QuorumSettings, Resource, TufLimits
 from signer.policy.ratelimit import Limit, RateLimiter
 from signer.policy.rules import Groups, KeySelector, Rule, RulePolicy
+from signer.storage.buckets import Buckets
 
 _TOP_LEVEL = {"groups", "rules", "rate_limits", "tuf", "quorum"}
 _OPERATIONS = {op.value: op for op in Operation}
@@ -54,25 +55,29 @@ class FilePolicy:
         self.rules.authorize(principal, operation, resource)
 
     @classmethod
-    def load(cls, path: Path) -> FilePolicy:
+    def load(cls, path: Path, buckets: Buckets | None = None) -> FilePolicy:
+        """``buckets``: where the rate limiter keeps its levels (default: in memory)."""
         try:
             text = path.read_text()
         except OSError as exc:
             raise ConfigError(f"cannot read policy file {path}: {exc}") from exc
-        return cls.parse(text, str(path))
+        return cls.parse(text, str(path), buckets)
 
     @classmethod
-    def parse(cls, text: str, source: str = "<policy>") -> FilePolicy:
+    def parse(
+        cls, text: str, source: str = "<policy>", buckets: Buckets | None = None
+    ) -> FilePolicy:
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"policy {source}: not valid TOML: {exc}") from exc
-        return _Parser(source).policy(data)
+        return _Parser(source, buckets).policy(data)
 
 
 class _Parser:
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, buckets: Buckets | None = None) -> None:
         self.source = source
+        self.buckets = buckets
 
     def fail(self, where: str, message: str) -> ConfigError:
         return ConfigError(f"policy {self.source}: {where}: {message}")
@@ -93,7 +98,7 @@ class _Parser:
             source=self.source,
             rules=RulePolicy(rules, groups),
             groups=groups,
-            rate_limiter=RateLimiter(limits, _selector(limits, groups)),
+            rate_limiter=RateLimiter(limits, _selector(limits, groups), self.buckets),
             tuf=self.tuf(data.get("tuf", {})),
             quorum=self.quorum(data.get("quorum", {})),
         )

@@ -2,18 +2,18 @@
 
 The policy file names who gets which limit (a principal, ``group:NAME`` or ``*``); each
 principal then has a bucket of its own, so one noisy member of a group cannot starve the
-others. Buckets live in the worker process: with N workers a client may get up to N
-times its rate (the kernel spreads connections over the workers).
+others. Where the buckets live is the store's business (``signer.storage.buckets``): the
+daemon passes one SQLite store shared by its worker processes, so a client gets its rate
+once per host however many workers serve it; without a store, buckets live in memory.
 """
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from signer.errors import ResourceExhausted
+from signer.storage.buckets import Buckets, MemoryBuckets
 
 
 @dataclass(frozen=True)
@@ -22,64 +22,49 @@ class Limit:
     burst: float  # bucket size: how many may come at once
 
 
-class _Bucket:
-    __slots__ = ("level", "limit", "stamp")
-
-    def __init__(self, limit: Limit, now: float) -> None:
-        self.limit = limit
-        self.level = limit.burst
-        self.stamp = now
-
-
 class RateLimiter:
-    """``take(name, n)`` spends n tokens or raises ResourceExhausted saying when to retry."""
+    """``take(name, n)`` spends n tokens or raises ResourceExhausted saying when to retry.
+
+    ``buckets`` holds the levels (default: a new in-memory store, for this limiter only).
+    A store that cannot be used raises StorageUnavailable: signing fails closed.
+    """
 
     def __init__(
         self,
         limits: Mapping[str, Limit],
         select: Callable[[str], Limit | None],
-        clock: Callable[[], float] = time.monotonic,
+        buckets: Buckets | None = None,
     ) -> None:
         self.limits = dict(limits)
         self._select = select
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._buckets: dict[str, _Bucket] = {}
+        self.buckets: Buckets = buckets if buckets is not None else MemoryBuckets()
 
     def take(self, name: str, n: int = 1) -> None:
         limit = self._select(name)
         if limit is None:
             return
-        with self._lock:
-            now = self._clock()
-            bucket = self._buckets.get(name)
-            if bucket is None or bucket.limit != limit:
-                bucket = self._buckets[name] = _Bucket(limit, now)
-            bucket.level = min(limit.burst, bucket.level + (now - bucket.stamp) * limit.rate)
-            bucket.stamp = now
-            if n > limit.burst:
-                raise ResourceExhausted(
-                    f"rate limit for {name}: {n} signatures in one request exceed the burst "
-                    f"of {limit.burst:g}; split the batch"
-                )
-            if bucket.level < n:
-                wait = (n - bucket.level) / limit.rate if limit.rate > 0 else float("inf")
-                raise ResourceExhausted(
-                    f"rate limit for {name}: {limit.rate:g}/s, burst {limit.burst:g}; "
-                    f"retry in {wait:.2f}s"
-                )
-            bucket.level -= n
+        if n > limit.burst:
+            raise ResourceExhausted(
+                f"rate limit for {name}: {n} signatures in one request exceed the burst "
+                f"of {limit.burst:g}; split the batch"
+            )
+        wait = self.buckets.take(name, limit.rate, limit.burst, n)
+        if wait > 0:
+            raise ResourceExhausted(
+                f"rate limit for {name}: {limit.rate:g}/s, burst {limit.burst:g}; "
+                f"retry in {wait:.2f}s"
+            )
 
     def adopt(self, old: RateLimiter | None) -> None:
-        """Keep the fill level of buckets whose limit a reload left unchanged."""
-        if old is None:
+        """Keep the levels of ``old``'s buckets (a reload is no way to refill one's bucket).
+
+        Nothing to do when both use the same store (the daemon's shared one); an in-memory
+        store takes over the old one's levels.
+        """
+        if old is None or old.buckets is self.buckets:
             return
-        with old._lock:
-            buckets = dict(old._buckets)
-        with self._lock:
-            for name, bucket in buckets.items():
-                if self._select(name) == bucket.limit:
-                    self._buckets[name] = bucket
+        if isinstance(self.buckets, MemoryBuckets) and isinstance(old.buckets, MemoryBuckets):
+            self.buckets.absorb(old.buckets)
 
 
 def rate_limiter_of(policy: object) -> RateLimiter | None:

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
+import re
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -32,13 +33,15 @@ from typing import Any
 
 from securesystemslib.formats import encode_canonical
 
-from signer.errors import InvalidArgument, PermissionDenied
+from signer.errors import InvalidArgument, PermissionDenied, shown
 from signer.identity import Principal
+from signer.payload import NotJson, parse_payload
 from signer.policy import Operation, Policy, tuf_limits_of
 from signer.registry import KeyRecord
-from signer.storage.sqlite import connect
+from signer.storage.sqlite import connect, storage_error, transaction
 
 TOP_LEVEL_ROLES = frozenset({"root", "targets", "snapshot", "timestamp"})
+_TUF_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tuf_versions (
@@ -65,6 +68,11 @@ class TufPayload:
 def parse_tuf(payload: bytes) -> dict[str, Any] | None:
     """The parsed ``signed`` object if ``payload`` is canonical TUF metadata, else None.
 
+    None (raw signing) for bytes that are not a JSON object, or not exactly the canonical
+    encoding of one with a ``_type``. JSON that no reader should be trusted to read alike
+    (invalid UTF-8, lone surrogates, duplicate keys, NaN, huge integers, deep nesting)
+    raises InvalidArgument (see ``signer.payload``).
+
     Do not modify the result: it is cached, as each request is classified before it is
     authorised and checked after (two parses of a large targets file otherwise).
     """
@@ -76,16 +84,16 @@ def parse_tuf(payload: bytes) -> dict[str, Any] | None:
 @lru_cache(maxsize=4)
 def _parse_tuf(payload: bytes) -> dict[str, Any] | None:
     try:
-        parsed = json.loads(payload, strict=False)
-    except (ValueError, UnicodeDecodeError, RecursionError):  # deep nesting: not metadata
+        parsed = parse_payload(payload)
+    except NotJson:
         return None
-    if not isinstance(parsed, dict) or "_type" not in parsed:
+    if "_type" not in parsed:
         return None
     try:
         canonical = encode_canonical(parsed)
-    except Exception:  # floats, deep nesting and other values canonical JSON cannot hold
+    except Exception:  # floats and other values canonical JSON cannot hold
         return None
-    if not isinstance(canonical, str) or canonical.encode() != payload:
+    if not isinstance(canonical, str) or canonical.encode("utf-8") != payload:
         return None
     return parsed
 
@@ -97,18 +105,29 @@ def tuf_fields(parsed: dict[str, Any]) -> TufPayload:
     version = parsed.get("version")
     if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version < 2**63:
         raise InvalidArgument(
-            f"TUF payload: version must be an integer from 1 to 2**63-1, not {version!r}"
+            f"TUF payload: version must be an integer from 1 to 2**63-1, not {_brief(version)}"
         )
     expires = parsed.get("expires")
     if not isinstance(expires, str):
         raise InvalidArgument("TUF payload: expires is missing")
+    # strptime alone also takes one-digit fields ("2030-1-1T0:0:0Z") and non-ASCII digits.
+    if not _TUF_DATE.fullmatch(expires):
+        raise InvalidArgument(
+            f"TUF payload: expires {shown(expires)} is not a TUF date (YYYY-MM-DDTHH:MM:SSZ)"
+        )
     try:
         when = dt.datetime.strptime(expires, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
     except ValueError:
         raise InvalidArgument(
-            f"TUF payload: expires {expires!r} is not a TUF date (YYYY-MM-DDTHH:MM:SSZ)"
+            f"TUF payload: expires {shown(expires)} is not a TUF date (YYYY-MM-DDTHH:MM:SSZ)"
         ) from None
     return TufPayload(kind, version, when, expires)
+
+
+def _brief(value: Any) -> str:
+    """``repr(value)``, cut to 64 characters: client input quoted in a message."""
+    text = repr(value)
+    return text if len(text) <= 64 else text[:64] + f"... ({len(text)} characters)"
 
 
 def expected_type(role: str) -> str:
@@ -128,11 +147,20 @@ def max_expiry_days(policy: Policy, role: str) -> float | None:
 
 
 class VersionStore:
-    """The last version each key signed for its role (SQLite, shared by all workers)."""
+    """The last version each key signed for its role (SQLite, shared by all workers).
+
+    A database that cannot be read or written (the disk is full, the file vanished)
+    raises StorageUnavailable (UNAVAILABLE, naming the cause): nothing is signed.
+    """
 
     def __init__(self, path: Path) -> None:
+        self.path = path
         self._conn = connect(path)
-        self._conn.execute(_SCHEMA)
+        try:
+            self._conn.execute(_SCHEMA)
+        except sqlite3.Error as exc:
+            self._conn.close()
+            raise storage_error(path, exc) from exc
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -143,64 +171,80 @@ class VersionStore:
     ) -> None:
         """Record ``payload`` as the key's latest version, or refuse a rollback/fork."""
         with self._lock:
-            conn = self._conn
-            # Re-signing exactly the latest payload changes nothing: a read, no write lock.
-            # (Linearised at this read: a higher version claimed later comes after it.)
-            latest = conn.execute(
+            try:
+                self._claim(key, payload, payload_sha256, principal)
+            except sqlite3.Error as exc:
+                self._abandon()
+                raise storage_error(self.path, exc) from exc
+
+    def _claim(
+        self, key: KeyRecord, payload: TufPayload, payload_sha256: str, principal: str
+    ) -> None:
+        conn = self._conn
+        # Re-signing exactly the latest payload changes nothing: a read, no write lock.
+        # (Linearised at this read: a higher version claimed later comes after it.)
+        latest = conn.execute(
+            "SELECT version, payload_sha256 FROM tuf_versions WHERE key_id = ? AND role = ?",
+            (key.key_id, key.role),
+        ).fetchone()
+        if latest is not None and (int(latest[0]), str(latest[1])) == (
+            payload.version,
+            payload_sha256,
+        ):
+            return
+        with transaction(conn):
+            row = conn.execute(
                 "SELECT version, payload_sha256 FROM tuf_versions WHERE key_id = ? AND role = ?",
                 (key.key_id, key.role),
             ).fetchone()
-            if latest is not None and (int(latest[0]), str(latest[1])) == (
-                payload.version,
-                payload_sha256,
-            ):
-                return
-            conn.execute("BEGIN IMMEDIATE")
+            if row is not None:
+                last, last_sha = int(row[0]), str(row[1])
+                if payload.version < last:
+                    raise PermissionDenied(
+                        f"{key.role} version {payload.version} is lower than version {last}, "
+                        f"already signed with key {key.key_id}: versions never go back"
+                    )
+                if payload.version == last and payload_sha256 != last_sha:
+                    raise PermissionDenied(
+                        f"{key.role} version {payload.version} was already signed with key "
+                        f"{key.key_id} for different content; a new payload needs a new "
+                        "version"
+                    )
+            conn.execute(
+                "INSERT INTO tuf_versions VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (key_id, role) DO UPDATE SET version = excluded.version, "
+                "payload_sha256 = excluded.payload_sha256, expires = excluded.expires, "
+                "signed_by = excluded.signed_by, time = excluded.time",
+                (
+                    key.key_id,
+                    key.role,
+                    payload.version,
+                    payload_sha256,
+                    payload.expires_text,
+                    principal,
+                    time.time(),
+                ),
+            )
+
+    def _abandon(self) -> None:
+        """After a failed COMMIT SQLite may keep the transaction open: end it, or every
+        later claim would fail ("cannot start a transaction within a transaction")."""
+        if self._conn.in_transaction:
             try:
-                row = conn.execute(
-                    "SELECT version, payload_sha256 FROM tuf_versions "
-                    "WHERE key_id = ? AND role = ?",
-                    (key.key_id, key.role),
-                ).fetchone()
-                if row is not None:
-                    last, last_sha = int(row[0]), str(row[1])
-                    if payload.version < last:
-                        raise PermissionDenied(
-                            f"{key.role} version {payload.version} is lower than version {last}, "
-                            f"already signed with key {key.key_id}: versions never go back"
-                        )
-                    if payload.version == last and payload_sha256 != last_sha:
-                        raise PermissionDenied(
-                            f"{key.role} version {payload.version} was already signed with key "
-                            f"{key.key_id} for different content; a new payload needs a new "
-                            "version"
-                        )
-                conn.execute(
-                    "INSERT INTO tuf_versions VALUES (?, ?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (key_id, role) DO UPDATE SET version = excluded.version, "
-                    "payload_sha256 = excluded.payload_sha256, expires = excluded.expires, "
-                    "signed_by = excluded.signed_by, time = excluded.time",
-                    (
-                        key.key_id,
-                        key.role,
-                        payload.version,
-                        payload_sha256,
-                        payload.expires_text,
-                        principal,
-                        time.time(),
-                    ),
-                )
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+                self._conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
 
     def last(self, key_id: str, role: str) -> tuple[int, str] | None:
         with self._lock:
-            row = self._conn.execute(
-                "SELECT version, payload_sha256 FROM tuf_versions WHERE key_id = ? AND role = ?",
-                (key_id, role),
-            ).fetchone()
+            try:
+                row = self._conn.execute(
+                    "SELECT version, payload_sha256 FROM tuf_versions "
+                    "WHERE key_id = ? AND role = ?",
+                    (key_id, role),
+                ).fetchone()
+            except sqlite3.Error as exc:
+                raise storage_error(self.path, exc) from exc
         return (int(row[0]), str(row[1])) if row else None
 
 

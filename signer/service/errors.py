@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -19,6 +20,25 @@ from signer.errors import InvalidArgument, SignerError
 log = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# A status message travels in the grpc-message trailer, whose size is limited (8 KiB by
+# default: a longer one turns the status into RESOURCE_EXHAUSTED "metadata size exceeds
+# hard limit"). Messages quote client input, so every one is capped and kept on one line.
+MAX_MESSAGE_CHARS = 1000
+MAX_MESSAGE_BYTES = 2000  # UTF-8; the trailer percent-encodes each non-ASCII byte as 3
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def status_message(message: str) -> str:
+    """``message`` made safe for a status: one line, no lone surrogates, capped."""
+    text = message.encode("utf-8", "backslashreplace").decode("utf-8")
+    text = _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+    if len(text) > MAX_MESSAGE_CHARS:
+        text = text[: MAX_MESSAGE_CHARS - 3] + "..."
+    raw = text.encode("utf-8")
+    if len(raw) > MAX_MESSAGE_BYTES:
+        text = raw[: MAX_MESSAGE_BYTES - 3].decode("utf-8", "ignore") + "..."
+    return text
 
 
 class Malformed:
@@ -43,7 +63,7 @@ def grpc_errors(method: F) -> F:
                 _check(request)
                 return await method(self, request, context)
             except SignerError as exc:
-                await context.abort(exc.code, exc.message)
+                await context.abort(exc.code, status_message(exc.message))
             except Exception:
                 log.exception("unexpected error in %s", method.__name__)
                 await context.abort(
@@ -58,7 +78,7 @@ def grpc_errors(method: F) -> F:
             _check(request)
             return method(self, request, context)
         except SignerError as exc:
-            context.abort(exc.code, exc.message)
+            context.abort(exc.code, status_message(exc.message))
         except Exception:
             log.exception("unexpected error in %s", method.__name__)
             context.abort(grpc.StatusCode.INTERNAL, "internal error; see the daemon's log")
