@@ -23,7 +23,6 @@ import datetime as dt
 import hashlib
 import re
 import sqlite3
-import threading
 import time
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -38,7 +37,7 @@ from signer.identity import Principal
 from signer.payload import NotJson, parse_payload
 from signer.policy import Operation, Policy, tuf_limits_of
 from signer.registry import KeyRecord
-from signer.storage.sqlite import connect, storage_error, transaction
+from signer.storage.sqlite import Database, transaction
 
 TOP_LEVEL_ROLES = frozenset({"root", "targets", "snapshot", "timestamp"})
 _TUF_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
@@ -150,37 +149,45 @@ class VersionStore:
     """The last version each key signed for its role (SQLite, shared by all workers).
 
     A database that cannot be read or written (the disk is full, the file vanished)
-    raises StorageUnavailable (UNAVAILABLE, naming the cause): nothing is signed.
+    raises StorageUnavailable (UNAVAILABLE, naming the cause): nothing is signed. Inline
+    on the event loop, a claim that would wait for another process raises WouldBlock
+    before writing (see ``signer.storage.sqlite.Database``).
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._conn = connect(path)
-        try:
-            self._conn.execute(_SCHEMA)
-        except sqlite3.Error as exc:
-            self._conn.close()
-            raise storage_error(path, exc) from exc
-        self._lock = threading.Lock()
+        self._db = Database(path)
+        with self._db.use() as conn:
+            conn.execute(_SCHEMA)
 
     def close(self) -> None:
-        self._conn.close()
+        self._db.close()
 
     def claim(
         self, key: KeyRecord, payload: TufPayload, payload_sha256: str, principal: str
     ) -> None:
         """Record ``payload`` as the key's latest version, or refuse a rollback/fork."""
-        with self._lock:
+        with self._db.use() as conn:
             try:
-                self._claim(key, payload, payload_sha256, principal)
-            except sqlite3.Error as exc:
-                self._abandon()
-                raise storage_error(self.path, exc) from exc
+                self._claim(conn, key, payload, payload_sha256, principal)
+            except sqlite3.Error:
+                # After a failed COMMIT (disk full) SQLite may keep the transaction open:
+                # end it, or every later claim fails ("cannot start a transaction ...").
+                if conn.in_transaction:
+                    try:
+                        conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
+                raise
 
+    @staticmethod
     def _claim(
-        self, key: KeyRecord, payload: TufPayload, payload_sha256: str, principal: str
+        conn: sqlite3.Connection,
+        key: KeyRecord,
+        payload: TufPayload,
+        payload_sha256: str,
+        principal: str,
     ) -> None:
-        conn = self._conn
         # Re-signing exactly the latest payload changes nothing: a read, no write lock.
         # (Linearised at this read: a higher version claimed later comes after it.)
         latest = conn.execute(
@@ -226,25 +233,12 @@ class VersionStore:
                 ),
             )
 
-    def _abandon(self) -> None:
-        """After a failed COMMIT SQLite may keep the transaction open: end it, or every
-        later claim would fail ("cannot start a transaction within a transaction")."""
-        if self._conn.in_transaction:
-            try:
-                self._conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-
     def last(self, key_id: str, role: str) -> tuple[int, str] | None:
-        with self._lock:
-            try:
-                row = self._conn.execute(
-                    "SELECT version, payload_sha256 FROM tuf_versions "
-                    "WHERE key_id = ? AND role = ?",
-                    (key_id, role),
-                ).fetchone()
-            except sqlite3.Error as exc:
-                raise storage_error(self.path, exc) from exc
+        with self._db.use() as conn:
+            row = conn.execute(
+                "SELECT version, payload_sha256 FROM tuf_versions WHERE key_id = ? AND role = ?",
+                (key_id, role),
+            ).fetchone()
         return (int(row[0]), str(row[1])) if row else None
 
 

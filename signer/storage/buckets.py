@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from signer.storage.sqlite import connect, storage_error, transaction
+from signer.storage.sqlite import Database, transaction
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS buckets (
@@ -81,50 +81,53 @@ class MemoryBuckets:
 
 
 class SqliteBuckets:
-    """Buckets in ``path`` (SQLite, WAL), shared by every process that opens the file."""
+    """Buckets in ``path`` (SQLite, WAL), shared by every process that opens the file.
+
+    Inline on the event loop (``signer.storage.sqlite.inline_or_thread``) a take that
+    would wait for another process's write lock raises WouldBlock before changing
+    anything; in a thread it waits (busy timeout).
+    """
 
     def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
         self.path = path
         self._clock = clock
-        self._lock = threading.Lock()  # one connection, used by the event loop and threads
-        self._conn = connect(path, synchronous="OFF")
-        try:
-            self._conn.execute(_SCHEMA)
-        except sqlite3.Error as exc:
-            self._conn.close()
-            raise storage_error(path, exc) from exc
+        self._db = Database(path, synchronous="OFF")
+        with self._db.use() as conn:
+            conn.execute(_SCHEMA)
 
     def take(self, name: str, rate: float, burst: float, n: float) -> float:
-        with self._lock:
-            conn = self._conn
+        with self._db.use() as conn:
             try:
-                with transaction(conn):
-                    row = conn.execute(
-                        "SELECT level, stamp FROM buckets WHERE name = ?", (name,)
-                    ).fetchone()
-                    now = self._clock()  # after the lock: writes go in time order
-                    if row is None:
-                        level = burst
-                    else:
-                        level = refill(float(row[0]), float(row[1]), now, rate, burst)
-                        now = max(now, float(row[1]))  # a clock stepping back gives nothing
-                    if level < n:
-                        return _wait(level, n, rate)  # nothing written: COMMIT of a read
-                    conn.execute(
-                        "INSERT INTO buckets (name, level, stamp) VALUES (?, ?, ?) "
-                        "ON CONFLICT (name) DO UPDATE SET level = excluded.level, "
-                        "stamp = excluded.stamp",
-                        (name, level - n, now),
-                    )
-                    return 0.0
-            except sqlite3.Error as exc:
+                return self._take(conn, name, rate, burst, n)
+            except sqlite3.Error:
                 if conn.in_transaction:  # a failed COMMIT can leave it open
                     try:
                         conn.execute("ROLLBACK")
                     except sqlite3.Error:
                         pass
-                raise storage_error(self.path, exc) from exc
+                raise
+
+    def _take(
+        self, conn: sqlite3.Connection, name: str, rate: float, burst: float, n: float
+    ) -> float:
+        with transaction(conn):
+            row = conn.execute(
+                "SELECT level, stamp FROM buckets WHERE name = ?", (name,)
+            ).fetchone()
+            now = self._clock()  # under the write lock: stamps are written in time order
+            if row is None:
+                level = burst
+            else:
+                level = refill(float(row[0]), float(row[1]), now, rate, burst)
+                now = max(now, float(row[1]))  # a clock stepping back refills nothing
+            if level < n:
+                return _wait(level, n, rate)  # nothing written
+            conn.execute(
+                "INSERT INTO buckets (name, level, stamp) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET level = excluded.level, stamp = excluded.stamp",
+                (name, level - n, now),
+            )
+            return 0.0
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        self._db.close()
