@@ -1,0 +1,278 @@
+"""Rate limits hold per host: the token buckets are shared by the worker processes.
+
+The store is a real SQLite file (``ratelimit.db`` in the state dir); the daemon test runs
+two real worker processes behind one port and opens a fresh TLS connection per call.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from harness import Daemon, running_daemon
+from signer.errors import ResourceExhausted
+from signer.policy.file import FilePolicy
+from signer.storage.buckets import MemoryBuckets, SqliteBuckets
+from signer_client import ClientError, SignerClient
+
+# -- the store ----------------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_two_stores_on_one_file_share_each_bucket(tmp_path: Path) -> None:
+    """Two connections (as two workers have) drain one bucket, not one each."""
+    clock = Clock()
+    a = SqliteBuckets(tmp_path / "ratelimit.db", clock)
+    b = SqliteBuckets(tmp_path / "ratelimit.db", clock)
+    try:
+        assert a.take("ci", 2.0, 3, 2) == 0.0
+        assert b.take("ci", 2.0, 3, 1) == 0.0
+        assert a.take("ci", 2.0, 3, 1) == pytest.approx(0.5)  # empty: wait for 1 at 2/s
+        assert b.take("ci", 2.0, 3, 1) == pytest.approx(0.5)
+        assert b.take("other", 2.0, 3, 3) == 0.0  # each principal has its own bucket
+        clock.now += 0.5
+        assert b.take("ci", 2.0, 3, 1) == 0.0  # refilled by one
+        assert a.take("ci", 2.0, 3, 1) > 0
+        clock.now += 100
+        assert a.take("ci", 2.0, 3, 4) == pytest.approx(0.5)  # never above the burst
+    finally:
+        a.close()
+        b.close()
+
+
+def test_levels_survive_a_restart_and_a_clock_stepping_back(tmp_path: Path) -> None:
+    clock = Clock()
+    store = SqliteBuckets(tmp_path / "ratelimit.db", clock)
+    assert store.take("ci", 1.0, 2, 2) == 0.0
+    store.close()
+    clock.now -= 3600  # the wall clock was set back an hour: that refills nothing
+    store = SqliteBuckets(tmp_path / "ratelimit.db", clock)
+    try:
+        assert store.take("ci", 1.0, 2, 1) == pytest.approx(1.0)
+        clock.now += 3600 + 1
+        assert store.take("ci", 1.0, 2, 1) == 0.0
+    finally:
+        store.close()
+
+
+def test_a_changed_limit_keeps_the_level(tmp_path: Path) -> None:
+    """A reload (or two workers briefly on different policies) refills no bucket."""
+    clock = Clock()
+    store = SqliteBuckets(tmp_path / "ratelimit.db", clock)
+    try:
+        assert store.take("ci", 1.0, 5, 5) == 0.0
+        assert store.take("ci", 10.0, 50, 1) == pytest.approx(0.1)  # a bigger limit: still empty
+        clock.now += 10
+        assert store.take("ci", 1.0, 2, 2) == 0.0  # capped at the (smaller) burst
+        assert store.take("ci", 1.0, 2, 1) > 0
+    finally:
+        store.close()
+
+
+def _drain(path: str, until: float, out: Any) -> None:
+    store = SqliteBuckets(Path(path))
+    taken = 0
+    while time.time() < until:
+        if store.take("ci", 50.0, 20, 1) == 0.0:
+            taken += 1
+    store.close()
+    out.put(taken)
+
+
+def test_two_processes_get_the_rate_once(tmp_path: Path) -> None:
+    """Two processes hammering one bucket get burst + rate x time between them."""
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    start = time.time() + 1.0  # both processes are up by then
+    seconds = 1.0
+    procs = [
+        ctx.Process(target=_drain, args=(str(tmp_path / "ratelimit.db"), start + seconds, out))
+        for _ in range(2)
+    ]
+    SqliteBuckets(tmp_path / "ratelimit.db").close()  # the schema, before the race
+    for p in procs:
+        p.start()
+    taken = [out.get(timeout=30) for _ in procs]
+    for p in procs:
+        p.join(10)
+    # The first take may come before ``start`` (a process starts early): allow the 1 s.
+    assert sum(taken) <= 20 + 50 * (seconds + 1.0) * 1.1, taken
+    assert min(taken) > 0, taken  # both took part
+
+
+def test_policy_built_with_a_store(tmp_path: Path) -> None:
+    """FilePolicy.parse/load(..., buckets=store): the limiter keeps its levels there."""
+    text = "[rate_limits]\nci = { rate = 0.5, burst = 2 }\n"
+    store = SqliteBuckets(tmp_path / "ratelimit.db")
+    try:
+        first = FilePolicy.parse(text, "p.toml", buckets=store)
+        first.rate_limiter.take("ci", 2)
+        (tmp_path / "p.toml").write_text(text)
+        reloaded = FilePolicy.load(tmp_path / "p.toml", buckets=store)  # SIGHUP
+        assert reloaded.rate_limiter.buckets is store
+        with pytest.raises(ResourceExhausted, match=r"ci: 0.5/s, burst 2; retry in [12]\.\d\ds"):
+            reloaded.rate_limiter.take("ci")
+    finally:
+        store.close()
+    # Without a store: memory, and adopt() carries the levels over to a reloaded policy.
+    old = FilePolicy.parse(text)
+    old.rate_limiter.take("ci", 2)
+    new = FilePolicy.parse(text)
+    assert isinstance(new.rate_limiter.buckets, MemoryBuckets)
+    new.rate_limiter.adopt(old.rate_limiter)
+    with pytest.raises(ResourceExhausted, match="retry in"):
+        new.rate_limiter.take("ci")
+
+
+def test_cost_per_take(tmp_path: Path) -> None:
+    """The shared store costs tens of microseconds per take (figures in the report)."""
+    store = SqliteBuckets(tmp_path / "ratelimit.db")
+    try:
+        n = 2000
+        t = time.perf_counter()
+        for _ in range(n):
+            store.take("ci", 1e9, 1e12, 1)
+        per_take = (time.perf_counter() - t) / n
+    finally:
+        store.close()
+    assert per_take < 0.001, f"{per_take * 1e6:.0f} us per take"
+
+
+# -- the daemon: two workers, one limit -----------------------------------------------------
+
+RATE, BURST = 5.0, 10
+POLICY = f"""
+[[rules]]
+principals = ["admin"]
+operations = ["create", "read"]
+
+[[rules]]
+principals = ["ci"]
+operations = ["sign-raw", "read"]
+
+[rate_limits]
+ci = {{ rate = {RATE}, burst = {BURST} }}
+"""
+
+
+def _workers(daemon: Daemon) -> list[int]:
+    """The pids of the daemon's worker processes (children of the supervisor)."""
+    assert daemon.proc is not None
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            if ppid == daemon.proc.pid:
+                pids.append(int(entry))
+    return pids
+
+
+def _established(pid: int, port: int) -> int:
+    """How many ESTABLISHED TCP connections to ``port`` process ``pid`` holds."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:[") : -1])
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local_port = int(fields[1].rsplit(":", 1)[1], 16)
+            if local_port == port and fields[3] == "01" and fields[9] in inodes:
+                count += 1
+    return count
+
+
+def _fresh_client(daemon: Daemon) -> SignerClient:
+    """A client on a connection of its own (no subchannel shared with other channels)."""
+    config = daemon.client_config("ci")
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=config.ca.read_bytes(),
+        private_key=config.key.read_bytes(),
+        certificate_chain=config.cert.read_bytes(),
+    )
+    channel = grpc.secure_channel(
+        config.address, credentials, options=[("grpc.use_local_subchannel_pool", 1)]
+    )
+    return SignerClient(config, channel)
+
+
+def test_two_workers_share_the_limit(tmp_path: Path) -> None:
+    with running_daemon(tmp_path, policy=POLICY, clients=["admin", "ci"], workers=2) as daemon:
+        daemon.wait_log("worker 0 INFO")
+        daemon.wait_log("worker 1 INFO")
+        with daemon.client("admin") as admin:
+            key = admin.create_key("raw", "ecdsa-sha2-nistp256", role="targets")
+        signed = refused = 0
+        other: list[BaseException] = []
+        clients: list[SignerClient] = []
+        lock = threading.Lock()
+        seconds = 4.0
+        start = time.monotonic()
+        deadline = start + seconds
+
+        def hammer() -> None:
+            nonlocal signed, refused
+            i = 0
+            while time.monotonic() < deadline:
+                client = _fresh_client(daemon)
+                with lock:
+                    clients.append(client)
+                i += 1
+                try:
+                    client.sign(key.key_id, f"blob {threading.get_ident()} {i}".encode())
+                    with lock:
+                        signed += 1
+                except ClientError as exc:
+                    with lock:
+                        if exc.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                            assert "retry in" in exc.message
+                            refused += 1
+                        else:
+                            other.append(exc)
+
+        threads = [threading.Thread(target=hammer) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.monotonic() - start
+        try:
+            per_worker = {pid: _established(pid, daemon.port) for pid in _workers(daemon)}
+        finally:
+            for client in clients:
+                client.close()
+        assert not other, other
+        # Both workers served: the fresh connections are spread over the two processes.
+        # (The supervisor's other child, multiprocessing's resource tracker, holds none.)
+        assert len([n for n in per_worker.values() if n > 0]) == 2, per_worker
+        assert sum(per_worker.values()) >= len(clients) * 0.9, (per_worker, len(clients))
+        allowed = (BURST + RATE * elapsed) * 1.1
+        assert refused > 0 and signed >= BURST
+        assert signed <= allowed, (
+            f"{signed} signatures in {elapsed:.1f}s; the limit allows {allowed:.0f} "
+            f"({len(clients)} connections over {per_worker})"
+        )
+        daemon.wait_serving()  # alive after all the refusals
