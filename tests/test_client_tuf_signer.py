@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +13,7 @@ from securesystemslib.signer import SIGNER_FOR_URI_SCHEME, Signer, SSlibKey
 from tuf.api.metadata import Metadata, Root, Targets
 
 import signer_client
-from harness import Daemon
+from harness import ROOT, Daemon
 from signer_client import DaemonSigner, SignatureMismatchError
 from signer_client.client import tuf_key
 from signer_client.errors import FailedPreconditionError
@@ -34,9 +36,31 @@ def env_config(config_file: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
     yield config_file
 
 
+_REGISTRATION = """
+from securesystemslib.signer import SIGNER_FOR_URI_SCHEME, Signer
+assert "signer" not in SIGNER_FOR_URI_SCHEME, "registered before signer_client was imported"
+try:
+    Signer.from_priv_key_uri("signer://h:1/abc", None)
+except ValueError:
+    pass  # securesystemslib: unsupported scheme
+else:
+    raise AssertionError("signer:// resolved without signer_client")
+import signer_client
+from signer_client.tuf_signer import DaemonSigner
+assert SIGNER_FOR_URI_SCHEME["signer"] is DaemonSigner, SIGNER_FOR_URI_SCHEME["signer"]
+assert signer_client.DaemonSigner is DaemonSigner
+"""
+
+
 def test_registered_on_import() -> None:
-    assert signer_client.DaemonSigner is DaemonSigner
-    assert SIGNER_FOR_URI_SCHEME["signer"] is DaemonSigner
+    """A fresh interpreter: ``import signer_client`` alone makes signer:// resolve."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "clients")]))
+    done = subprocess.run(
+        [sys.executable, "-c", _REGISTRATION], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    # and in this process, the class the scheme resolves to is the one exported
+    assert SIGNER_FOR_URI_SCHEME["signer"] is signer_client.tuf_signer.DaemonSigner
 
 
 def test_uri_parsing() -> None:

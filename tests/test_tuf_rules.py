@@ -14,6 +14,7 @@ from authz_helpers import audit_rows, sha256, tuf_payload, verify, wait_for
 
 from harness import Daemon, running_daemon
 from signer.audit.verify import verify as verify_log
+from signer.errors import InvalidArgument
 from signer.policy.tuf import parse_tuf
 from signer_client import ClientError
 
@@ -69,7 +70,17 @@ def test_canonical_detection() -> None:
     assert parse_tuf(b'{"_type": "targets"}') is None  # not canonical (space)
     assert parse_tuf(b'{"version":1}') is None  # no _type: not TUF
     assert parse_tuf(b'{"_type":"targets","x":1.5}') is None  # floats are not canonical
-    assert parse_tuf(b"\xff\xfe") is None
+    assert parse_tuf(b"\xff\xfe") is None  # not JSON at all: raw
+    assert parse_tuf(b"{not json") is None
+    # JSON that readers may read differently is refused, not taken for raw bytes.
+    for bad in (
+        b'{"_type":"targets","_type":"root"}',
+        b'{"_type":"targets","x":"\\ud800"}',
+        b'{"_type":"targets","x":"\xff"}',
+        b'{"_type":"targets","x":NaN}',
+    ):
+        with pytest.raises(InvalidArgument):
+            parse_tuf(bad)
 
 
 def test_each_key_signs_its_own_role(alice: Any, keys: dict[str, Any]) -> None:
@@ -195,6 +206,13 @@ def test_raw_signing_is_a_separate_grant(alice: Any, keys: dict[str, Any], serve
         assert "signs only 'targets' metadata" in _refused(
             lambda: bob.sign(key.key_id, tuf_payload("root", 1, days=1))
         )
+        # Nor does JSON with a duplicate key slip through as raw bytes: a last-wins
+        # reader sees targets metadata the TUF rules never checked.
+        payload = tuf_payload("targets", 1, days=3650)
+        doubled = b'{"_type":"root",' + payload[1:]
+        assert "duplicate key '_type'" in _refused(
+            lambda: bob.sign(key.key_id, doubled), grpc.StatusCode.INVALID_ARGUMENT
+        )
 
 
 def test_unauthorised_principal_learns_nothing_about_versions(
@@ -222,6 +240,10 @@ def test_malformed_tuf_fields_are_invalid(alice: Any, keys: dict[str, Any]) -> N
     bad_version = b'{"_type":"targets","expires":"2030-01-01T00:00:00Z","version":0}'
     assert "version must be an integer from 1 to 2**63-1" in _refused(
         lambda: alice.sign(key_id, bad_version), grpc.StatusCode.INVALID_ARGUMENT
+    )
+    short_date = b'{"_type":"targets","expires":"2030-1-01T00:00:00Z","version":7}'
+    assert "is not a TUF date" in _refused(
+        lambda: alice.sign(key_id, short_date), grpc.StatusCode.INVALID_ARGUMENT
     )
 
 
