@@ -210,7 +210,7 @@ def main() -> int:
         batch = drive(daemon, key.key_id, "batch", args.clients, 4, args.batch, args.seconds)
         audited = (
             sqlite3.connect(daemon.state / "audit.db")
-            .execute("SELECT COUNT(*) FROM audit WHERE operation = 'sign' AND outcome = 'allowed'")
+            .execute("SELECT COUNT(*) FROM audit WHERE operation IN ('sign', 'sign-raw') AND outcome = 'allowed'")
             .fetchone()[0]
         )
     print(

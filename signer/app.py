@@ -9,16 +9,21 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from signer import identity
 from signer.audit import AuditLog
 from signer.audit.checkpoint import Checkpointer, CheckpointSettings
 from signer.config import SignerConfig
 from signer.keys import KeyManager
+from signer.notary.rules import DIALECT as NOTARY
+from signer.notary.rules import NotaryRules
+from signer.notary.store import NotaryKeyStore
+from signer.pipeline import Administration, Pipeline, Recorder
+from signer.pipeline.guards import ForDialect
 from signer.policy import AllowAuthenticated, Policy
 from signer.policy.ratelimit import rate_limiter_of
 from signer.policy.tuf import TufRules, VersionStore
 from signer.quorum import QuorumClaim, QuorumGuard, QuorumService, QuorumStore
 from signer.registry import KeyRegistry, KeyState
-from signer.signing import SigningService
 from signer.storage.buckets import Buckets, SqliteBuckets
 from signer.token import Token, TokenSettings
 
@@ -52,6 +57,7 @@ def load_policy(config: SignerConfig, buckets: Buckets | None = None) -> Policy:
 class SignerApp:
     def __init__(self, config: SignerConfig, token: Token | None = None) -> None:
         self.config = config
+        identity.configure(config)  # the CRL ([tls] crl): ConfigError if it is unusable
         self.token = token or Token(
             TokenSettings(
                 module=config.token.module,
@@ -66,27 +72,33 @@ class SignerApp:
         self.audit = AuditLog(config.state_dir / "audit.db")
         self.buckets = SqliteBuckets(config.state_dir / "ratelimit.db")  # shared by workers
         self.policy: Policy = load_policy(config, self.buckets)
-        self.keys = KeyManager(self.token, self.registry, self.policy, self.audit)
-        # Payload rules, in order: quorum approval first, then the TUF rules, which record
-        # the version being signed and so must be the last check before the token.
         self.versions = VersionStore(config.state_dir / "tuf.db")
         self.requests = QuorumStore(config.state_dir / "quorum.db")
+        self.notary_keys = NotaryKeyStore(config.state_dir / "notary.db")
         self.tuf_rules = TufRules(self.versions)
-        self.signing = SigningService(
+        current_policy = self.current_policy
+        self.recorder = Recorder(self.audit)
+        self.admin = Administration(self.recorder, current_policy)
+        self.keys = KeyManager(self.token, self.registry, self.admin)
+        # Payload guards, in order: the notary dialect's rules, quorum approval, then the
+        # TUF rules, which record the version being signed, and last the quorum claim,
+        # which uses up the approval: both only for a signature about to be made.
+        tuf = ForDialect("tuf", self.tuf_rules)
+        self.pipeline = Pipeline(
             self.token,
             self.registry,
-            self.policy,
-            self.audit,
+            self.recorder,
+            current_policy,
             config.max_payload_bytes,
-            guards=[QuorumGuard(self.requests), self.tuf_rules, QuorumClaim(self.requests)],
+            guards=[
+                ForDialect(NOTARY, NotaryRules()),
+                QuorumGuard(self.requests),
+                tuf,
+                QuorumClaim(self.requests),
+            ],
         )
-        self.signing.quorum = QuorumService(
-            self.requests,
-            self.registry,
-            self.audit,
-            lambda: self.policy,
-            [self.tuf_rules],
-            config.max_payload_bytes,
+        self.quorum = QuorumService(
+            self.requests, self.registry, self.admin, [self.tuf_rules], config.max_payload_bytes
         )
         self.checkpointer = Checkpointer(
             config.state_dir / "audit.db",
@@ -96,6 +108,10 @@ class SignerApp:
             CheckpointSettings.from_config(config.extra),
         )
 
+    def current_policy(self) -> Policy:
+        """The policy in force: each request reads it once (see ``reload``)."""
+        return self.policy
+
     def open(self) -> None:
         try:
             self.token.open()
@@ -104,6 +120,7 @@ class SignerApp:
 
     def reload(self) -> None:
         """Re-read the policy (SIGHUP). A policy that fails to load leaves the old one."""
+        identity.reload(self.config)  # the CRL, likewise: a bad one leaves the old one
         try:
             policy = load_policy(self.config, self.buckets)
         except Exception as exc:
@@ -114,7 +131,7 @@ class SignerApp:
             limiter.adopt(rate_limiter_of(self.policy))
         # One object carries rules, groups, rate limits, TUF limits and quorum settings:
         # each request reads it once, so it sees either the old policy or the new one.
-        self.policy = self.keys.policy = self.signing.policy = policy
+        self.policy = policy
         log.info("policy reloaded")
 
     def close(self) -> None:
@@ -123,6 +140,7 @@ class SignerApp:
         self.audit.close()
         self.versions.close()
         self.requests.close()
+        self.notary_keys.close()
         self.buckets.close()
         self.registry.close()
 

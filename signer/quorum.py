@@ -5,14 +5,14 @@ never approve their own request; each approver names the sha256 of the payload t
 approve, so an approval covers exactly those bytes. A request is open for the policy's
 window; after that it is expired and nothing more happens to it. Requests live in
 SQLite (shared by the worker processes); approvals are read-modify-write under
-BEGIN IMMEDIATE.
+BEGIN IMMEDIATE (signer.storage.sqlite.transaction).
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
-import threading
+import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -20,21 +20,21 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from signer.audit import AuditEvent, AuditLog, Outcome
 from signer.errors import (
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
     PermissionDenied,
-    SignerError,
+    shown,
 )
 from signer.identity import Principal
-from signer.keys import AUDIT_ROLE, record_failure, resource_of
+from signer.pipeline.admin import Administration
+from signer.pipeline.admission import check_payload, check_usable, resource_of
+from signer.pipeline.guards import SignGuard, SignInput, stricter
 from signer.policy import Operation, Policy, Resource, quorum_of
-from signer.policy.ratelimit import rate_limiter_of
-from signer.registry import KeyRecord, KeyRegistry, KeyState
-from signer.storage.sqlite import connect
+from signer.registry import KeyRecord, KeyRegistry
+from signer.storage.sqlite import Database, transaction
 
 _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS signature_requests (
@@ -83,18 +83,18 @@ class SignatureRequest:
 
 class QuorumStore:
     def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
-        self._conn = connect(path)
-        for statement in _SCHEMA:
-            self._conn.execute(statement)
-        self._lock = threading.Lock()
+        self._db = Database(path)
+        with self._db.use() as conn:
+            for statement in _SCHEMA:
+                conn.execute(statement)
         self.clock = clock
 
     def close(self) -> None:
-        self._conn.close()
+        self._db.close()
 
     def add(self, request: SignatureRequest) -> SignatureRequest:
-        with self._lock:
-            self._conn.execute(
+        with self._db.use() as conn:
+            conn.execute(
                 "INSERT INTO signature_requests VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
                 (
                     request.request_id,
@@ -112,8 +112,8 @@ class QuorumStore:
         return request
 
     def get(self, request_id: str) -> SignatureRequest:
-        with self._lock:
-            return self._get(request_id)
+        with self._db.use() as conn:
+            return self._get(conn, request_id)
 
     def approve(
         self, request_id: str, approver: str, check: Callable[[SignatureRequest], None]
@@ -123,11 +123,9 @@ class QuorumStore:
         ``check`` runs inside the transaction: if it raises (a refusal, or the audit log
         cannot be written), nothing is approved.
         """
-        with self._lock:
-            conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                request = self._get(request_id)
+        with self._db.use() as conn:
+            with transaction(conn):
+                request = self._get(conn, request_id)
                 if approver in request.approvers:
                     raise AlreadyExists(f"{approver} has already approved request {request_id}")
                 check(request)  # last: it may write the audit entry (then commit or nothing)
@@ -139,11 +137,7 @@ class QuorumStore:
                         "UPDATE signature_requests SET state = ? WHERE request_id = ?",
                         (RequestState.APPROVED.value, request_id),
                     )
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            return self._get(request_id)
+            return self._get(conn, request_id)
 
     def claim(self, request_id: str) -> bool:
         """Atomically take an approved, unexpired request for signing: true for one caller only.
@@ -151,46 +145,27 @@ class QuorumStore:
         Taken before the token signs, so concurrent Sign calls (any worker) cannot both use
         one approval. If signing then fails, the request stays used: request again.
         """
-        with self._lock:
-            cursor = self._conn.execute(
+        with self._db.use() as conn:
+            now = self.clock()
+            cursor = conn.execute(
                 "UPDATE signature_requests SET state = ?, fulfilled_at = ? "
                 "WHERE request_id = ? AND state = ? AND expires_at >= ?",
-                (
-                    RequestState.FULFILLED.value,
-                    self.clock(),
-                    request_id,
-                    RequestState.APPROVED.value,
-                    self.clock(),
-                ),
+                (RequestState.FULFILLED.value, now, request_id, RequestState.APPROVED.value, now),
             )
             return cursor.rowcount == 1
 
-    def fulfil(self, request_id: str) -> None:
-        with self._lock:
-            self._conn.execute(
-                "UPDATE signature_requests SET state = ?, fulfilled_at = ? "
-                "WHERE request_id = ? AND state IN (?, ?)",
-                (
-                    RequestState.FULFILLED.value,
-                    self.clock(),
-                    request_id,
-                    RequestState.APPROVED.value,
-                    RequestState.FULFILLED.value,
-                ),
-            )
-
-    def _get(self, request_id: str) -> SignatureRequest:
-        row = self._conn.execute(
+    def _get(self, conn: sqlite3.Connection, request_id: str) -> SignatureRequest:
+        row = conn.execute(
             "SELECT request_id, key_id, payload, payload_sha256, requester, reason, "
             "approvals_required, state, created_at, expires_at "
             "FROM signature_requests WHERE request_id = ?",
             (request_id,),
         ).fetchone()
         if row is None:
-            raise NotFound(f"no signature request {request_id!r}")
+            raise NotFound(f"no signature request {shown(request_id)}")
         approvers = tuple(
             r[0]
-            for r in self._conn.execute(
+            for r in conn.execute(
                 "SELECT approver FROM approvals WHERE request_id = ? ORDER BY time, approver",
                 (request_id,),
             )
@@ -216,60 +191,52 @@ class QuorumStore:
 
 
 class QuorumService:
-    """The core of the three quorum RPCs: authorised, rate limited and audited."""
+    """The core of the quorum RPCs, through the pipeline's administration stages."""
 
     def __init__(
         self,
         store: QuorumStore,
         registry: KeyRegistry,
-        audit: AuditLog,
-        current_policy: Callable[[], Policy],
-        guards: Sequence[Any] = (),
+        admin: Administration,
+        guards: Sequence[SignGuard] = (),
         max_payload_bytes: int = 16 * 1024 * 1024,
     ) -> None:
-        self.max_payload_bytes = max_payload_bytes  # approvers never review the unsignable
         self.store = store
         self.registry = registry
-        self.audit = audit
-        self.current_policy = current_policy
-        self.guards = list(guards)  # SignGuards: for the permission a payload needs
+        self.admin = admin
+        self.guards = tuple(guards)  # the payload guards: the permission a payload needs
+        self.max_payload_bytes = max_payload_bytes  # approvers never review the unsignable
 
     def request(
         self, principal: Principal, key_id: str, payload: bytes, reason: str = ""
     ) -> SignatureRequest:
-        policy = self.current_policy()
         digest = hashlib.sha256(payload).hexdigest() if payload else ""
-        resource = Resource(key_id)
-        try:
-            self._rate_limit(policy, principal)
+        with self.admin.action(
+            principal,
+            "request-signature",
+            Resource(key_id[:256]),
+            payload_sha256=digest,
+            rate_limited=True,
+        ) as action:
             if not key_id:
                 raise InvalidArgument("key_id is required")
-            if not payload:
-                raise InvalidArgument("payload is empty")
-            if len(payload) > self.max_payload_bytes:
-                raise InvalidArgument(
-                    f"payload is {len(payload)} bytes; the limit is {self.max_payload_bytes}"
-                )
+            check_payload(payload, self.max_payload_bytes)
             if len(reason) > 1000:
                 raise InvalidArgument("reason is limited to 1000 characters")
             key = self.registry.get(key_id)
-            resource = resource_of(key)
-            from signer.signing import SignInput  # the guards' item type
-
             item = SignInput(key_id, payload=payload)
             operation = Operation.SIGN
             for guard in self.guards:
-                if guard.operation(key, item) is Operation.SIGN_RAW:
-                    operation = Operation.SIGN_RAW
-            policy.authorize(principal, operation, resource)
-            self._usable(key)
+                operation = stricter(operation, guard.operation(key, item))
+            action.authorize(operation, resource_of(key))
+            check_usable(key)
             if not key.quorum:
                 raise FailedPrecondition(f"key {key_id} is not a quorum key: sign with it directly")
             for guard in self.guards:  # role and expiry now, so approvers see a signable payload
                 inspect = getattr(guard, "inspect_request", None)
                 if inspect is not None:
-                    inspect(key, item, policy)
-            settings = quorum_of(policy)
+                    inspect(key, item, action.policy)
+            settings = quorum_of(action.policy)
             now = self.store.clock()
             request = SignatureRequest(
                 request_id=secrets.token_hex(16),
@@ -283,31 +250,25 @@ class QuorumService:
                 created_at=now,
                 expires_at=now + settings.window_seconds,
             )
+            action.request_id = request.request_id
             # Fail closed: the request exists only once its audit entry is written.
-            self._audit(principal, "request-signature", key, request)
-            self.store.add(request)
-        except SignerError as exc:
-            record_failure(self.audit, principal, "request-signature", resource, exc, digest)
-            raise
-        return request
+            action.allow(_progress(request))
+            return self.store.add(request)
 
     def approve(
         self, principal: Principal, request_id: str, payload_sha256: str
     ) -> SignatureRequest:
-        policy = self.current_policy()
-        resource = Resource()
-        digest = ""
-        try:
-            self._rate_limit(policy, principal)
+        with self.admin.action(
+            principal, "approve", request_id=request_id[:256], rate_limited=True
+        ) as action:
             if not request_id:
                 raise InvalidArgument("request_id is required")
             if not payload_sha256:
                 raise InvalidArgument("payload_sha256 is required: approve what you have seen")
             request = self.store.get(request_id)
-            digest = request.payload_sha256
+            action.payload_sha256 = request.payload_sha256
             key = self.registry.get(request.key_id)
-            resource = resource_of(key)
-            policy.authorize(principal, Operation.APPROVE, resource)
+            action.authorize(Operation.APPROVE, resource_of(key))
 
             def check(current: SignatureRequest) -> None:
                 if current.requester == principal.name:
@@ -317,81 +278,53 @@ class QuorumService:
                     )
                 if payload_sha256.lower() != current.payload_sha256:
                     raise FailedPrecondition(
-                        f"payload_sha256 {payload_sha256} does not match the payload of request "
-                        f"{request_id} (sha256 {current.payload_sha256}); nothing was approved"
+                        f"payload_sha256 {shown(payload_sha256)} does not match the payload of "
+                        f"request {request_id} (sha256 {current.payload_sha256}); nothing was "
+                        "approved"
                     )
                 refuse_if_closed(current)
-                # Fail closed: the approval counts only if its audit entry is written first.
                 approvals = len(current.approvers) + 1
                 state = (
                     RequestState.APPROVED
                     if approvals >= current.approvals_required
                     else RequestState.PENDING
                 )
-                self._audit(
-                    principal,
-                    "approve",
-                    key,
-                    replace(current, approvers=(*current.approvers, principal.name), state=state),
+                # Fail closed: the approval counts only if its audit entry is written first.
+                action.allow(
+                    _progress(
+                        replace(
+                            current, approvers=(*current.approvers, principal.name), state=state
+                        )
+                    )
                 )
 
-            request = self.store.approve(request_id, principal.name, check)
-        except SignerError as exc:
-            record_failure(self.audit, principal, "approve", resource, exc, digest, request_id)
-            raise
-        return request
+            return self.store.approve(request_id, principal.name, check)
 
     def get(self, principal: Principal, request_id: str) -> SignatureRequest:
         """The requester and anyone who may read or approve for the key may look."""
-        policy = self.current_policy()
-        resource = Resource()
-        try:
-            self._rate_limit(policy, principal)
+        with self.admin.action(
+            principal, "get-request", request_id=request_id[:256], rate_limited=True
+        ) as action:
             if not request_id:
                 raise InvalidArgument("request_id is required")
             request = self.store.get(request_id)
             key = self.registry.get(request.key_id)
-            resource = resource_of(key)
+            action.resource = resource_of(key)
+            action.payload_sha256 = request.payload_sha256
             if request.requester != principal.name:
                 try:
-                    policy.authorize(principal, Operation.APPROVE, resource)
+                    action.authorize(Operation.APPROVE)
                 except PermissionDenied:
-                    policy.authorize(principal, Operation.READ, resource)
-        except SignerError as exc:
-            record_failure(self.audit, principal, "get-request", resource, exc, "", request_id)
-            raise
-        self._audit(principal, "get-request", key, request)
-        return request
+                    action.authorize(Operation.READ)
+            action.detail = _progress(request)
+            return request
 
-    def _rate_limit(self, policy: Policy, principal: Principal) -> None:
-        limiter = rate_limiter_of(policy)
-        if limiter is not None:
-            limiter.take(principal.name)
 
-    @staticmethod
-    def _usable(key: KeyRecord) -> None:
-        if key.state is not KeyState.ACTIVE:
-            raise FailedPrecondition(f"key {key.key_id} is {key.state.value} and no longer signs")
-        if key.role == AUDIT_ROLE:
-            raise PermissionDenied(f"key {key.key_id} is the audit key: it signs only checkpoints")
-
-    def _audit(
-        self, principal: Principal, operation: str, key: KeyRecord, request: SignatureRequest
-    ) -> None:
-        self.audit.record(
-            AuditEvent(
-                principal.name,
-                operation,
-                Outcome.ALLOWED,
-                key.key_id,
-                key.role,
-                key.repository,
-                request.payload_sha256,
-                detail=f"state {request.state.value}, "
-                f"{len(request.approvers)}/{request.approvals_required} approvals",
-                request_id=request.request_id,
-            )
-        )
+def _progress(request: SignatureRequest) -> str:
+    return (
+        f"state {request.state.value}, "
+        f"{len(request.approvers)}/{request.approvals_required} approvals"
+    )
 
 
 def refuse_if_closed(request: SignatureRequest) -> None:
@@ -468,5 +401,4 @@ class QuorumGuard:
         refuse_if_closed(request)
 
     def signed(self, principal: Principal, key: KeyRecord, item: Any) -> None:
-        if key.quorum and item.request_id:
-            self.store.fulfil(item.request_id)
+        return None  # QuorumClaim marked the request fulfilled before the token signed

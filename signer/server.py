@@ -85,7 +85,7 @@ class Daemon:
         add_service(self.server, KeyServicer(self.app.keys), services["KeyService"])
         add_service(
             self.server,
-            SigningServicer(self.app.signing, config.max_batch_items),
+            SigningServicer(self.app.pipeline, self.app.quorum, config.max_batch_items),
             services["SigningService"],
         )
         for extension in extensions():

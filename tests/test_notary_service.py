@@ -27,7 +27,8 @@ from harness import Daemon, running_daemon
 from signer.notary import keys as nkeys
 from signer.notary import signer_pb2 as pb
 from signer.notary import signer_pb2_grpc as pb_grpc
-from signer.notary.service import signing_operation
+from signer.errors import InvalidArgument
+from signer.notary.rules import signing_operation
 from signer.policy import Operation
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,8 +97,12 @@ def test_signing_operation() -> None:
     assert signing_operation(b"[1]", "timestamp") is Operation.SIGN_RAW
     # Standard TUF spelling is not notary's: it must not slip past the v1 TUF rules.
     assert signing_operation(timestamp_content(kind="timestamp"), "timestamp") is Operation.SIGN_RAW
+    # JSON that readers disagree on is refused outright, not signed raw.
     deep = b'{"_type":' + b"[" * 200_000 + b"]" * 200_000 + b"}"
-    assert signing_operation(deep, "timestamp") is Operation.SIGN_RAW
+    duplicate = b'{"_type":"Timestamp","version":1,"version":2}'
+    for refused in (deep, duplicate, b'{"_type":"Timestamp","x":"\\ud800"}'):
+        with pytest.raises(InvalidArgument):
+            signing_operation(refused, "timestamp")
 
 
 # -- against a daemon ----------------------------------------------------------------------

@@ -8,13 +8,12 @@ Rows never change once written, so every worker process caches them freely.
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from signer.errors import NotFound
-from signer.storage.sqlite import connect
+from signer.storage.sqlite import Database
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS notary_keys (
@@ -41,14 +40,14 @@ class NotaryKey:
 
 class NotaryKeyStore:
     def __init__(self, path: Path) -> None:
-        self._conn = connect(path)
-        self._conn.execute(_SCHEMA)
-        self._lock = threading.Lock()
+        self._db = Database(path)
+        with self._db.use() as conn:
+            conn.execute(_SCHEMA)
         self._cache: dict[str, NotaryKey] = {}
 
     def add(self, key: NotaryKey) -> None:
-        with self._lock:
-            self._conn.execute(
+        with self._db.use() as conn:
+            conn.execute(
                 "INSERT OR REPLACE INTO notary_keys VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     key.notary_id,
@@ -66,8 +65,8 @@ class NotaryKeyStore:
         key = self._cache.get(notary_id)
         if key is not None:
             return key
-        with self._lock:
-            row = self._conn.execute(
+        with self._db.use() as conn:
+            row = conn.execute(
                 "SELECT notary_id, key_id, algorithm, public, role, gun FROM notary_keys "
                 "WHERE notary_id = ?",
                 (notary_id,),
@@ -79,12 +78,12 @@ class NotaryKeyStore:
         return key
 
     def all(self) -> list[NotaryKey]:
-        with self._lock:
-            rows = self._conn.execute(
+        with self._db.use() as conn:
+            rows = conn.execute(
                 "SELECT notary_id, key_id, algorithm, public, role, gun FROM notary_keys "
                 "ORDER BY created_at"
             ).fetchall()
         return [NotaryKey(r[0], r[1], r[2], bytes(r[3]), r[4], r[5]) for r in rows]
 
     def close(self) -> None:
-        self._conn.close()
+        self._db.close()

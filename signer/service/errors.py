@@ -48,7 +48,8 @@ class Malformed:
         self.error = error
 
 
-def _check(request: Any) -> None:
+def check_request(request: Any) -> None:
+    """InvalidArgument for a request whose bytes did not decode."""
     if isinstance(request, Malformed):
         raise InvalidArgument(f"malformed request: {request.error}")
 
@@ -60,7 +61,7 @@ def grpc_errors(method: F) -> F:
         @functools.wraps(method)
         async def async_wrapper(self: Any, request: Any, context: Any) -> Any:
             try:
-                _check(request)
+                check_request(request)
                 return await method(self, request, context)
             except SignerError as exc:
                 await context.abort(exc.code, status_message(exc.message))
@@ -75,7 +76,7 @@ def grpc_errors(method: F) -> F:
     @functools.wraps(method)
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
         try:
-            _check(request)
+            check_request(request)
             return method(self, request, context)
         except SignerError as exc:
             context.abort(exc.code, status_message(exc.message))

@@ -7,7 +7,7 @@ import grpc
 from signer.identity import principal_from_context
 from signer.keys import KeyManager
 from signer.service.convert import algorithm_name, key_message, state_name
-from signer.service.errors import grpc_errors
+from signer.service.rpc import rpc
 from signer.v1 import signer_pb2 as pb
 from signer.v1 import signer_pb2_grpc as pb_grpc
 
@@ -15,8 +15,9 @@ from signer.v1 import signer_pb2_grpc as pb_grpc
 class KeyServicer(pb_grpc.KeyServiceServicer):
     def __init__(self, keys: KeyManager) -> None:
         self.keys = keys
+        self.recorder = keys.admin.recorder
 
-    @grpc_errors
+    @rpc("create")
     def CreateKey(self, request: pb.CreateKeyRequest, context: grpc.ServicerContext) -> pb.Key:
         principal = principal_from_context(context)
         record = self.keys.create(
@@ -29,12 +30,12 @@ class KeyServicer(pb_grpc.KeyServiceServicer):
         )
         return key_message(record)
 
-    @grpc_errors
+    @rpc("read")
     def GetKey(self, request: pb.GetKeyRequest, context: grpc.ServicerContext) -> pb.Key:
         principal = principal_from_context(context)
         return key_message(self.keys.get(principal, request.key_id))
 
-    @grpc_errors
+    @rpc("list")
     def ListKeys(
         self, request: pb.ListKeysRequest, context: grpc.ServicerContext
     ) -> pb.ListKeysResponse:
@@ -44,12 +45,12 @@ class KeyServicer(pb_grpc.KeyServiceServicer):
         )
         return pb.ListKeysResponse(keys=[key_message(r) for r in records])
 
-    @grpc_errors
+    @rpc("retire")
     def RetireKey(self, request: pb.RetireKeyRequest, context: grpc.ServicerContext) -> pb.Key:
         principal = principal_from_context(context)
         return key_message(self.keys.retire(principal, request.key_id))
 
-    @grpc_errors
+    @rpc("destroy")
     def DestroyKey(self, request: pb.DestroyKeyRequest, context: grpc.ServicerContext) -> pb.Key:
         principal = principal_from_context(context)
         return key_message(self.keys.destroy(principal, request.key_id, request.confirm))

@@ -7,35 +7,37 @@ from typing import Any
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from signer.errors import InvalidArgument, ServiceError, SignerError
+from signer.errors import InvalidArgument, SignerError
 from signer.identity import principal_from_context
+from signer.pipeline import Pipeline, SignInput
 from signer.quorum import QuorumService, RequestState, SignatureRequest
-from signer.service.errors import grpc_errors
-from signer.signing import SigningService, SignInput
+from signer.service.rpc import rpc
 from signer.v1 import signer_pb2 as pb
 from signer.v1 import signer_pb2_grpc as pb_grpc
 
 
 class SigningServicer(pb_grpc.SigningServiceServicer):
-    def __init__(self, signing: SigningService, max_batch_items: int) -> None:
-        self.signing = signing
+    def __init__(self, pipeline: Pipeline, quorum: QuorumService, max_batch_items: int) -> None:
+        self.pipeline = pipeline
+        self.quorum = quorum
+        self.recorder = pipeline.recorder
         self.max_batch_items = max_batch_items
 
     # Sign and SignBatch are the hot path: coroutines on the server's event loop. The other
     # methods are plain functions, run in the server's thread pool.
 
-    @grpc_errors
+    @rpc("sign")
     async def Sign(self, request: pb.SignRequest, context: Any) -> pb.SignResponse:
         principal = principal_from_context(context)
         item = _input(request.key_id, request, request.request_id)
-        (signed,) = await self.signing.sign_batch_async(principal, [item])
+        (signed,) = await self.pipeline.sign(principal, [item])
         if isinstance(signed, SignerError):
             raise signed
         return pb.SignResponse(
             key_id=signed.key_id, signature=signed.signature, scheme=signed.scheme
         )
 
-    @grpc_errors
+    @rpc("sign")
     async def SignBatch(self, request: pb.SignBatchRequest, context: Any) -> pb.SignBatchResponse:
         principal = principal_from_context(context)
         if not request.items:
@@ -46,7 +48,7 @@ class SigningServicer(pb_grpc.SigningServiceServicer):
             )
         inputs = [_input(item.key_id or request.key_id, item) for item in request.items]
         results = []
-        for outcome in await self.signing.sign_batch_async(principal, inputs):
+        for outcome in await self.pipeline.sign(principal, inputs):
             if isinstance(outcome, SignerError):
                 status = pb.ItemStatus(code=outcome.code.value[0], message=outcome.message)
                 results.append(pb.SignBatchResult(status=status))
@@ -63,33 +65,28 @@ class SigningServicer(pb_grpc.SigningServiceServicer):
 
     # -- quorum keys: RequestSignature -> Approve (x M) -> Sign(request_id) -------------------
 
-    @grpc_errors
+    @rpc("request-signature")
     def RequestSignature(
         self, request: pb.RequestSignatureRequest, context: grpc.ServicerContext
     ) -> pb.SignatureRequest:
         principal = principal_from_context(context)
-        made = self._quorum().request(principal, request.key_id, request.payload, request.reason)
+        made = self.quorum.request(principal, request.key_id, request.payload, request.reason)
         return request_message(made)
 
-    @grpc_errors
+    @rpc("approve")
     def Approve(
         self, request: pb.ApproveRequest, context: grpc.ServicerContext
     ) -> pb.SignatureRequest:
         principal = principal_from_context(context)
-        approved = self._quorum().approve(principal, request.request_id, request.payload_sha256)
+        approved = self.quorum.approve(principal, request.request_id, request.payload_sha256)
         return request_message(approved)
 
-    @grpc_errors
+    @rpc("get-request")
     def GetSignatureRequest(
         self, request: pb.GetSignatureRequestRequest, context: grpc.ServicerContext
     ) -> pb.SignatureRequest:
         principal = principal_from_context(context)
-        return request_message(self._quorum().get(principal, request.request_id))
-
-    def _quorum(self) -> QuorumService:
-        if self.signing.quorum is None:
-            raise ServiceError("quorum signing is not configured in this daemon")
-        return self.signing.quorum
+        return request_message(self.quorum.get(principal, request.request_id))
 
 
 _STATES = {

@@ -1,0 +1,82 @@
+"""What the pipeline signs, and the payload guards it asks before the token is touched."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from signer.identity import Principal
+from signer.policy import Operation, Policy
+from signer.registry import KeyRecord
+
+
+@dataclass(frozen=True)
+class SignInput:
+    """One thing to sign: a payload, or (raw signing) a pre-computed digest.
+
+    ``dialect`` names the API the payload came through: ``"tuf"`` for signer.v1 (standard
+    TUF metadata), ``"notary"`` for notary-signer's API (notary's TUF dialect). Guards
+    apply the rules of their own dialect only.
+    """
+
+    key_id: str
+    payload: bytes | None = None
+    digest: bytes | None = None
+    request_id: str = ""
+    dialect: str = "tuf"
+    detail: str = ""  # for the audit entry (e.g. the notary key ID)
+
+
+@dataclass(frozen=True)
+class Signed:
+    key_id: str
+    signature: bytes  # the algorithm's wire encoding (hex DER for ECDSA, raw otherwise)
+    raw: bytes  # what the token returned (raw r||s for ECDSA)
+    scheme: str
+    audit_seq: int = 0
+
+
+class SignGuard(Protocol):
+    """A payload rule applied to each item after authorisation, before the token.
+
+    ``operation`` says which permission the item needs (SIGN for a payload the guard
+    understands, SIGN_RAW otherwise) from the request alone, reading no state, so the
+    policy is asked before a guard reveals anything (a version, a request's state).
+    ``check`` raises a SignerError to refuse; it may record state (the version being
+    signed) because the signature follows. ``signed`` is told once the signature has been
+    audited and released.
+    """
+
+    def operation(self, key: KeyRecord, item: SignInput) -> Operation: ...
+
+    def check(
+        self, principal: Principal, key: KeyRecord, item: SignInput, policy: Policy
+    ) -> None: ...
+
+    def signed(self, principal: Principal, key: KeyRecord, item: SignInput) -> None: ...
+
+
+def stricter(a: Operation, b: Operation) -> Operation:
+    """SIGN_RAW needs the stronger grant: a guard may raise SIGN to SIGN_RAW, never lower it."""
+    return Operation.SIGN_RAW if Operation.SIGN_RAW in (a, b) else a
+
+
+class ForDialect:
+    """Apply ``guard`` only to items of one dialect (the TUF rules to signer.v1 payloads)."""
+
+    def __init__(self, dialect: str, guard: SignGuard) -> None:
+        self.dialect = dialect
+        self.guard = guard
+
+    def operation(self, key: KeyRecord, item: SignInput) -> Operation:
+        if item.dialect != self.dialect:
+            return Operation.SIGN
+        return self.guard.operation(key, item)
+
+    def check(self, principal: Principal, key: KeyRecord, item: SignInput, policy: Policy) -> None:
+        if item.dialect == self.dialect:
+            self.guard.check(principal, key, item, policy)
+
+    def signed(self, principal: Principal, key: KeyRecord, item: SignInput) -> None:
+        if item.dialect == self.dialect:
+            self.guard.signed(principal, key, item)

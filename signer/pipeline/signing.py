@@ -1,0 +1,314 @@
+"""The signing pipeline: rate limit -> policy -> guards -> token -> audit -> release.
+
+The order is the security argument: nothing reaches the token before the key is known,
+usable and the principal authorised and the payload passed its guards; no signature
+leaves before its audit entry is committed; every item, signed or refused, leaves one
+audit entry, committed together in one group commit.
+
+On the asyncio server every stage runs inline (no thread hop on the hot path) unless a
+store it touches would wait for a lock: then that stage re-runs in a thread
+(``inline_or_thread``). The token call stays inline for small batches (a thread hop
+costs more CPU than a SoftHSM signature); a hung token is detected by the token's own
+liveness probe, which marks it broken (health NOT_SERVING) so clients fail over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from signer.audit import AuditEvent
+from signer.errors import InvalidArgument, ResourceExhausted, ServiceError, SignerError
+from signer.identity import Principal
+from signer.pipeline.admission import check_payload, check_usable, resource_of, take_rate
+from signer.pipeline.auditing import (
+    Recorder,
+    allowed_event,
+    failure_event,
+    mark_audited,
+)
+from signer.pipeline.guards import Signed, SignGuard, SignInput, stricter
+from signer.policy import Operation, Policy, Resource
+from signer.registry import KeyRecord, KeyRegistry
+from signer.storage.sqlite import inline_or_thread
+from signer.token import SignItem, Token
+
+log = logging.getLogger(__name__)
+
+INLINE_ITEMS = 64  # larger batches hold the token a while: keep the event loop free
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    index: int
+    key: KeyRecord
+    item: SignInput
+    payload_sha256: str
+    tbs: bytes  # what the token signs
+    operation: Operation  # the grant it needed: sign or sign-raw (for the audit entry)
+
+
+@dataclass
+class _Batch:
+    """One request between its checks and its release."""
+
+    principal: Principal
+    operation: str
+    items: Sequence[SignInput]
+    results: list[Signed | SignerError | None]
+    prepared: list[_Prepared] = field(default_factory=list)
+    refusals: list[tuple[int, AuditEvent]] = field(default_factory=list)
+    signed: list[tuple[_Prepared, bytes]] = field(default_factory=list)
+
+    def refuse(
+        self,
+        index: int,
+        resource: Resource,
+        exc: SignerError,
+        digest: str,
+        operation: Operation | None = None,
+    ) -> None:
+        self.results[index] = exc
+        item = self.items[index]
+        name = operation.value if operation is not None else self.operation
+        event = failure_event(
+            self.principal, name, resource, exc, digest, item.request_id, item.detail
+        )
+        self.refusals.append((index, event))
+
+
+class Pipeline:
+    """The one signing path: signer.v1 Sign/SignBatch/digests/quorum and notary Sign."""
+
+    def __init__(
+        self,
+        token: Token,
+        registry: KeyRegistry,
+        recorder: Recorder,
+        policy: Callable[[], Policy],
+        max_payload_bytes: int,
+        guards: Sequence[SignGuard] = (),
+    ) -> None:
+        self.token = token
+        self.registry = registry
+        self.recorder = recorder
+        self.policy = policy  # the current policy: it may be reloaded (SIGHUP)
+        self.max_payload_bytes = max_payload_bytes
+        self.guards = tuple(guards)
+
+    async def sign(
+        self, principal: Principal, items: Sequence[SignInput], operation: str = "sign"
+    ) -> list[Signed | SignerError]:
+        """Sign each item; per-item refusals are returned, never raised.
+
+        Raises ResourceExhausted (over the rate limit: nothing signed), AuditUnavailable
+        or TokenUnavailable (nothing returned); each raised error is already audited.
+        """
+        policy = self.policy()  # one policy for the whole request, even across a reload
+        batch = _Batch(principal, operation, items, [None] * len(items))
+        try:
+            await inline_or_thread(take_rate, policy, principal, len(items))
+        except ResourceExhausted as exc:
+            await self._refuse_whole(batch, exc)
+            raise
+        if len(items) <= INLINE_ITEMS:
+            for index, item in enumerate(items):
+                prepared = await inline_or_thread(self._prepare_one, policy, batch, index, item)
+                if prepared is not None:
+                    batch.prepared.append(prepared)
+            token_error = self._sign_in_token(batch)
+        else:
+            token_error = await asyncio.to_thread(self._check_and_sign, policy, batch)
+        events = self._events(batch)
+        if token_error is not None:
+            await self.recorder.refusals_async(events, [token_error])
+            raise token_error
+        try:
+            seqs = await self.recorder.record_async(*events)
+        except SignerError as exc:
+            mark_audited(exc)  # the log itself is down: nothing more can be recorded
+            raise
+        return self._release(batch, seqs)
+
+    def sign_blocking(
+        self, principal: Principal, items: Sequence[SignInput], operation: str = "sign"
+    ) -> list[Signed | SignerError]:
+        """``sign`` for callers on a thread (tools, tests): the same stages, waiting allowed."""
+        policy = self.policy()
+        batch = _Batch(principal, operation, items, [None] * len(items))
+        try:
+            take_rate(policy, principal, len(items))
+        except ResourceExhausted as exc:
+            key_id = items[0].key_id if len(items) == 1 else ""
+            event = failure_event(principal, operation, self._resource(key_id), exc)
+            self.recorder.refusals([event], [exc])
+            raise
+        token_error = self._check_and_sign(policy, batch)
+        events = self._events(batch)
+        if token_error is not None:
+            self.recorder.refusals(events, [token_error])
+            raise token_error
+        try:
+            seqs = self.recorder.record(*events)
+        except SignerError as exc:
+            mark_audited(exc)
+            raise
+        return self._release(batch, seqs)
+
+    # -- stages ------------------------------------------------------------------------------
+
+    def _check_and_sign(self, policy: Policy, batch: _Batch) -> SignerError | None:
+        for index, item in enumerate(batch.items):
+            prepared = self._prepare_one(policy, batch, index, item)
+            if prepared is not None:
+                batch.prepared.append(prepared)
+        return self._sign_in_token(batch)
+
+    def _prepare_one(
+        self, policy: Policy, batch: _Batch, index: int, item: SignInput
+    ) -> _Prepared | None:
+        """Check one item; a refusal is noted in the batch (and audited with it)."""
+        resource = Resource(item.key_id[:256])
+        digest = hashlib.sha256(item.payload).hexdigest() if item.payload else ""
+        operation: Operation | None = None
+        try:
+            try:
+                return self._prepare(policy, batch.principal, index, item, digest)
+            except SignerError as exc:
+                key, operation = getattr(exc, "key", None), getattr(exc, "operation", None)
+                if isinstance(key, KeyRecord):
+                    resource = resource_of(key)
+                raise
+            except (RecursionError, ValueError, TypeError, OverflowError) as exc:
+                raise InvalidArgument(f"the payload cannot be checked: {exc}") from exc
+            except Exception as unexpected:  # a bug must cost one item, not the batch
+                log.exception("unexpected error checking a sign request")
+                raise ServiceError(
+                    "internal error checking this item; see the daemon's log"
+                ) from unexpected
+        except SignerError as exc:
+            batch.refuse(index, resource, exc, digest, operation)
+            return None
+
+    def _prepare(
+        self, policy: Policy, principal: Principal, index: int, item: SignInput, digest: str
+    ) -> _Prepared:
+        if not item.key_id:
+            raise InvalidArgument("key_id is required")
+        if item.payload is None and item.digest is None:
+            raise InvalidArgument("send a payload or a digest to sign")
+        if item.payload is not None and item.digest is not None:
+            raise InvalidArgument("send a payload or a digest, not both")
+        if item.payload is not None:
+            check_payload(item.payload, self.max_payload_bytes)
+        key = self.registry.get(item.key_id)
+        operation = Operation.SIGN if item.digest is None else Operation.SIGN_RAW
+        try:
+            for guard in self.guards:
+                operation = stricter(operation, guard.operation(key, item))
+            # Authorise first: a principal who may not sign learns nothing from the guards.
+            policy.authorize(principal, operation, resource_of(key))
+            check_usable(key)
+            for guard in self.guards:  # in order: the last ones record state (versions, claims)
+                guard.check(principal, key, item, policy)
+            alg = key.algorithm
+            tbs = alg.check_digest(item.digest) if item.digest is not None else b""
+            if item.payload is not None:
+                tbs = alg.to_be_signed(item.payload)
+        except SignerError as exc:
+            exc.key = key  # type: ignore[attr-defined]  # for the refusal's audit entry
+            exc.operation = operation  # type: ignore[attr-defined]
+            raise
+        return _Prepared(index, key, item, digest, tbs, operation)
+
+    def _sign_in_token(self, batch: _Batch) -> SignerError | None:
+        """One token call for the batch. A token fault refuses every prepared item."""
+        if not batch.prepared:
+            return None
+        try:
+            raw = self.token.sign_many(
+                [SignItem(p.key.object_id, p.key.algorithm, p.tbs) for p in batch.prepared]
+            )
+        except SignerError as exc:
+            for p in batch.prepared:
+                batch.refuse(p.index, resource_of(p.key), exc, p.payload_sha256, p.operation)
+            return exc
+        for p, signature in zip(batch.prepared, raw, strict=True):
+            if isinstance(signature, bytes):
+                batch.signed.append((p, signature))
+                continue
+            error = (
+                signature
+                if isinstance(signature, SignerError)
+                else ServiceError(f"the token failed to sign: {signature}")
+            )
+            batch.refuse(p.index, resource_of(p.key), error, p.payload_sha256, p.operation)
+        return None
+
+    def _events(self, batch: _Batch) -> list[AuditEvent]:
+        """Every item's entry, in item order: signatures and refusals in one commit."""
+        entries = list(batch.refusals)
+        for p, _ in batch.signed:
+            entries.append(
+                (
+                    p.index,
+                    allowed_event(
+                        batch.principal,
+                        p.operation.value,
+                        resource_of(p.key),
+                        p.payload_sha256,
+                        p.item.detail,
+                        p.item.request_id,
+                    ),
+                )
+            )
+        entries.sort(key=lambda entry: entry[0])
+        for exc in batch.results:
+            if isinstance(exc, SignerError):
+                mark_audited(exc)
+        return [event for _, event in entries]
+
+    def _release(self, batch: _Batch, seqs: Sequence[int]) -> list[Signed | SignerError]:
+        """After the audit entries are committed: hand out the signatures."""
+        seq_of = dict(
+            zip(
+                sorted([i for i, _ in batch.refusals] + [p.index for p, _ in batch.signed]),
+                seqs,
+                strict=True,
+            )
+        )
+        for p, signature in batch.signed:
+            for guard in self.guards:
+                try:  # the signature is audited: bookkeeping must not withhold it
+                    guard.signed(batch.principal, p.key, p.item)
+                except Exception:
+                    log.exception("after signing with key %s", p.key.key_id)
+            alg = p.key.algorithm
+            batch.results[p.index] = Signed(
+                p.key.key_id,
+                alg.encode_signature(signature),
+                signature,
+                alg.scheme,
+                seq_of.get(p.index, 0),
+            )
+        return [r for r in batch.results if r is not None]
+
+    async def _refuse_whole(self, batch: _Batch, exc: SignerError) -> None:
+        """A request refused as a whole (rate limit) is audited once, not once per item."""
+        key_ids = {item.key_id for item in batch.items}
+        key_id = key_ids.pop() if len(key_ids) == 1 else ""
+        payload = batch.items[0].payload if len(batch.items) == 1 else None
+        digest = hashlib.sha256(payload).hexdigest() if payload else ""
+        resource = await inline_or_thread(self._resource, key_id)
+        event = failure_event(batch.principal, batch.operation, resource, exc, digest)
+        await self.recorder.refusals_async([event], [exc])
+
+    def _resource(self, key_id: str) -> Resource:
+        """The key's role and repository for a refusal's entry, if the key exists."""
+        try:
+            return resource_of(self.registry.get(key_id)) if key_id else Resource()
+        except SignerError:
+            return Resource(key_id[:256])
