@@ -71,6 +71,7 @@ class SignerConfig:
     state_dir: Path
     workers: int = 1
     policy_file: Path | None = None
+    crl: Path | None = None  # [tls] crl: revoked client certificates (PEM or DER)
     max_payload_bytes: int = 16 * 1024 * 1024
     max_batch_items: int = 1024
     grace_seconds: float = 10.0
@@ -135,6 +136,7 @@ def load_config(path: Path) -> SignerConfig:
             ca=rel(tls["ca"]),
             cert=rel(tls["cert"]),
             key=rel(tls["key"]),
+            crl=rel(tls["crl"]) if tls.get("crl") else None,
             token=TokenConfig(
                 module=str(token.get("module") or uri.get("module-path") or DEFAULT_MODULE),
                 label=label,

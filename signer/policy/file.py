@@ -4,7 +4,7 @@
     release = ["spiffe://example.org/release-bot", "alice"]
 
     [[rules]]
-    principals = ["group:release", "notary-server.example.org"]   # names, group:NAME, "*"
+    principals = ["group:release", "dns:notary.example.org"]   # names, group:NAME, "*"
     operations = ["sign", "read"]   # read sign sign-raw create retire destroy approve audit
     keys = { roles = ["targets", "targets/*"], repositories = ["docker.io/*"], key_ids = [] }
 
@@ -35,7 +35,7 @@ from signer.errors import ConfigError
 from signer.identity import Principal
 from signer.policy import Operation, QuorumSettings, Resource, TufLimits
 from signer.policy.ratelimit import Limit, RateLimiter
-from signer.policy.rules import Groups, KeySelector, Rule, RulePolicy
+from signer.policy.rules import Groups, KeySelector, Rule, RulePolicy, split_source
 from signer.storage.buckets import Buckets
 
 _TOP_LEVEL = {"groups", "rules", "rate_limits", "tuf", "quorum"}
@@ -108,7 +108,10 @@ class _Parser:
             raise self.fail("[groups]", "must be a table of name = [principals]")
         members = {}
         for name, names in raw.items():
-            members[name] = frozenset(self.strings(f"groups.{name}", names))
+            entries = self.strings(f"groups.{name}", names)
+            for entry in entries:
+                self.check_prefix(f"groups.{name}", entry)
+            members[name] = frozenset(entries)
         return Groups(members)
 
     def rule(self, index: int, raw: Any, groups: Groups) -> Rule:
@@ -123,6 +126,7 @@ class _Parser:
             raise self.fail(where, "principals is required and may not be empty")
         for entry in principals:
             self.check_group(where, entry, groups)
+            self.check_prefix(where, entry)
         ops = self.strings(f"{where} operations", raw.get("operations"))
         if not ops:
             raise self.fail(where, "operations is required and may not be empty")
@@ -188,6 +192,12 @@ class _Parser:
     def check_group(self, where: str, entry: str, groups: Groups) -> None:
         if entry.startswith("group:") and entry[len("group:") :] not in groups.members:
             raise self.fail(where, f"{entry!r} names a group not defined in [groups]")
+
+    def check_prefix(self, where: str, entry: str) -> None:
+        """``uri:``, ``dns:`` and ``cn:`` need a name after them."""
+        source, name = split_source(entry)
+        if source is not None and not name:
+            raise self.fail(where, f"{entry!r} names a source ({source}:) but no principal")
 
     def strings(self, where: str, value: Any) -> list[str]:
         if value is None:

@@ -3,6 +3,10 @@
 Deny by default: a request is allowed only if some rule names the principal (directly,
 through a group, or ``*``), lists the operation, and selects the key. Rules only grant;
 there are no deny rules, so their order never matters.
+
+A principal entry may say where the name must come from: ``uri:``, ``dns:`` or ``cn:``
+(``"dns:admin"`` is only a DNS SAN ``admin``, never a CN ``admin``). A bare entry
+matches the name whatever its source.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
 from signer.errors import PermissionDenied
-from signer.identity import Principal
+from signer.identity import SOURCES, Principal
 from signer.policy import Operation, Resource, denial
 
 
@@ -36,6 +40,31 @@ def _any(globs: tuple[str, ...], value: str) -> bool:
     return not globs or any(fnmatchcase(value, g) for g in globs)
 
 
+def split_source(entry: str) -> tuple[str | None, str]:
+    """``"dns:admin"`` -> ``("dns", "admin")``; a bare entry -> ``(None, entry)``."""
+    source, sep, name = entry.partition(":")
+    if sep and source in SOURCES:
+        return source, name
+    return None, entry
+
+
+def matches(entry: str, principal: Principal) -> bool:
+    """Does a principal pattern (glob, maybe with a source prefix) name this principal?"""
+    source, pattern = split_source(entry)
+    if source is not None and source != principal.source:
+        return False
+    return fnmatchcase(principal.name, pattern)
+
+
+def is_member(members: frozenset[str], principal: Principal) -> bool:
+    """Exact membership: the bare name, or ``source:name``. A name that itself looks
+    prefixed (a CN ``dns:admin``) is matched only as ``cn:dns:admin``, never by the
+    entry ``dns:admin``, which means a DNS SAN ``admin``."""
+    if f"{principal.source}:{principal.name}" in members:
+        return True
+    return principal.name in members and split_source(principal.name)[0] is None
+
+
 @dataclass(frozen=True)
 class Groups:
     """Named sets of principals (``group:NAME`` in rules and rate limits)."""
@@ -46,19 +75,22 @@ class Groups:
         """The groups ``name`` belongs to, in file order."""
         return [g for g, members in self.members.items() if name in members]
 
+    def contains(self, group: str, principal: Principal) -> bool:
+        return is_member(self.members.get(group, frozenset()), principal)
+
 
 @dataclass(frozen=True)
 class Rule:
-    principals: tuple[str, ...]  # names (globs allowed), "group:NAME" or "*"
+    principals: tuple[str, ...]  # names (globs, maybe "dns:" etc.), "group:NAME" or "*"
     operations: frozenset[Operation]
     keys: KeySelector
 
     def names(self, principal: Principal, groups: Groups) -> bool:
         for entry in self.principals:
             if entry.startswith("group:"):
-                if principal.name in groups.members.get(entry[len("group:") :], ()):
+                if groups.contains(entry[len("group:") :], principal):
                     return True
-            elif fnmatchcase(principal.name, entry):
+            elif matches(entry, principal):
                 return True
         return False
 
