@@ -6,6 +6,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from authz_helpers import audit_rows
 
 from harness import Daemon
 from signer.devpki import issue_client, make_ca
@@ -18,7 +19,21 @@ def _list_keys(channel: grpc.Channel) -> object:
 
 
 def test_client_with_valid_certificate_is_served(daemon: Daemon) -> None:
-    _list_keys(daemon.channel("admin"))
+    """Served, and known by the name in its certificate: the key it creates is listed,
+    and the audit log records the call under that name."""
+    with daemon.channel("alice") as channel:
+        created = pb_grpc.KeyServiceStub(channel).CreateKey(
+            pb.CreateKeyRequest(
+                label="mtls-served",
+                algorithm=pb.ECDSA_SHA2_NISTP256,
+                role="targets",
+            ),
+            timeout=10,
+        )
+        listed = _list_keys(channel)
+    assert created.key_id in [k.key_id for k in listed.keys]  # type: ignore[attr-defined]
+    rows = audit_rows(daemon.state, "operation = 'create' AND key_id = ?", (created.key_id,))
+    assert [(r["principal"], r["outcome"]) for r in rows] == [("alice", "allowed")]
 
 
 def test_client_without_certificate_is_rejected(daemon: Daemon) -> None:
