@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from signer import identity
 from signer.audit import AuditLog
 from signer.audit.checkpoint import Checkpointer, CheckpointSettings
+from signer.audit_key import AuditKey
 from signer.config import SignerConfig
 from signer.keys import KeyManager
 from signer.notary.rules import DIALECT as NOTARY
@@ -101,10 +102,8 @@ class SignerApp:
             self.requests, self.registry, self.admin, [self.tuf_rules], config.max_payload_bytes
         )
         self.checkpointer = Checkpointer(
-            config.state_dir / "audit.db",
-            self.token,
-            self.registry,
             self.audit,
+            AuditKey(self.token, self.registry, self.audit),
             CheckpointSettings.from_config(config.extra),
         )
 

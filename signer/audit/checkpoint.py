@@ -4,8 +4,13 @@ The hash chain shows an edit, deletion or reordering to anyone who re-walks it, 
 anyone with write access to the SQLite file could rebuild the whole chain after an edit.
 A checkpoint closes that gap: every N entries or T seconds the daemon signs the chain's
 tip, ``{"_type": "signerd-audit-checkpoint", "seq": S, "hash": H, "time": ...}`` (canonical
-JSON), with the audit key (ECDSA P-256, role ``audit`` in the registry, generated inside
-the token on first use). A rewritten chain no longer matches a signed checkpoint.
+JSON), with the audit key. A rewritten chain no longer matches a signed checkpoint. Each
+checkpoint also goes to the configured anchors (``signer.audit.anchor``), outside the
+database, which makes a truncated tail or forged appends detectable too.
+
+This package is a leaf: it knows nothing of the token or the registry. The signing key is
+injected as a ``CheckpointSigner`` (the daemon's is ``signer.audit_key.AuditKey``: ECDSA
+P-256 in the token, role ``audit`` in the registry, generated on first use).
 """
 
 from __future__ import annotations
@@ -14,39 +19,96 @@ import datetime as dt
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from securesystemslib.formats import encode_canonical
 
-from signer.algorithms import ECDSA_P256, public_key_pem, tuf_key, tuf_key_json
-from signer.audit.log import AuditEvent, AuditLog, Outcome
-from signer.keys import AUDIT_ROLE
-from signer.registry import KeyRecord, KeyRegistry
-from signer.storage.sqlite import connect
-from signer.token import Token
+from signer.audit.anchor import AnchoredCheckpoint, Anchors, CommandAnchor, FileAnchor
+from signer.audit.log import AuditLog
+from signer.errors import ConfigError
+from signer.storage.sqlite import connect, transaction
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_TYPE = "signerd-audit-checkpoint"
-AUDIT_KEY_LABEL = "signerd-audit"
-SYSTEM_PRINCIPAL = "signerd"  # the daemon itself, in audit entries it writes on its own
+
+
+class CheckpointSigner(Protocol):
+    """Signs checkpoint bodies. ``key_id`` names the key ``sign`` uses (first use may
+    create it); ``sign`` returns the signature bytes a ``CheckpointVerifier`` checks."""
+
+    @property
+    def key_id(self) -> str: ...
+
+    def sign(self, message: bytes) -> bytes: ...
+
+
+class CheckpointVerifier(Protocol):
+    """The public half of an audit key: True if ``signature`` is its signature over
+    ``message``."""
+
+    def verify(self, message: bytes, signature: bytes) -> bool: ...
+
+
+# key id -> verifier, as found by whoever knows where audit keys are registered.
+AuditKeys = Mapping[str, CheckpointVerifier]
 
 
 @dataclass(frozen=True)
 class CheckpointSettings:
+    """``[audit]`` in the daemon's config. ``anchor_file`` must be an absolute path."""
+
     every_entries: int = 1000
     every_seconds: float = 60.0
+    anchor_file: Path | None = None
+    anchor_command: tuple[str, ...] = ()
 
     @classmethod
-    def from_config(cls, extra: dict[str, object]) -> CheckpointSettings:
+    def from_config(cls, extra: Mapping[str, object]) -> CheckpointSettings:
         section = extra.get("audit", {})
-        if not isinstance(section, dict):
-            return cls()
+        if not isinstance(section, Mapping):
+            raise ConfigError("[audit] must be a table")
+        try:
+            entries = int(section.get("checkpoint_entries", cls.every_entries))  # type: ignore[call-overload]
+            seconds = float(section.get("checkpoint_seconds", cls.every_seconds))  # type: ignore[arg-type]
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"[audit] checkpoint_entries/checkpoint_seconds: {exc}") from exc
+        if entries < 1 or not seconds > 0:
+            raise ConfigError("[audit] checkpoint_entries and checkpoint_seconds must be > 0")
+        anchor_file = section.get("anchor_file")
+        if anchor_file is not None and not (
+            isinstance(anchor_file, str) and anchor_file and Path(anchor_file).is_absolute()
+        ):
+            raise ConfigError("[audit] anchor_file must be an absolute path")
+        command = section.get("anchor_command", [])
+        if not (
+            isinstance(command, list | tuple) and all(isinstance(a, str) and a for a in command)
+        ):
+            raise ConfigError('[audit] anchor_command must be a list of strings: ["prog", ...]')
         return cls(
-            int(section.get("checkpoint_entries", cls.every_entries)),
-            float(section.get("checkpoint_seconds", cls.every_seconds)),
+            entries,
+            seconds,
+            Path(anchor_file) if anchor_file else None,
+            tuple(str(a) for a in command),
         )
+
+    def anchors(self) -> Anchors:
+        sinks: list[FileAnchor | CommandAnchor] = []
+        if self.anchor_file is not None:
+            sinks.append(FileAnchor(self.anchor_file))
+        if self.anchor_command:
+            sinks.append(CommandAnchor(self.anchor_command))
+        return Anchors(sinks)
+
+    def allowed_tail(self) -> tuple[int, float]:
+        """How far a healthy chain may run past its last checkpoint: (entries, seconds).
+
+        The cadence itself, plus a margin: entries committed while a checkpoint is being
+        signed, a poll interval, a token that heals for a while (checkpoints retry)."""
+        return 2 * self.every_entries + 100, 2 * self.every_seconds + 60.0
 
 
 def checkpoint_body(seq: int, tip_hash: str, when: float) -> str:
@@ -56,27 +118,24 @@ def checkpoint_body(seq: int, tip_hash: str, when: float) -> str:
 
 
 class Checkpointer:
-    """A background thread that signs the chain's tip when it is due."""
+    """A background thread that signs the chain's tip when it is due, and anchors it."""
 
     def __init__(
-        self,
-        path: Path,
-        token: Token,
-        registry: KeyRegistry,
-        audit: AuditLog,
-        settings: CheckpointSettings,
+        self, audit: AuditLog, signer: CheckpointSigner, settings: CheckpointSettings
     ) -> None:
-        self.token = token
-        self.registry = registry
         self.audit = audit
+        self.signer = signer
         self.settings = settings
-        self._conn = connect(path)
+        self.anchors = settings.anchors()
+        # FULL, like the entries: an anchored checkpoint must never vanish from the log.
+        self._conn = connect(audit.path, synchronous="FULL")
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._since = time.time()
         self._last_seq = 0
+        self._unanchored: list[AnchoredCheckpoint] = []  # anchors that failed: retried
         audit.on_commit(self._committed)
 
     def _committed(self, seq: int) -> None:
@@ -109,12 +168,13 @@ class Checkpointer:
                 return
             try:
                 self.checkpoint()
-            except Exception as exc:  # the token may be healing: try again later
+            except Exception as exc:  # the token may be healing, the disk full: retry
                 log.warning("audit checkpoint failed, will retry: %s", exc)
 
     def checkpoint(self, force: bool = False) -> int | None:
         """Sign the tip if it is due; returns the sequence number checkpointed, if any."""
         with self._lock:
+            self._retry_anchors()
             tip = self._conn.execute(
                 "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1"
             ).fetchone()
@@ -136,68 +196,31 @@ class Checkpointer:
             )
             if not due:
                 return None
-            key = self.audit_key()
+            key_id = self.signer.key_id
             body = checkpoint_body(seq, tip_hash, now)
-            alg = key.algorithm
-            raw = self.token.sign(key.object_id, alg, alg.to_be_signed(body.encode()))
-            signature = alg.encode_signature(raw).hex()
-            self._conn.execute(
-                "INSERT OR IGNORE INTO audit_checkpoints (seq, hash, time, key_id, body, signature)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (seq, tip_hash, now, key.key_id, body, signature),
-            )
+            signature = self.signer.sign(body.encode()).hex()
+            with transaction(self._conn) as conn:
+                cursor = conn.execute(
+                    "INSERT OR IGNORE INTO audit_checkpoints"
+                    " (seq, hash, time, key_id, body, signature) VALUES (?, ?, ?, ?, ?, ?)",
+                    (seq, tip_hash, now, key_id, body, signature),
+                )
+                row_id = cursor.lastrowid if cursor.rowcount == 1 else None
             self._last_seq = seq
+            if row_id is not None:  # not made by another worker at the same moment
+                self._anchor(AnchoredCheckpoint(row_id, seq, tip_hash, key_id, body, signature))
             return seq
 
-    def audit_key(self) -> KeyRecord:
-        """The active audit key; generated in the token and registered on first use.
-
-        Workers race to make it on their first checkpoint: the maker holds the audit
-        database's write lock meanwhile, so exactly one key is made.
-        """
-        found = self._find_key()
-        if found is not None:
-            return found
-        self._conn.execute("BEGIN IMMEDIATE")
+    def _anchor(self, checkpoint: AnchoredCheckpoint) -> None:
+        if not self.anchors.sinks:
+            return
         try:
-            found = self._find_key()  # made by another worker while we waited?
-            if found is None:
-                record = self._make_key()
-        finally:
-            self._conn.execute("COMMIT")
-        if found is not None:
-            return found
-        self.audit.record(  # after COMMIT: the audit writer needs the lock we held
-            AuditEvent(
-                SYSTEM_PRINCIPAL,
-                "create",
-                Outcome.ALLOWED,
-                record.key_id,
-                AUDIT_ROLE,
-                detail="audit checkpoint key",
-            )
-        )
-        log.info("created the audit checkpoint key %s in the token", record.key_id)
-        return record
+            self.anchors.write(checkpoint)
+        except OSError as exc:
+            log.error("audit checkpoint %d not anchored yet, will retry: %s", checkpoint.id, exc)
+            self._unanchored.append(checkpoint)
 
-    def _find_key(self) -> KeyRecord | None:
-        for record in self.registry.find(role=AUDIT_ROLE, state="active"):
-            return record
-        return None
-
-    def _make_key(self) -> KeyRecord:
-        object_id, public = self.token.generate(ECDSA_P256, AUDIT_KEY_LABEL)
-        key = tuf_key(ECDSA_P256, public)
-        return self.registry.add(
-            KeyRecord(
-                key_id=key.keyid,
-                object_id=object_id,
-                algorithm_name=ECDSA_P256.name,
-                label=AUDIT_KEY_LABEL,
-                role=AUDIT_ROLE,
-                repository="",
-                public_key_pem=public_key_pem(public),
-                tuf_key_json=tuf_key_json(key),
-                created_by=SYSTEM_PRINCIPAL,
-            )
-        )
+    def _retry_anchors(self) -> None:
+        pending, self._unanchored = self._unanchored, []
+        for checkpoint in pending:
+            self._anchor(checkpoint)

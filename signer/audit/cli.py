@@ -8,25 +8,44 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from signer.audit.checkpoint import CheckpointSettings
 from signer.cli import COMMANDS, PARSER_EXTENSIONS
 
 
 def _state_dir(args: argparse.Namespace) -> Path:
+    return _where(args)[0]
+
+
+def _where(args: argparse.Namespace) -> tuple[Path, CheckpointSettings]:
+    """The state directory and the checkpoint cadence (the defaults without --config)."""
     if args.state_dir:
-        return Path(args.state_dir)
+        return Path(args.state_dir), CheckpointSettings()
     from signer.config import load_config
 
-    return load_config(Path(args.config)).state_dir
+    config = load_config(Path(args.config))
+    return config.state_dir, CheckpointSettings.from_config(config.extra)
 
 
 def _verify(args: argparse.Namespace) -> int:
     from signer.audit.verify import verify
 
-    state = _state_dir(args)
-    report = verify(state / "audit.db", state / "keys.db", args.audit_key_id)
+    state, settings = _where(args)
+    if args.checkpoint_entries or args.checkpoint_seconds:
+        settings = replace(
+            settings,
+            every_entries=args.checkpoint_entries or settings.every_entries,
+            every_seconds=args.checkpoint_seconds or settings.every_seconds,
+        )
+    anchor = Path(args.anchor) if args.anchor else None
+    if anchor is None and settings.anchor_file is not None and settings.anchor_file.exists():
+        anchor = settings.anchor_file  # the daemon's own anchor file, if readable here
+    if anchor is not None and not anchor.is_file():
+        raise ValueError(f"no anchor file {anchor}")
+    report = verify(state / "audit.db", state / "keys.db", args.audit_key_id, settings, anchor)
     for problem in report.problems:
         print(problem)
     print(report.summary())
@@ -58,6 +77,17 @@ def _extend(sub: Any) -> None:
 
     verify = where(audit_sub.add_parser("verify", help="check the hash chain and checkpoints"))
     verify.add_argument("--audit-key-id", help="pin the audit key expected to sign checkpoints")
+    verify.add_argument(
+        "--anchor",
+        help="the anchor file the daemon appended checkpoints to ([audit] anchor_file, its "
+        "default with --config): detects a truncated tail and forged appends",
+    )
+    verify.add_argument(
+        "--checkpoint-entries", type=int, help="the daemon's cadence (default: from --config)"
+    )
+    verify.add_argument(
+        "--checkpoint-seconds", type=float, help="the daemon's cadence (default: from --config)"
+    )
     export = where(audit_sub.add_parser("export", help="write the entries as JSON lines"))
     export.add_argument("--out", help="file to write (default: stdout)")
     export.add_argument("--since", type=int, default=0, help="only entries after this seq")

@@ -1,32 +1,47 @@
 """Append-only, hash-chained audit log with group commit.
 
 Fail closed: ``record`` returns only once the entries are committed; if they cannot be,
-it raises ``AuditUnavailable`` and the caller returns no signature. SQLite in WAL mode
-with ``synchronous=NORMAL`` survives the writing process being killed (SIGKILL) once a
-commit has returned, which is the promise we make: no entry is lost for a signature that
-was handed out.
+it raises ``AuditUnavailable`` and the caller returns no signature. The database runs in
+WAL mode with ``synchronous=FULL``: every commit is fsync'd before it returns, so no
+signature leaves before its entry would survive a power loss (not merely the writing
+process being killed).
 
 Many requests arrive at once; one writer thread commits whatever is pending in one
-transaction (group commit), so the log costs one fsync-free commit per batch rather
-than per request. Several worker processes share the chain: each transaction takes the
-write lock (BEGIN IMMEDIATE) and reads the tip of the chain inside it.
+transaction (group commit), so the log costs one fsync per batch rather than per
+request: callers that arrive while a commit's fsync runs join the next one. Both the
+threaded path (``record``) and the event loop's (``record_async``) feed that one writer,
+so the loop never waits on an fsync. Several worker processes share the chain: each
+transaction takes the write lock (BEGIN IMMEDIATE) and reads the tip of the chain inside
+it.
+
+A full disk refuses writes (``AuditUnavailable``, "the disk ... is full") and the next
+commit after space is freed succeeds: nothing to restart.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
+import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from pathlib import Path
 
-from signer.errors import AuditUnavailable, PermissionDenied, ResourceExhausted, SignerError
-from signer.storage.sqlite import connect
+from signer.errors import (
+    AuditUnavailable,
+    ConfigError,
+    PermissionDenied,
+    ResourceExhausted,
+    SignerError,
+    StorageUnavailable,
+)
+from signer.storage.sqlite import connect, is_disk_full, transaction
 
 log = logging.getLogger(__name__)
 
@@ -101,94 +116,133 @@ def astuple_flat(event: AuditEvent) -> tuple[object, ...]:
     return tuple(getattr(event, name) for name in _FIELDS)
 
 
+# One encoder, made once: ``json.dumps`` with options builds a new encoder per call.
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+_NOT_HASHED = frozenset(("seq", "prev_hash", "hash"))
+
+
 def entry_hash(prev_hash: str, seq: int, event: dict[str, object]) -> str:
-    """The chain link: sha256 over the previous hash, the sequence and the entry's fields."""
-    body = {k: event[k] for k in sorted(event) if k not in ("seq", "prev_hash", "hash")}
-    material = json.dumps([prev_hash, seq, body], sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(material.encode()).hexdigest()
+    """The chain link: sha256 over the previous hash, the sequence and the entry's fields.
+
+    The material is ``json.dumps([prev_hash, seq, fields], sort_keys=True,
+    separators=(",", ":"))``; the verifier recomputes exactly that.
+    """
+    body = {k: v for k, v in event.items() if k not in _NOT_HASHED}
+    return hashlib.sha256(_ENCODER.encode([prev_hash, seq, body]).encode()).hexdigest()
+
+
+def _fields_hash(prev_hash: str, seq: int, body: dict[str, object]) -> str:
+    """``entry_hash`` for a dict that holds only the hashed fields (the writer's rows)."""
+    return hashlib.sha256(_ENCODER.encode([prev_hash, seq, body]).encode()).hexdigest()
 
 
 class _Pending:
-    """Entries waiting to be committed."""
+    """Entries waiting to be committed; ``finish`` is called once they are (or failed)."""
 
-    __slots__ = ("done", "error", "events", "seqs")
+    __slots__ = ("done", "error", "events", "finish", "seqs")
 
-    def __init__(self, events: Sequence[AuditEvent]) -> None:
+    def __init__(
+        self, events: Sequence[AuditEvent], finish: Callable[[_Pending], object] | None = None
+    ) -> None:
         self.events = events
         self.done = threading.Event()
         self.error: BaseException | None = None
         self.seqs: list[int] = []
+        self.finish = finish
+
+
+def _unavailable(error: BaseException, path: Path) -> AuditUnavailable:
+    if is_disk_full(error):
+        return AuditUnavailable(
+            f"the audit log could not be written: the disk holding {path} is full; "
+            "nothing was signed (free space: the daemon recovers by itself)"
+        )
+    return AuditUnavailable(f"the audit log could not be written ({error}); nothing was signed")
 
 
 class AuditLog:
-    def __init__(self, path: Path) -> None:
+    """The chain's writer. ``synchronous``: SQLite's setting for commits (FULL: fsync'd).
+
+    ``linger_seconds``: how long the writer waits for more callers before a commit when
+    the previous commit carried more than one caller (under load); alone, it never waits.
+    """
+
+    def __init__(
+        self, path: Path, *, synchronous: str = "FULL", linger_seconds: float = 0.0002
+    ) -> None:
         self.path = path
-        self._conn = connect(path)
-        self._conn.execute(_SCHEMA)
-        self._conn.execute(_CHECKPOINT_SCHEMA)
+        self.linger_seconds = linger_seconds
+        try:
+            self._conn = connect(path, synchronous=synchronous)
+            self._conn.execute(_SCHEMA)
+            self._conn.execute(_CHECKPOINT_SCHEMA)
+        except (StorageUnavailable, sqlite3.DatabaseError) as exc:
+            # Only the daemon's start-up opens the log: a clear message, not a traceback.
+            cause = exc.__cause__ or exc
+            raise ConfigError(
+                f"cannot open the audit log {path}: {cause} (a damaged file, or not a "
+                "database? check the state directory; see `signerd audit verify`)"
+            ) from exc
         self._cv = threading.Condition()
         self._commit_lock = threading.Lock()
-        self._loop_queue: list[tuple[_Pending, asyncio.Future[list[int]]]] = []
-        self._loop_flush_scheduled = False
         self._queue: list[_Pending] = []
         self._stopped = False
         self._listeners: list[Callable[[int], object]] = []
+        self.commits = 0  # statistics: transactions committed and the entries they held
+        self.committed_entries = 0
+        self.committed_callers = 0
         self._writer = threading.Thread(target=self._write_loop, name="audit-writer", daemon=True)
         self._writer.start()
 
     def record(self, *events: AuditEvent) -> list[int]:
         """Append events durably; return their sequence numbers. Raises AuditUnavailable."""
         pending = _Pending(events)
+        self._enqueue(pending)
+        pending.done.wait()
+        if pending.error is not None:
+            raise _unavailable(pending.error, self.path) from pending.error
+        return pending.seqs
+
+    async def record_async(self, *events: AuditEvent) -> list[int]:
+        """``record`` for the asyncio server: the loop hands the entries to the writer.
+
+        The loop never waits for the fsync; every request that reaches this point while a
+        commit is running joins the next transaction (one commit for many signatures).
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[int]] = loop.create_future()
+
+        def settle(pending: _Pending) -> None:
+            if not future.done():
+                if pending.error is None:
+                    future.set_result(pending.seqs)
+                else:
+                    future.set_exception(_unavailable(pending.error, self.path))
+
+        def finish(pending: _Pending) -> None:  # on the writer thread
+            try:
+                loop.call_soon_threadsafe(settle, pending)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                pass
+
+        self._enqueue(_Pending(events, finish))
+        return await future
+
+    def _enqueue(self, pending: _Pending) -> None:
         with self._cv:
             if self._stopped:
                 raise AuditUnavailable("the audit log is closed")
             self._queue.append(pending)
             self._cv.notify()
-        pending.done.wait()
-        if pending.error is not None:
-            raise AuditUnavailable(
-                f"the audit log could not be written ({pending.error}); nothing was signed"
-            ) from pending.error
-        return pending.seqs
 
-    async def record_async(self, *events: AuditEvent) -> list[int]:
-        """``record`` for the asyncio server: group commit on the event loop itself.
-
-        Every request that reaches this point in the same turn of the loop joins one
-        transaction, committed by a callback on the loop: no hand-off to another thread
-        (which would wait for the GIL), one commit for many signatures.
-        """
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[list[int]] = loop.create_future()
-        self._loop_queue.append((_Pending(events), future))
-        if not self._loop_flush_scheduled:
-            self._loop_flush_scheduled = True
-            loop.call_soon(self._flush_loop_queue)
-        return await future
-
-    def _flush_loop_queue(self) -> None:
-        self._loop_flush_scheduled = False
-        batch, self._loop_queue = self._loop_queue, []
-        if self._stopped:
-            error: BaseException | None = RuntimeError("the audit log is closed")
-        else:
-            try:
-                self._commit([pending for pending, _ in batch])
-                error = None
-            except BaseException as exc:
-                log.exception("audit write failed")
-                error = exc
-        for pending, future in batch:
-            if future.done():
-                continue
-            if error is None:
-                future.set_result(pending.seqs)
-            else:
-                future.set_exception(
-                    AuditUnavailable(
-                        f"the audit log could not be written ({error}); nothing was signed"
-                    )
-                )
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the audit database's write lock (all workers): e.g. to make the audit key
+        exactly once. Nothing may be recorded meanwhile by the holder (it would wait)."""
+        with self._commit_lock:
+            conn = self._conn
+            with transaction(conn):
+                yield
 
     def on_commit(self, listener: Callable[[int], object]) -> None:
         """Call ``listener(last_seq)`` after each commit; it must return at once."""
@@ -202,21 +256,36 @@ class AuditLog:
         self._conn.close()
 
     def _write_loop(self) -> None:
+        batched = 1  # callers in the previous commit
         while True:
             with self._cv:
                 while not self._queue and not self._stopped:
                     self._cv.wait()
+                if self._queue and batched > 1 and self.linger_seconds > 0:
+                    # Under load: let the callers that are on their way join this commit.
+                    deadline = time.monotonic() + self.linger_seconds
+                    while len(self._queue) < batched and not self._stopped:
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            break
+                        self._cv.wait(left)
                 batch, self._queue = self._queue, []
                 if not batch and self._stopped:
                     return
+            batched = len(batch)
             try:
                 self._commit(batch)
             except BaseException as exc:
-                log.exception("audit write failed")
+                if is_disk_full(exc):
+                    log.error("audit write refused, the disk is full: %s", exc)
+                else:
+                    log.exception("audit write failed")
                 for pending in batch:
                     pending.error = exc
             for pending in batch:
                 pending.done.set()
+                if pending.finish is not None:
+                    pending.finish(pending)
 
     def _commit(self, batch: list[_Pending]) -> None:
         with self._commit_lock:
@@ -230,31 +299,39 @@ class AuditLog:
 
     def _commit_locked(self, batch: list[_Pending]) -> None:
         conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
         try:
-            tip = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-            seq, prev = (tip[0], tip[1]) if tip else (0, GENESIS)
-            rows = []
-            for pending in batch:
-                for event in pending.events:
-                    seq += 1
-                    row: dict[str, object] = dict(zip(_FIELDS, astuple_flat(event), strict=True))
-                    row["outcome"] = str(event.outcome)
-                    digest = entry_hash(prev, seq, row)
-                    row.update(seq=seq, prev_hash=prev, hash=digest)
-                    rows.append(row)
-                    pending.seqs.append(seq)
-                    prev = digest
-            columns = list(rows[0]) if rows else []
-            if rows:
-                conn.executemany(
-                    f"INSERT INTO audit ({', '.join(columns)}) "
-                    f"VALUES ({', '.join('?' for _ in columns)})",
-                    [[r[c] for c in columns] for r in rows],
-                )
-            conn.execute("COMMIT")
+            with transaction(conn):
+                tip = conn.execute(
+                    "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1"
+                ).fetchone()
+                seq, prev = (tip[0], tip[1]) if tip else (0, GENESIS)
+                rows = []
+                for pending in batch:
+                    for event in pending.events:
+                        seq += 1
+                        body: dict[str, object] = dict(
+                            zip(_FIELDS, astuple_flat(event), strict=True)
+                        )
+                        body["outcome"] = str(event.outcome)
+                        digest = _fields_hash(prev, seq, body)
+                        rows.append((*body.values(), seq, prev, digest))
+                        pending.seqs.append(seq)
+                        prev = digest
+                if rows:
+                    conn.executemany(_INSERT, rows)
         except BaseException:
-            conn.execute("ROLLBACK")
             for pending in batch:
                 pending.seqs.clear()
+            if conn.in_transaction:  # the ROLLBACK failed too (disk full): try once more
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
             raise
+        self.commits += 1
+        self.committed_callers += len(batch)
+        self.committed_entries += sum(len(p.events) for p in batch)
+
+
+_INSERT = (
+    f"INSERT INTO audit ({', '.join((*_FIELDS, 'seq', 'prev_hash', 'hash'))}) "
+    f"VALUES ({', '.join('?' for _ in range(len(_FIELDS) + 3))})"
+)

@@ -7,28 +7,47 @@ under another sequence number was *moved*, which tells an insertion (later rows 
 up), a deletion with renumbering (shifted down) and a reordering (rows swapped) apart; a
 gap in the numbering is a *deletion*. Finally every checkpoint's signature is checked
 with the audit key and its (seq, hash) against the row it covers, which catches a chain
-rebuilt after an edit, and a truncated tail up to the last checkpoint.
+rebuilt after an edit, and a truncated tail up to the last checkpoint. Checkpoint ids
+must run 1, 2, 3... without a gap, and the chain may not run further past the last
+checkpoint than the configured cadence allows (``CheckpointSettings.allowed_tail``): so
+deleting checkpoints does not make the chain rewritable.
 
-Limit: entries after the last checkpoint can be removed or appended without trace, as
+With an anchor file (``--anchor``, the checkpoints the daemon also wrote outside the
+database), every anchored checkpoint must be in the database unchanged and the chain
+must reach the last anchored entry: a truncated tail shows. Without one, entries after
+the last checkpoint (within the cadence) can be removed or appended without trace, as
 can anything if the attacker also controls the audit key's registry entry; pin the
 audit key id (``--audit-key-id``) to guard against the latter.
+
+This module reads the key registry's one table it needs itself (read-only, by path),
+so the audit package imports no key code.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from securesystemslib.signer import Signature
+from securesystemslib.signer import Key, Signature
 
 from signer.algorithms import key_from_json
-from signer.audit.checkpoint import CHECKPOINT_TYPE
+from signer.audit.anchor import AnchoredCheckpoint, read_anchor_file
+from signer.audit.checkpoint import (
+    CHECKPOINT_TYPE,
+    AuditKeys,
+    CheckpointSettings,
+    CheckpointVerifier,
+)
 from signer.audit.log import GENESIS, entry_hash
-from signer.keys import AUDIT_ROLE
+from signer.errors import StorageUnavailable
+
+# The registry's reserved role of the audit key (signer.pipeline.admission.AUDIT_ROLE).
+AUDIT_ROLE = "audit"
 
 _COLUMNS = (
     "seq",
@@ -50,7 +69,7 @@ _COLUMNS = (
 
 @dataclass(frozen=True)
 class Problem:
-    kind: str  # edited, deleted, inserted, reordered, checkpoint
+    kind: str  # edited, deleted, inserted, reordered, checkpoint, uncovered, truncated, anchor
     seq: int
     message: str
 
@@ -64,6 +83,7 @@ class Report:
     checkpoints: int = 0
     last_checkpoint_seq: int = 0
     tip_seq: int = 0
+    anchors: int = 0  # anchored checkpoints checked against the database
     problems: list[Problem] = field(default_factory=list)
 
     @property
@@ -82,6 +102,8 @@ class Report:
         )
         if self.checkpoints:
             text += f" (the last covers entry {self.last_checkpoint_seq})"
+        if self.anchors:
+            text += f", {self.anchors} anchored checkpoint(s) found in the database"
         if self.tip_seq > self.last_checkpoint_seq:
             text += (
                 f"; entries {self.last_checkpoint_seq + 1}-{self.tip_seq} are not yet covered "
@@ -96,6 +118,27 @@ def open_readonly(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     conn.row_factory = sqlite3.Row
     return conn
+
+
+def damaged(path: Path, exc: sqlite3.Error) -> StorageUnavailable:
+    """One line for a file that is not (or no longer) a readable audit database."""
+    return StorageUnavailable(
+        f"cannot read {path}: {exc} (a damaged file, or not a signerd database)"
+    )
+
+
+class PublicAuditKey:
+    """A ``CheckpointVerifier`` for a key registered with role ``audit``."""
+
+    def __init__(self, key: Key) -> None:
+        self.key = key
+
+    def verify(self, message: bytes, signature: bytes) -> bool:
+        try:
+            self.key.verify_signature(Signature(self.key.keyid, signature.hex()), message)
+        except Exception:
+            return False
+        return True
 
 
 def rows(conn: sqlite3.Connection, since: int = 0) -> Iterator[dict[str, Any]]:
@@ -216,7 +259,7 @@ def _classify_moves(moved: list[tuple[int, int]], present: set[int]) -> list[Pro
 def verify_checkpoints(
     conn: sqlite3.Connection,
     entries_by_seq: dict[int, dict[str, Any]],
-    keys_db: Path | None,
+    keys: AuditKeys,
     audit_key_id: str | None = None,
 ) -> tuple[int, int, list[Problem]]:
     """Check each checkpoint's signature and that the chain still holds what it signed."""
@@ -230,50 +273,14 @@ def verify_checkpoints(
         ]
     except sqlite3.OperationalError:
         return 0, 0, []
-    keys = _audit_keys(keys_db)
+    problems += _missing_ids([int(cp["id"]) for cp in checkpoints])
     last_seq = 0
     for cp in checkpoints:
         seq = int(cp["seq"])
         label = f"checkpoint {cp['id']} (entry {seq})"
-        key = keys.get(cp["key_id"])
-        if audit_key_id and cp["key_id"] != audit_key_id:
-            problems.append(
-                Problem(
-                    "checkpoint",
-                    seq,
-                    f"{label} is signed by key {cp['key_id']}, not the pinned audit key",
-                )
-            )
-            continue
-        if key is None:
-            problems.append(
-                Problem(
-                    "checkpoint",
-                    seq,
-                    f"{label} is signed by key {cp['key_id']}, which is not a registered audit key",
-                )
-            )
-            continue
-        try:
-            body = json.loads(cp["body"])
-            body_ok = body == {
-                "_type": CHECKPOINT_TYPE,
-                "hash": cp["hash"],
-                "seq": seq,
-                "time": body["time"],
-            }
-        except (ValueError, KeyError, TypeError):
-            body_ok = False
-        signature = Signature(cp["key_id"], cp["signature"])
-        try:
-            key.verify_signature(signature, cp["body"].encode())
-            sig_ok = True
-        except Exception:
-            sig_ok = False
-        if not (body_ok and sig_ok):
-            problems.append(
-                Problem("checkpoint", seq, f"{label}: bad signature, or its fields were edited")
-            )
+        trouble = _signed_properly(cp, keys, audit_key_id, label)
+        if trouble:
+            problems.append(Problem("checkpoint", seq, trouble))
             continue
         row = entries_by_seq.get(seq)
         if row is None:
@@ -291,35 +298,199 @@ def verify_checkpoints(
     return len(checkpoints), last_seq, problems
 
 
-def _audit_keys(keys_db: Path | None) -> dict[str, Any]:
+def _missing_ids(ids: list[int]) -> list[Problem]:
+    """Checkpoints are numbered 1, 2, 3...: a gap is a deleted checkpoint."""
+    problems = []
+    expected = 1
+    for cp_id in ids:
+        if cp_id > expected:
+            gone = str(expected) if cp_id == expected + 1 else f"{expected}-{cp_id - 1}"
+            problems.append(
+                Problem(
+                    "checkpoint",
+                    0,
+                    f"checkpoint {gone} deleted: the checkpoint ids jump "
+                    f"from {expected - 1} to {cp_id}",
+                )
+            )
+        expected = cp_id + 1
+    return problems
+
+
+def _signed_properly(
+    cp: Mapping[str, Any], keys: AuditKeys, audit_key_id: str | None, label: str
+) -> str | None:
+    """What is wrong with a checkpoint's key, body or signature; None if nothing."""
+    seq = int(cp["seq"])
+    if audit_key_id and cp["key_id"] != audit_key_id:
+        return f"{label} is signed by key {cp['key_id']}, not the pinned audit key"
+    key = keys.get(cp["key_id"])
+    if key is None:
+        return f"{label} is signed by key {cp['key_id']}, which is not a registered audit key"
+    try:
+        body = json.loads(cp["body"])
+        body_ok = body == {
+            "_type": CHECKPOINT_TYPE,
+            "hash": cp["hash"],
+            "seq": seq,
+            "time": body["time"],
+        }
+        signature = bytes.fromhex(cp["signature"])
+    except (ValueError, KeyError, TypeError):
+        return f"{label}: bad signature, or its fields were edited"
+    if not (body_ok and key.verify(cp["body"].encode(), signature)):
+        return f"{label}: bad signature, or its fields were edited"
+    return None
+
+
+def verify_tail(
+    entries: list[dict[str, Any]], last_checkpoint_seq: int, settings: CheckpointSettings
+) -> list[Problem]:
+    """The chain may run past its last checkpoint only as far as the cadence allows.
+
+    The daemon checkpoints every N entries or T seconds and at a clean stop; deleting the
+    last checkpoints (to rewrite the chain after them) leaves a longer uncovered tail."""
+    tail = [r for r in entries if r["seq"] > last_checkpoint_seq]
+    if not tail:
+        return []
+    max_entries, max_seconds = settings.allowed_tail()
+    span = float(tail[-1]["time"]) - float(tail[0]["time"])
+    first, last = tail[0]["seq"], tail[-1]["seq"]
+    if len(tail) <= max_entries and span <= max_seconds:
+        return []
+    where = (
+        f"the last checkpoint covers entry {last_checkpoint_seq}"
+        if last_checkpoint_seq
+        else ("there is no checkpoint")
+    )
+    return [
+        Problem(
+            "uncovered",
+            first,
+            f"entries {first}-{last} ({len(tail)} entries over {span:.0f} s) are covered by no "
+            f"checkpoint, more than the cadence allows (every {settings.every_entries} entries "
+            f"or {settings.every_seconds:g} s): checkpoints were deleted ({where}), or entries "
+            "appended",
+        )
+    ]
+
+
+def verify_anchors(
+    anchor_file: Path,
+    conn: sqlite3.Connection,
+    entries_by_seq: dict[int, dict[str, Any]],
+    tip_seq: int,
+    keys: AuditKeys,
+    audit_key_id: str | None = None,
+) -> tuple[int, list[Problem]]:
+    """Every anchored checkpoint is in the database, unchanged, and the chain reaches it."""
+    problems: list[Problem] = []
+    stored = {
+        int(r["id"]): dict(r)
+        for r in conn.execute(
+            "SELECT id, seq, hash, key_id, body, signature FROM audit_checkpoints"
+        )
+    }
+    anchored: list[AnchoredCheckpoint] = []
+    for number, item in read_anchor_file(anchor_file):
+        if isinstance(item, str):
+            problems.append(Problem("anchor", 0, f"anchor file line {number}: {item}"))
+            continue
+        label = f"anchored checkpoint {item.id} (entry {item.seq})"
+        trouble = _signed_properly(asdict(item), keys, audit_key_id, label)
+        if trouble:
+            problems.append(Problem("anchor", item.seq, trouble))
+            continue
+        if item not in anchored:  # a line written twice (an anchor retried)
+            anchored.append(item)
+    for item in sorted(anchored, key=lambda a: (a.id, a.seq)):
+        label = f"anchored checkpoint {item.id} (entry {item.seq})"
+        row = stored.get(item.id)
+        if row is None:
+            problems.append(Problem("anchor", item.seq, f"{label} was deleted from the database"))
+        elif any(row[name] != value for name, value in asdict(item).items()):
+            problems.append(
+                Problem(
+                    "anchor", item.seq, f"{label} differs from checkpoint {item.id} in the database"
+                )
+            )
+        entry = entries_by_seq.get(item.seq)
+        if entry is not None and entry["hash"] != item.hash:
+            problems.append(
+                Problem(
+                    "edited",
+                    item.seq,
+                    f"entries up to {item.seq} were rewritten: "
+                    f"entry {item.seq} no longer has the hash {label} signed",
+                )
+            )
+    if anchored:
+        last = max(a.seq for a in anchored)
+        if tip_seq < last:
+            problems.append(
+                Problem(
+                    "truncated",
+                    tip_seq + 1,
+                    f"the chain was truncated: it ends at entry {tip_seq}, "
+                    f"but the anchors cover entry {last}",
+                )
+            )
+    return len(anchored), problems
+
+
+def registered_audit_keys(keys_db: Path | None) -> dict[str, CheckpointVerifier]:
+    """Every key registered with role ``audit`` whose id matches its key (read-only)."""
     if keys_db is None or not keys_db.exists():
         return {}
     conn = open_readonly(keys_db)
     try:
-        found = {}
+        found: dict[str, CheckpointVerifier] = {}
         for row in conn.execute(
             "SELECT key_id, tuf_key_json FROM keys WHERE role = ?", (AUDIT_ROLE,)
         ):
-            import hashlib
-
             if hashlib.sha256(row["tuf_key_json"].encode()).hexdigest() == row["key_id"]:
-                found[row["key_id"]] = key_from_json(row["key_id"], row["tuf_key_json"])
+                found[row["key_id"]] = PublicAuditKey(
+                    key_from_json(row["key_id"], row["tuf_key_json"])
+                )
         return found
+    except sqlite3.Error as exc:
+        raise damaged(keys_db, exc) from exc
     finally:
         conn.close()
 
 
-def verify(audit_db: Path, keys_db: Path | None = None, audit_key_id: str | None = None) -> Report:
+def verify(
+    audit_db: Path,
+    keys: Path | AuditKeys | None = None,
+    audit_key_id: str | None = None,
+    settings: CheckpointSettings | None = None,
+    anchor_file: Path | None = None,
+) -> Report:
+    """Check the chain, its checkpoints, their cadence and (if given) the anchors.
+
+    ``keys``: the audit keys that may sign checkpoints, or the key registry (keys.db) to
+    read them from. ``settings``: the daemon's cadence (the defaults if not given).
+    Raises StorageUnavailable (one line) when a database cannot be read at all.
+    """
+    verifiers = keys if isinstance(keys, Mapping) else registered_audit_keys(keys)
+    settings = settings or CheckpointSettings()
     conn = open_readonly(audit_db)
     try:
         conn.execute("BEGIN")  # one consistent snapshot of entries and checkpoints
         entries = list(rows(conn))
+        by_seq = {r["seq"]: r for r in entries}
         report = Report(entries=len(entries), tip_seq=entries[-1]["seq"] if entries else 0)
         report.problems = verify_chain(entries)
-        count, last, problems = verify_checkpoints(
-            conn, {r["seq"]: r for r in entries}, keys_db, audit_key_id
-        )
+        count, last, problems = verify_checkpoints(conn, by_seq, verifiers, audit_key_id)
+        problems += verify_tail(entries, last, settings)
+        if anchor_file is not None:
+            report.anchors, found = verify_anchors(
+                anchor_file, conn, by_seq, report.tip_seq, verifiers, audit_key_id
+            )
+            problems += found
         conn.execute("COMMIT")
+    except sqlite3.Error as exc:
+        raise damaged(audit_db, exc) from exc
     finally:
         conn.close()
     report.checkpoints, report.last_checkpoint_seq = count, last
@@ -336,6 +507,8 @@ def export(audit_db: Path, out: Any, since: int = 0) -> int:
         for row in rows(conn, since):
             out.write(json.dumps(row, sort_keys=True) + "\n")
             count += 1
+    except sqlite3.Error as exc:
+        raise damaged(audit_db, exc) from exc
     finally:
         conn.close()
     return count
