@@ -254,6 +254,13 @@ class AuditLog:
             self._cv.notify()
         self._writer.join(timeout=10)
         self._conn.close()
+        if self.commits:
+            log.info(
+                "audit log closed: %d entries in %d commits (%.1f per commit)",
+                self.committed_entries,
+                self.commits,
+                self.committed_entries / self.commits,
+            )
 
     def _write_loop(self) -> None:
         batched = 1  # callers in the previous commit
