@@ -44,15 +44,28 @@ class Mismatch:
         return f"{who}: {self.problem}"
 
 
-def load_policy(config: SignerConfig, buckets: Buckets | None = None) -> Policy:
+def load_policy(
+    config: SignerConfig, buckets: Buckets | None = None, fallback: bool = True
+) -> Policy:
     """The configured policy; without a policy file, any authenticated client may act.
 
-    ``buckets``: the rate-limit store (the daemon's is shared by its workers)."""
+    ``buckets``: the rate-limit store (the daemon's is shared by its workers).
+    A worker (re)started while the file is broken falls back to the last good policy the
+    supervisor kept (``config.policy_fallback``), so it enforces what its siblings do;
+    a reload passes ``fallback=False`` and keeps the policy it has instead."""
     if config.policy_file is None:
         return AllowAuthenticated()
+    from signer.errors import ConfigError
     from signer.policy.file import FilePolicy  # issue: policy files
 
-    return FilePolicy.load(config.policy_file, buckets)
+    try:
+        return FilePolicy.load(config.policy_file, buckets)
+    except ConfigError as exc:
+        kept = config.policy_fallback
+        if not fallback or kept is None or not kept.exists():
+            raise
+        log.error("%s; enforcing the last good policy (%s) until it is fixed", exc, kept)
+        return FilePolicy.load(kept, buckets)
 
 
 class SignerApp:
@@ -121,7 +134,7 @@ class SignerApp:
         """Re-read the policy (SIGHUP). A policy that fails to load leaves the old one."""
         identity.reload(self.config)  # the CRL, likewise: a bad one leaves the old one
         try:
-            policy = load_policy(self.config, self.buckets)
+            policy = load_policy(self.config, self.buckets, fallback=False)
         except Exception as exc:
             log.error("policy reload failed, keeping the current policy: %s", exc)
             return

@@ -36,6 +36,10 @@ from urllib.parse import unquote
 from signer.errors import ConfigError
 
 DEFAULT_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
+# A SignBatch item with a digest: key_id (64 hex), a SHA-384 digest, tags; generously rounded.
+BATCH_ITEM_BYTES = 256
+# Room for the fields around the payload (key_id, request_id) and protobuf framing.
+MESSAGE_OVERHEAD_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -50,7 +54,15 @@ class TokenConfig:
     def read_pin(self) -> str:
         if self.pin_file is not None:
             try:
-                return self.pin_file.read_text().strip()
+                with self.pin_file.open() as f:
+                    mode = os.fstat(f.fileno()).st_mode
+                    if mode & 0o077:  # checked on the open file: no swap between stat and read
+                        raise ConfigError(
+                            f"the token PIN file {self.pin_file} has mode {mode & 0o777:04o}: "
+                            "it must not be readable or writable by group or others "
+                            f"(chmod 600 {self.pin_file})"
+                        )
+                    return f.read().strip()
             except OSError as exc:
                 raise ConfigError(f"cannot read the token PIN from {self.pin_file}: {exc}") from exc
         pin = os.environ.get(self.pin_env)
@@ -76,13 +88,40 @@ class SignerConfig:
     max_batch_items: int = 1024
     grace_seconds: float = 10.0
     notary_listen: str | None = None
+    max_concurrent_rpcs: int = 128
+    max_concurrent_streams: int = 100
+    idle_timeout_seconds: float = 300.0
+    handshake_timeout_seconds: float = 10.0
+    # The last policy that loaded, kept by the supervisor: a worker (re)started while the
+    # policy file is broken falls back to it instead of refusing to serve.
+    policy_fallback: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def max_message_bytes(self) -> int:
-        """gRPC's own limit sits well above ours so that oversize payloads get our clear
-        INVALID_ARGUMENT; only messages beyond it get gRPC's RESOURCE_EXHAUSTED."""
-        return max(64 * 1024 * 1024, self.max_payload_bytes * 4 + 1024 * 1024)
+        """gRPC's receive limit, derived from ours: a Sign with the largest payload, or a
+        SignBatch of the most items carrying digests, fits with room for the other fields
+        (so a payload just over the limit still gets our clear INVALID_ARGUMENT); anything
+        larger is refused by gRPC (RESOURCE_EXHAUSTED) before it is buffered whole. Each
+        in-flight call can hold one such message: memory is bounded by this times
+        ``max_concurrent_rpcs``."""
+        largest = max(self.max_payload_bytes, self.max_batch_items * BATCH_ITEM_BYTES)
+        return largest + MESSAGE_OVERHEAD_BYTES
+
+
+def ensure_state_dir(path: Path) -> Path:
+    """The state directory, created 0700 (registry, audit chain, last good policy).
+
+    An existing one writable by group or others is refused: whoever can write there can
+    replace the databases the daemon trusts."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    mode = path.stat().st_mode
+    if mode & 0o022:
+        raise ConfigError(
+            f"the state directory {path} has mode {mode & 0o777:04o}: it must not be "
+            f"writable by group or others (chmod 700 {path})"
+        )
+    return path
 
 
 def parse_pkcs11_uri(uri: str) -> dict[str, str]:
@@ -97,6 +136,14 @@ def parse_pkcs11_uri(uri: str) -> dict[str, str]:
             raise ConfigError(f"malformed attribute {part!r} in {uri!r}")
         attrs[name] = unquote(value)
     return attrs
+
+
+def _positive(table: dict[str, Any], name: str, default: int | float) -> Any:
+    """A positive number of the default's type (ints stay ints, seconds may be fractions)."""
+    value = type(default)(table.get(name, default))
+    if value <= 0:
+        raise ConfigError(f"server.{name} must be positive, not {value}")
+    return value
 
 
 def load_config(path: Path) -> SignerConfig:
@@ -132,6 +179,10 @@ def load_config(path: Path) -> SignerConfig:
             max_payload_bytes=int(server.get("max_payload_bytes", 16 * 1024 * 1024)),
             max_batch_items=int(server.get("max_batch_items", 1024)),
             grace_seconds=float(server.get("grace_seconds", 10.0)),
+            max_concurrent_rpcs=_positive(server, "max_concurrent_rpcs", 128),
+            max_concurrent_streams=_positive(server, "max_concurrent_streams", 100),
+            idle_timeout_seconds=_positive(server, "idle_timeout_seconds", 300.0),
+            handshake_timeout_seconds=_positive(server, "handshake_timeout_seconds", 10.0),
             notary_listen=server.get("notary_listen"),
             ca=rel(tls["ca"]),
             cert=rel(tls["cert"]),
