@@ -1,0 +1,258 @@
+"""The one request pipeline: every API request leaves its audit entry, and the event
+loop never waits on a lock.
+
+Real token, real daemon, real mTLS; the audit rows are read from the daemon's database.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from securesystemslib.signer import Signature
+
+from harness import Daemon, audit_rows, running_daemon
+from signer.v1 import signer_pb2 as pb
+from signer.v1 import signer_pb2_grpc as pb_grpc
+from signer_client import UnavailableError
+from signer_client.client import tuf_key
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+
+
+def tuf(role: str, version: int) -> bytes:
+    body = {"_type": role, "expires": "2030-01-01T00:00:00Z", "meta": {}, "version": version}
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
+def last_seq(daemon: Daemon) -> int:
+    with sqlite3.connect(daemon.state / "audit.db") as conn:
+        return int(conn.execute("SELECT coalesce(max(seq), 0) FROM audit").fetchone()[0])
+
+
+def rows_after(daemon: Daemon, seq: int) -> list[dict[str, Any]]:
+    return audit_rows(daemon, "seq > ?", (seq,))
+
+
+def code_of(call: Callable[[], Any]) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    return info.value.code()  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def stubs(daemon: Daemon) -> Iterator[tuple[Any, Any, grpc.Channel]]:
+    with daemon.channel("admin") as channel:
+        yield pb_grpc.KeyServiceStub(channel), pb_grpc.SigningServiceStub(channel), channel
+
+
+def test_every_request_leaves_exactly_one_entry(
+    daemon: Daemon, stubs: tuple[Any, Any, grpc.Channel]
+) -> None:
+    keys, signing, channel = stubs
+    key = keys.CreateKey(
+        pb.CreateKeyRequest(label="one-entry", algorithm=pb.ECDSA_SHA2_NISTP256, role="timestamp")
+    )
+    quorum = keys.CreateKey(
+        pb.CreateKeyRequest(
+            label="one-entry-q", algorithm=pb.ECDSA_SHA2_NISTP256, role="root", quorum=True
+        )
+    )
+    malformed = channel.unary_unary(
+        "/signer.v1.SigningService/Sign",
+        request_serializer=lambda b: b,
+        response_deserializer=lambda b: b,
+    )
+    cases: list[tuple[str, Callable[[], Any], grpc.StatusCode]] = [
+        ("sign", lambda: signing.Sign(pb.SignRequest(key_id="0" * 64, payload=b"x")), "NOT_FOUND"),
+        ("sign", lambda: signing.Sign(pb.SignRequest(payload=b"x")), "INVALID_ARGUMENT"),
+        ("sign", lambda: signing.Sign(pb.SignRequest(key_id=key.key_id)), "INVALID_ARGUMENT"),
+        ("sign", lambda: signing.SignBatch(pb.SignBatchRequest()), "INVALID_ARGUMENT"),
+        ("sign", lambda: malformed(b"\xff\xff\xff\xff"), "INVALID_ARGUMENT"),
+        (
+            "sign",
+            lambda: signing.Sign(pb.SignRequest(key_id=key.key_id, payload=b'{"_type":"\\ud800"}')),
+            "INVALID_ARGUMENT",
+        ),
+        (
+            "request-signature",
+            lambda: signing.RequestSignature(
+                pb.RequestSignatureRequest(key_id=quorum.key_id, payload=b'{"a":"\\ud800"}')
+            ),
+            "INVALID_ARGUMENT",
+        ),
+        (
+            "request-signature",
+            lambda: signing.RequestSignature(pb.RequestSignatureRequest(key_id=quorum.key_id)),
+            "INVALID_ARGUMENT",
+        ),
+        (
+            "approve",
+            lambda: signing.Approve(pb.ApproveRequest(request_id="nope", payload_sha256="00")),
+            "NOT_FOUND",
+        ),
+        ("read", lambda: keys.GetKey(pb.GetKeyRequest(key_id="k" * 1_000_000)), "NOT_FOUND"),
+        (
+            "create",
+            lambda: keys.CreateKey(pb.CreateKeyRequest(label="bad\n", role="targets")),
+            "INVALID_ARGUMENT",
+        ),
+    ]
+    for operation, call, code in cases:
+        before = last_seq(daemon)
+        assert code_of(call).name == code, (operation, code)
+        rows = rows_after(daemon, before)
+        assert len(rows) == 1, (operation, code, rows)
+        assert (rows[0]["operation"], rows[0]["code"]) == (operation, code), rows[0]
+        assert rows[0]["outcome"] in ("failed", "denied")
+        assert rows[0]["principal"] == "admin"
+    # A success is one entry too, and a batch one per item (signed or refused).
+    before = last_seq(daemon)
+    signing.Sign(pb.SignRequest(key_id=key.key_id, payload=tuf("timestamp", 1)))
+    batch = signing.SignBatch(
+        pb.SignBatchRequest(
+            key_id=key.key_id,
+            items=[pb.SignBatchItem(payload=tuf("timestamp", 1)), pb.SignBatchItem(payload=b"")],
+        )
+    )
+    assert [r.status.code for r in batch.results] == [0, grpc.StatusCode.INVALID_ARGUMENT.value[0]]
+    rows = rows_after(daemon, before)
+    assert [(r["operation"], r["outcome"]) for r in rows] == [
+        ("sign", "allowed"),
+        ("sign", "allowed"),
+        ("sign", "failed"),
+    ]
+    assert daemon.proc is not None and daemon.proc.poll() is None
+
+
+def _pull(daemon: Daemon) -> Path:
+    tokens = Path(daemon.env["SOFTHSM2_CONF"]).parent / "tokens"
+    away = tokens.with_name("tokens.pulled")
+    tokens.rename(away)
+    return away
+
+
+def test_token_outage_under_load_audits_every_refusal(tmp_path: Path) -> None:
+    with running_daemon(tmp_path / "d") as daemon:
+        client = daemon.client()
+        key = client.create_key("outage", "ecdsa-sha2-nistp256", "timestamp")
+        client.sign(key.key_id, b"before")
+        before = last_seq(daemon)
+        away = _pull(daemon)
+        answers: list[str] = []
+        lock = threading.Lock()
+        deadline = time.monotonic() + 2.0
+
+        def load() -> None:
+            with daemon.client() as mine:
+                while time.monotonic() < deadline:
+                    try:
+                        mine.sign(key.key_id, b"while pulled")
+                        outcome = "OK"
+                    except UnavailableError:
+                        outcome = "UNAVAILABLE"
+                    with lock:
+                        answers.append(outcome)
+
+        threads = [threading.Thread(target=load) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+        away.rename(away.with_name("tokens"))
+        daemon.wait_serving(timeout=20)
+        refused = answers.count("UNAVAILABLE")
+        assert refused > 20, answers[:5]
+        rows = [r for r in rows_after(daemon, before) if r["operation"] in ("sign", "sign-raw")]
+        unavailable = [r for r in rows if r["code"] == "UNAVAILABLE"]
+        assert len(unavailable) == refused, (len(unavailable), refused)
+        assert all(r["outcome"] == "failed" and r["key_id"] == key.key_id for r in unavailable)
+        assert len([r for r in rows if r["outcome"] == "allowed"]) == answers.count("OK")
+        response = client.sign(key.key_id, b"after")  # healed, alive
+        tuf_key(key).verify_signature(Signature(key.key_id, response.signature.hex()), b"after")
+
+
+_HOLD_LOCK = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+conn.execute("ROLLBACK")
+"""
+
+
+@pytest.mark.parametrize("database", ["tuf.db", "audit.db", "ratelimit.db", "quorum.db"])
+def test_health_answers_while_a_state_database_is_locked(tmp_path: Path, database: str) -> None:
+    policy = """
+[groups]
+admins = ["admin"]
+
+[[rules]]
+principals = ["group:admins"]
+operations = ["create", "read", "sign", "sign-raw", "approve"]
+
+[rate_limits]
+"*" = { rate = 1000.0, burst = 1000 }
+"""
+    with running_daemon(tmp_path / "d", policy=policy) as daemon:
+        client = daemon.client()
+        keys = [
+            client.create_key(f"locked-{i}", "ecdsa-sha2-nistp256", "timestamp") for i in range(4)
+        ]
+        client.sign(keys[0].key_id, tuf("timestamp", 1))
+        holder = subprocess.Popen(
+            [sys.executable, "-c", _HOLD_LOCK, str(daemon.state / database), "3"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        locked_at = time.monotonic()
+        results: list[Any] = []
+
+        def sign(key_id: str) -> None:
+            with daemon.client(timeout=30) as mine:
+                try:
+                    results.append(mine.sign(key_id, tuf("timestamp", 2)))
+                except Exception as exc:  # noqa: BLE001 - reported below
+                    results.append(exc)
+
+        signers = [threading.Thread(target=sign, args=(k.key_id,)) for k in keys]
+        for t in signers:
+            t.start()
+        time.sleep(0.3)  # the signing requests are now waiting on the lock
+        latencies = []
+        with daemon.channel("admin") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            stub.Check(health_pb2.HealthCheckRequest(), timeout=5)  # connected
+            while time.monotonic() - locked_at < 2.5:
+                start = time.monotonic()
+                status = stub.Check(health_pb2.HealthCheckRequest(), timeout=5).status
+                latencies.append(time.monotonic() - start)
+                assert status == SERVING
+                time.sleep(0.05)
+        holder.wait(timeout=10)
+        for t in signers:
+            t.join(timeout=40)
+        assert len(latencies) > 10
+        assert max(latencies) < 0.1, f"health took {max(latencies) * 1000:.0f} ms"
+        assert len(results) == 4
+        # Each request waited for the lock, then went through (none lost, none INTERNAL).
+        for result in results:
+            assert isinstance(result, pb.SignResponse), result
+        assert daemon.proc is not None and daemon.proc.poll() is None
+        with sqlite3.connect(daemon.state / "audit.db") as conn:
+            signed = conn.execute(
+                "SELECT count(*) FROM audit WHERE operation = 'sign' AND outcome = 'allowed'"
+            ).fetchone()[0]
+        assert signed == 5
