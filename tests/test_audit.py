@@ -336,7 +336,9 @@ def test_sigkill_under_load_loses_no_entry_for_a_returned_signature(tmp_path: Pa
             returned = set(received)
     logged = {
         r["payload_sha256"]
-        for r in audit_rows(daemon.state, "operation = 'sign' AND outcome = 'allowed'")
+        for r in audit_rows(
+            daemon.state, "operation IN ('sign', 'sign-raw') AND outcome = 'allowed'"
+        )
     }
     assert len(returned) > 300
     missing = returned - logged
