@@ -124,6 +124,23 @@ def _client_proc(
     out.put(asyncio.run(run()))
 
 
+def _cpu_seconds(root_pid: int) -> float:
+    """utime + stime of the daemon and its worker processes (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid, ppid = int(entry.name), int(fields[1])
+        if pid == root_pid or ppid == root_pid:
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 def drive(
     daemon,
     key_id: str,
@@ -133,7 +150,8 @@ def drive(
     batch: int,
     seconds: float,
     payload: bytes = RAW_PAYLOAD,
-) -> tuple[float, float, float]:
+) -> tuple[float, float, float, float]:
+    """signs/s, p50 ms, p99 ms, and the daemon's CPU ms per signature over the window."""
     ctx = mp.get_context("spawn")
     out: mp.Queue = ctx.Queue()
     cfg = daemon.client_config("admin").__dict__
@@ -147,20 +165,23 @@ def drive(
     ]
     for p in procs:
         p.start()
+    time.sleep(max(0.0, start_at - time.time()))
+    cpu_before = _cpu_seconds(daemon.proc.pid)
     total, lats = 0, []
     for _ in procs:
         n, lat = out.get()
         total += n
         lats.extend(lat)
+    cpu = _cpu_seconds(daemon.proc.pid) - cpu_before
     for p in procs:
         p.join()
     lats.sort()
     p50 = statistics.median(lats) * 1000
     p99 = lats[int(len(lats) * 0.99) - 1] * 1000
-    return total / seconds, p50, p99
+    return total / seconds, p50, p99, cpu * 1000 / max(1, total)
 
 
-def raw_rate(daemon, object_id: str, seconds: float) -> tuple[float, float, float]:
+def raw_rate(daemon, object_id: str, seconds: float) -> tuple[float, float, float, float]:
     env = dict(os.environ, **daemon.env)
     out = subprocess.run(
         [sys.executable, "-c", RAW_SCRIPT, daemon.label, object_id, str(seconds)],
@@ -170,7 +191,8 @@ def raw_rate(daemon, object_id: str, seconds: float) -> tuple[float, float, floa
         check=True,
     ).stdout.split()
     n, lats = int(out[0]), sorted(float(x) for x in out[1:])
-    return n / seconds, statistics.median(lats) * 1000, lats[int(len(lats) * 0.99) - 1] * 1000
+    p50, p99 = statistics.median(lats) * 1000, lats[int(len(lats) * 0.99) - 1] * 1000
+    return n / seconds, p50, p99, float("nan")
 
 
 def main() -> int:
@@ -210,23 +232,28 @@ def main() -> int:
         batch = drive(daemon, key.key_id, "batch", args.clients, 4, args.batch, args.seconds)
         audited = (
             sqlite3.connect(daemon.state / "audit.db")
-            .execute("SELECT COUNT(*) FROM audit WHERE operation IN ('sign', 'sign-raw') AND outcome = 'allowed'")
+            .execute(
+                "SELECT COUNT(*) FROM audit WHERE operation IN ('sign', 'sign-raw') AND outcome = 'allowed'"
+            )
             .fetchone()[0]
         )
     print(
         f"signerd bench: ECDSA P-256, {args.workers} worker processes, {args.clients} client "
         f"processes, {os.cpu_count()} cores, {args.seconds:.0f}s per run"
     )
-    print(f"{'path':44} {'signs/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'vs raw':>7}")
+    print(
+        f"{'path':44} {'signs/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'vs raw':>7} "
+        f"{'server CPU ms/sig':>18}"
+    )
     rows = [
         ("raw python-pkcs11 (1 thread)", raw),
         (f"unary Sign, raw ({args.clients}x{args.concurrency} in flight)", unary),
         (f"unary Sign, TUF timestamp ({args.clients}x{args.concurrency})", unary_tuf),
         (f"SignBatch {args.batch} digests ({args.clients}x4 in flight)", batch),
     ]
-    for name, (rate, p50, p99) in rows:
-        print(f"{name:44} {rate:10.0f} {p50:8.2f} {p99:8.2f} {rate / raw[0]:7.2f}")
-    counted = round(sum(rate for rate, _, _ in (unary, unary_tuf, batch)) * args.seconds)
+    for name, (rate, p50, p99, cpu) in rows:
+        print(f"{name:44} {rate:10.0f} {p50:8.2f} {p99:8.2f} {rate / raw[0]:7.2f} {cpu:18.3f}")
+    counted = round(sum(r[0] for r in (unary, unary_tuf, batch)) * args.seconds)
     print(f"audit rows for allowed signatures: {audited} (signatures counted above: {counted})")
     if audited < counted:
         print("FAIL: fewer audit rows than signatures returned")
