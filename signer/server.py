@@ -8,14 +8,19 @@ spawned, not forked). The parent only supervises: it never loads the PKCS#11 mod
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import multiprocessing
 import os
+import resource
 import signal
+import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Coroutine
 from concurrent import futures
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +29,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from signer.app import SignerApp
-from signer.config import SignerConfig, load_config
+from signer.config import SignerConfig, ensure_state_dir, load_config
 from signer.errors import ConfigError, SignerError
 from signer.service.keys import KeyServicer
 from signer.service.registration import add_service
@@ -33,12 +38,41 @@ from signer.v1 import signer_pb2
 
 log = logging.getLogger(__name__)
 
-EXIT_CONFIG = 78  # EX_CONFIG: a worker cannot start; restarting it would not help
+# Exit statuses of `signerd serve` (and of a worker, to its supervisor).
+EXIT_CONFIG = 2  # the configuration is wrong (as for any signerd command): restarting won't help
+EXIT_CRASH = 1  # something broke: a supervisor restarts such a worker
+
+LAST_GOOD_POLICY = "policy.last-good.toml"  # in the state dir, kept by the supervisor
+PARENT_POLL_SECONDS = 0.5
 
 SERVICE_NAMES = [
     signer_pb2.DESCRIPTOR.services_by_name["KeyService"].full_name,
     signer_pb2.DESCRIPTOR.services_by_name["SigningService"].full_name,
 ]
+
+
+def transport_options(config: SignerConfig, reuse_port: bool) -> list[tuple[str, int]]:
+    """gRPC core channel arguments: message size, streams and connection lifetimes.
+
+    The receive limit follows max_payload_bytes / max_batch_items (signer/config.py), so
+    an oversize message is refused by gRPC before it is buffered. A connection that never
+    completes its TLS handshake (a silent TCP connect) is closed after
+    handshake_timeout_seconds, an idle one after idle_timeout_seconds: neither can hold a
+    file descriptor for long. Keepalive pings find peers that vanished.
+    """
+    return [
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        # Answers are ours (ListKeys may be long): only the receive side needs a tight bound.
+        ("grpc.max_send_message_length", max(64 * 1024 * 1024, config.max_message_bytes)),
+        ("grpc.max_concurrent_streams", config.max_concurrent_streams),
+        ("grpc.server_handshake_timeout_ms", int(config.handshake_timeout_seconds * 1000)),
+        ("grpc.max_connection_idle_ms", int(config.idle_timeout_seconds * 1000)),
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ]
 
 
 def server_credentials(config: SignerConfig) -> grpc.ServerCredentials:
@@ -66,20 +100,17 @@ class Daemon:
         self.config = config
         self.extra_service_names = []
         self.health_names = []
+        ensure_state_dir(config.state_dir)
         self.app = SignerApp(config)
         self.health = health.aio.HealthServicer()
         self._loop: asyncio.AbstractEventLoop | None = None
-        options = [
-            ("grpc.so_reuseport", 1 if reuse_port else 0),
-            ("grpc.max_receive_message_length", config.max_message_bytes),
-            ("grpc.max_send_message_length", config.max_message_bytes),
-            ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-        ]
         threads = int(os.environ.get("SIGNER_RPC_THREADS", "8"))
         self.server = grpc.aio.server(
             migration_thread_pool=futures.ThreadPoolExecutor(threads, thread_name_prefix="rpc"),
-            options=options,
+            options=transport_options(config, reuse_port),
+            # Calls beyond this get RESOURCE_EXHAUSTED at once: with the receive limit, a
+            # bound on the memory that requests (even unauthorised ones) can pin.
+            maximum_concurrent_rpcs=config.max_concurrent_rpcs,
         )
         services = signer_pb2.DESCRIPTOR.services_by_name
         add_service(self.server, KeyServicer(self.app.keys), services["KeyService"])
@@ -159,16 +190,75 @@ def extensions() -> list:
 
 def _configure_logging(worker: int | None) -> None:
     tag = f"worker {worker}" if worker is not None else "signerd"
+    wanted = os.environ.get("SIGNER_LOG_LEVEL", "INFO").strip().upper()  # `info` works too
+    level = logging.getLevelName(wanted)
     logging.basicConfig(
-        level=os.environ.get("SIGNER_LOG_LEVEL", "INFO"),
+        level=level if isinstance(level, int) else logging.INFO,
         format=f"%(asctime)s {tag} %(levelname)s %(name)s: %(message)s",
     )
+    if not isinstance(level, int):
+        log.warning("SIGNER_LOG_LEVEL=%s is not a level; logging at INFO", wanted)
 
 
-def run_worker(config_path: str, index: int, reuse_port: bool) -> None:
+def raise_open_files_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit: each connection costs a descriptor,
+    and at the usual soft limit of 1024 a thousand idle sockets would starve the token's
+    own files and new clients. Returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open-files limit from %d: %s", soft, exc)
+    return soft
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Make this worker go when its supervisor goes, even by SIGKILL: a worker left
+    serving beside a newly started daemon would keep an old policy on the same port.
+
+    Linux delivers SIGTERM on the parent's death (PR_SET_PDEATHSIG); everywhere the
+    worker also polls its parent (``watch_parent``). If the parent is already gone
+    (it died before the prctl took effect), exit at once."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+                log.warning("prctl(PR_SET_PDEATHSIG): errno %d", ctypes.get_errno())
+        except (OSError, AttributeError) as exc:
+            log.warning("prctl unavailable (%s); polling the supervisor instead", exc)
+    if os.getppid() != parent_pid:
+        raise SystemExit(EXIT_CRASH)
+
+
+async def watch_parent(parent_pid: int, stop: asyncio.Event) -> None:
+    """The portable half of ``die_with_parent``: a reparented worker stops serving."""
+    while not stop.is_set():
+        if os.getppid() != parent_pid:
+            log.error("the supervisor (pid %d) is gone; stopping", parent_pid)
+            stop.set()
+            return
+        await asyncio.sleep(PARENT_POLL_SECONDS)
+
+
+def run_worker(
+    config_path: str,
+    index: int,
+    reuse_port: bool,
+    parent_pid: int | None = None,
+    policy_fallback: str | None = None,
+) -> None:
     """Serve until SIGTERM/SIGINT. Runs in its own (spawned) process, or in the parent."""
     _configure_logging(index if reuse_port else None)
-    run_event_loop(_serve(config_path, index, reuse_port))
+    if parent_pid is not None:
+        die_with_parent(parent_pid)
+    raise_open_files_limit()
+    run_event_loop(_serve(config_path, index, reuse_port, parent_pid, policy_fallback))
 
 
 def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
@@ -181,10 +271,19 @@ def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
         uvloop.run(main)
 
 
-async def _serve(config_path: str, index: int, reuse_port: bool) -> None:
+async def _serve(
+    config_path: str,
+    index: int,
+    reuse_port: bool,
+    parent_pid: int | None = None,
+    policy_fallback: str | None = None,
+) -> None:
     # The asyncio server must be made inside the loop that runs it.
     try:
-        daemon = Daemon(load_config(Path(config_path)), reuse_port)
+        config = load_config(Path(config_path))
+        if policy_fallback is not None:
+            config = replace(config, policy_fallback=Path(policy_fallback))
+        daemon = Daemon(config, reuse_port)
     except ConfigError as exc:
         log.error("%s", exc)
         raise SystemExit(EXIT_CONFIG) from exc
@@ -193,58 +292,160 @@ async def _serve(config_path: str, index: int, reuse_port: bool) -> None:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, daemon.app.reload)
+    watcher = None
+    if parent_pid is not None:
+        watcher = loop.create_task(watch_parent(parent_pid, stop))
     await daemon.start()
     if index == 0:
         await asyncio.to_thread(daemon.report_mismatches)
     await stop.wait()
     log.info("stopping: finishing in-flight requests")
     await daemon.stop()
+    if watcher is not None:
+        watcher.cancel()
+
+
+def keep_good_policy(config: SignerConfig) -> Path | None:
+    """Validate the policy file and keep its text as the last good policy (0600, written
+    atomically in the state dir); workers started while the file is broken use it.
+
+    Raises ConfigError when the file does not load: at start the daemon refuses to run,
+    on SIGHUP the caller keeps the previous copy."""
+    kept = config.state_dir / LAST_GOOD_POLICY
+    if config.policy_file is None:
+        kept.unlink(missing_ok=True)
+        return None
+    from signer.policy.file import FilePolicy
+
+    try:
+        text = config.policy_file.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read policy file {config.policy_file}: {exc}") from exc
+    FilePolicy.parse(text, str(config.policy_file))  # all or nothing: raises ConfigError
+    tmp = kept.with_name(f".{kept.name}.{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, kept)
+    return kept
+
+
+class Supervisor:
+    """Runs ``workers`` spawned processes, restarts those that die, forwards signals.
+
+    Signal handlers only queue the signal; the loop acts on it, so a handler never races
+    the loop over the process table. Whatever happens, the loop ends by stopping and
+    reaping every worker (no worker outlives a crashed supervisor).
+    """
+
+    def __init__(self, config_path: Path, config: SignerConfig) -> None:
+        self.config_path = config_path
+        self.config = config
+        self.ctx = multiprocessing.get_context("spawn")
+        self.procs: dict[int, multiprocessing.process.BaseProcess] = {}
+        self.started: dict[int, float] = {}
+        self.signals: deque[int] = deque()
+        self.wake = threading.Event()
+        self.policy_fallback: Path | None = None
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self.signals.append(signum)
+        self.wake.set()
+
+    def start(self, index: int) -> None:
+        fallback = str(self.policy_fallback) if self.policy_fallback else None
+        proc = self.ctx.Process(
+            target=run_worker,
+            args=(str(self.config_path), index, True, os.getpid(), fallback),
+            name=f"signerd-{index}",
+        )
+        proc.start()
+        self.procs[index] = proc
+        self.started[index] = time.monotonic()
+
+    def send(self, signum: int) -> None:
+        """Signal every live worker; one that already exited is simply skipped."""
+        for proc in self.procs.values():
+            if proc.pid is None or proc.exitcode is not None:
+                continue
+            try:
+                os.kill(proc.pid, signum)
+            except ProcessLookupError:
+                pass  # exited since we looked: the loop restarts or reaps it
+
+    def reload(self) -> None:
+        try:
+            self.policy_fallback = keep_good_policy(self.config)
+        except ConfigError as exc:
+            log.error("%s; workers keep the last good policy", exc)
+        self.send(signal.SIGHUP)
+
+    def run(self) -> int:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._on_signal)
+        try:
+            self.policy_fallback = keep_good_policy(self.config)
+            for index in range(self.config.workers):
+                self.start(index)
+            log.info("started %d workers on %s", self.config.workers, self.config.listen)
+            return self._loop()
+        except ConfigError as exc:
+            log.error("%s", exc)
+            return EXIT_CONFIG
+        except Exception:
+            log.exception("supervisor failed; stopping the workers")
+            return EXIT_CRASH
+        finally:
+            self.stop_all()
+
+    def _loop(self) -> int:
+        while True:
+            self.wake.wait(0.5)
+            self.wake.clear()
+            while self.signals:
+                signum = self.signals.popleft()
+                if signum == signal.SIGHUP:
+                    self.reload()
+                else:
+                    log.info("stopping %d workers", len(self.procs))
+                    return 0
+            for index, proc in list(self.procs.items()):
+                if proc.is_alive():
+                    continue
+                if proc.exitcode == EXIT_CONFIG:
+                    log.error("worker %d cannot start (configuration); stopping", index)
+                    return EXIT_CONFIG
+                if time.monotonic() - self.started[index] < 1.0:
+                    continue  # at most one restart a second: a crash loop must not spin
+                log.error("worker %d exited with %s; restarting it", index, proc.exitcode)
+                self.start(index)
+
+    def stop_all(self) -> None:
+        """SIGTERM, the grace period (+5 s), then SIGKILL for any worker still there."""
+        self.send(signal.SIGTERM)
+        deadline = time.monotonic() + self.config.grace_seconds + 5
+        for proc in self.procs.values():
+            proc.join(max(0.1, deadline - time.monotonic()))
+        for proc in self.procs.values():
+            if proc.is_alive():
+                log.error("worker %s did not stop in time; killing it", proc.name)
+                proc.kill()
+                proc.join(5)
 
 
 def serve(config_path: Path) -> int:
-    """Run the daemon: in this process for one worker, else supervise spawned workers."""
+    """Run the daemon: in this process for one worker, else supervise spawned workers.
+
+    Exit status: 0 after SIGTERM/SIGINT, EXIT_CONFIG (2) for a configuration error,
+    EXIT_CRASH (1) when the supervisor itself failed."""
     config = load_config(config_path)
+    ensure_state_dir(config.state_dir)
+    raise_open_files_limit()  # inherited by the workers
     if config.workers <= 1:
         run_worker(str(config_path), 0, reuse_port=False)
         return 0
     _configure_logging(None)
-    ctx = multiprocessing.get_context("spawn")
-    stopping = threading.Event()
-    procs: dict[int, multiprocessing.process.BaseProcess] = {}
-
-    def start(index: int) -> None:
-        proc = ctx.Process(
-            target=run_worker, args=(str(config_path), index, True), name=f"signerd-{index}"
-        )
-        proc.start()
-        procs[index] = proc
-
-    def forward(signum: int, _frame: object) -> None:
-        if signum in (signal.SIGTERM, signal.SIGINT):
-            stopping.set()
-        for proc in procs.values():
-            if proc.pid:
-                os.kill(proc.pid, signum)
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, forward)
-    for index in range(config.workers):
-        start(index)
-    log.info("started %d workers on %s", config.workers, config.listen)
-    while not stopping.is_set():
-        for index, proc in list(procs.items()):
-            if not proc.is_alive() and not stopping.is_set():
-                if proc.exitcode == EXIT_CONFIG:
-                    log.error("worker %d cannot start (configuration); stopping", index)
-                    stopping.set()
-                    forward(signal.SIGTERM, None)
-                    break
-                log.error("worker %d exited with %s; restarting it", index, proc.exitcode)
-                start(index)
-        stopping.wait(0.5)
-    deadline = time.monotonic() + config.grace_seconds + 5
-    for proc in procs.values():
-        proc.join(max(0.1, deadline - time.monotonic()))
-        if proc.is_alive():
-            proc.kill()
-    return 0
+    return Supervisor(config_path, config).run()
