@@ -194,6 +194,7 @@ def test_config_never_holds_the_pin(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="export NO_SUCH_PIN_VAR"):
         config.token.read_pin()
     (tmp_path / "pin").write_text("s3cret\n")
+    (tmp_path / "pin").chmod(0o600)  # group/other-readable PIN files are refused
     (tmp_path / "c.toml").write_text(base + '[token]\nlabel="t"\npin_file="pin"\n')
     assert load_config(tmp_path / "c.toml").token.read_pin() == "s3cret"
     (tmp_path / "d.toml").write_text(base + "[token]\nmodule='/x.so'\n")
