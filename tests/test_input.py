@@ -210,13 +210,19 @@ def test_names_are_matched_whole() -> None:
         check_repository("docker.io/x\n")
 
 
-@pytest.mark.xfail(
-    strict=True, reason="signer/keys.py is switching to signer.names (pipeline rewrite)"
-)
 def test_a_role_with_a_trailing_newline_is_refused(daemon: Daemon) -> None:
-    with daemon.client("admin") as admin, pytest.raises(ClientError) as info:
-        admin.create_key("newline-role", role="targets\n")
-    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    with daemon.client("admin") as admin:
+        for field in ("label", "role", "repository"):
+            values = {"label": "newline", "role": "targets", "repository": "docker.io/x"}
+            values[field] += "\n"
+            with pytest.raises(ClientError) as info:
+                admin.create_key(
+                    values["label"], role=values["role"], repository=values["repository"]
+                )
+            assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT, field
+            assert field in info.value.message
+        assert not [k for k in admin.list_keys() if k.label.startswith("newline")]
+    daemon.wait_serving(timeout=5)
 
 
 # -- the TUF version store on a full disk ------------------------------------------------
