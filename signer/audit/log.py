@@ -151,11 +151,11 @@ class _Pending:
         self.finish = finish
 
 
-def _unavailable(error: BaseException, path: Path) -> AuditUnavailable:
+def _unavailable(error: BaseException) -> AuditUnavailable:
     if is_disk_full(error):
         return AuditUnavailable(
-            f"the audit log could not be written: the disk holding {path} is full; "
-            "nothing was signed (free space: the daemon recovers by itself)"
+            "the audit log could not be written: the disk is full; nothing was signed "
+            "(retry once space is freed)"
         )
     return AuditUnavailable(f"the audit log could not be written ({error}); nothing was signed")
 
@@ -200,7 +200,7 @@ class AuditLog:
         self._enqueue(pending)
         pending.done.wait()
         if pending.error is not None:
-            raise _unavailable(pending.error, self.path) from pending.error
+            raise _unavailable(pending.error) from pending.error
         return pending.seqs
 
     async def record_async(self, *events: AuditEvent) -> list[int]:
@@ -217,7 +217,7 @@ class AuditLog:
                 if pending.error is None:
                     future.set_result(pending.seqs)
                 else:
-                    future.set_exception(_unavailable(pending.error, self.path))
+                    future.set_exception(_unavailable(pending.error))
 
         def finish(pending: _Pending) -> None:  # on the writer thread
             try:
@@ -284,7 +284,7 @@ class AuditLog:
                 self._commit(batch)
             except BaseException as exc:
                 if is_disk_full(exc):
-                    log.error("audit write refused, the disk is full: %s", exc)
+                    log.error("audit write refused, the disk holding %s is full", self.path)
                 else:
                     log.exception("audit write failed")
                 for pending in batch:
