@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import shutil
 import sqlite3
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -15,7 +19,8 @@ import grpc
 import pytest
 from authz_helpers import audit_rows, sha256, tuf_payload, verify, wait_for
 
-from harness import Daemon, running_daemon
+from harness import Daemon, create_token, free_port, running_daemon
+from signer.audit.checkpoint import CheckpointSettings
 from signer.audit.log import GENESIS, entry_hash
 from signer.audit.verify import export
 from signer.audit.verify import verify as verify_log
@@ -23,13 +28,29 @@ from signer.cli import main as signerd
 from signer_client import ClientError
 
 CHECKPOINTS = "[audit]\ncheckpoint_entries = 10\ncheckpoint_seconds = 0.3\n"
+SETTINGS = CheckpointSettings(10, 0.3)  # the daemon's cadence, as verify must know it
+
+
+def _anchored_config(root: Path) -> str:
+    """CHECKPOINTS plus both anchors: a file and a command (appending stdin to a file)."""
+    command = ["sh", "-c", f"cat >> {root / 'anchors-by-command.jsonl'}"]
+    return (
+        CHECKPOINTS
+        + f"anchor_file = {json.dumps(str(root / 'anchors.jsonl'))}\n"
+        + f"anchor_command = {json.dumps(command)}\n"
+    )
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     root = tmp_path_factory.mktemp("audit")
-    with running_daemon(root, clients=["admin", "alice"], extra_config=CHECKPOINTS) as d:
+    config = _anchored_config(root)
+    with running_daemon(root, clients=["admin", "alice"], extra_config=config) as d:
         yield d
+
+
+def _anchors(served: Daemon) -> Path:
+    return served.root / "anchors.jsonl"
 
 
 @pytest.fixture(scope="module")
@@ -198,6 +219,16 @@ def _truncate(conn: sqlite3.Connection) -> None:
     conn.execute("DELETE FROM audit WHERE seq >= ?", (first,))
 
 
+def _drop_checkpoints_and_rebuild(conn: sqlite3.Connection) -> None:
+    """Every checkpoint deleted, then entry 5 edited and the chain re-hashed after it."""
+    conn.execute("DELETE FROM audit_checkpoints")
+    _rebuild(conn)
+
+
+def _drop_middle_checkpoint(conn: sqlite3.Connection) -> None:
+    conn.execute("DELETE FROM audit_checkpoints WHERE id = 2")
+
+
 def _forge_checkpoint(conn: sqlite3.Connection) -> None:
     conn.execute(
         "UPDATE audit_checkpoints SET hash = ? WHERE seq = (SELECT MIN(seq) FROM audit_checkpoints)",
@@ -222,6 +253,8 @@ def _forge_checkpoint(conn: sqlite3.Connection) -> None:
         (_rebuild, "edited", None, "were rewritten"),
         (_truncate, "deleted", None, "was deleted: checkpoint"),
         (_forge_checkpoint, "checkpoint", None, "bad signature, or its fields were edited"),
+        (_drop_checkpoints_and_rebuild, "uncovered", 1, "are covered by no checkpoint"),
+        (_drop_middle_checkpoint, "checkpoint", None, "checkpoint 2 deleted: the checkpoint ids"),
     ],
 )
 def test_verify_names_the_tampering(
@@ -234,11 +267,11 @@ def test_verify_names_the_tampering(
     says: str,
 ) -> None:
     state = _copy_state(served, tmp_path)
-    assert verify_log(state / "audit.db", state / "keys.db").ok
+    assert verify_log(state / "audit.db", state / "keys.db", settings=SETTINGS).ok
     conn = sqlite3.connect(state / "audit.db", isolation_level=None)
     tamper(conn)
     conn.close()
-    report = verify_log(state / "audit.db", state / "keys.db")
+    report = verify_log(state / "audit.db", state / "keys.db", settings=SETTINGS)
     assert not report.ok
     matching = [p for p in report.problems if p.kind == kind and says in p.message]
     assert matching, [str(p) for p in report.problems]
@@ -344,3 +377,232 @@ def test_sigkill_under_load_loses_no_entry_for_a_returned_signature(tmp_path: Pa
     missing = returned - logged
     assert not missing, f"{len(missing)} signatures were returned without an audit entry"
     assert verify_log(daemon.state / "audit.db", daemon.state / "keys.db").ok
+
+
+# -- anchors: checkpoints kept outside the database ---------------------------------------------
+
+
+def _anchor_lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_every_checkpoint_is_anchored_in_the_file_and_by_the_command(
+    served: Daemon, key: Any
+) -> None:
+    conn = sqlite3.connect(f"file:{served.state / 'audit.db'}?mode=ro", uri=True)
+    stored = {
+        r[0]: list(r)
+        for r in conn.execute(
+            "SELECT id, seq, hash, key_id, body, signature FROM audit_checkpoints"
+        )
+    }
+    conn.close()
+    for path in (_anchors(served), served.root / "anchors-by-command.jsonl"):
+        lines = _anchor_lines(path)
+        assert len(lines) >= 2
+        for line in lines:
+            assert [line[k] for k in ("id", "seq", "hash", "key_id", "body", "signature")] == (
+                stored[line["id"]]
+            )
+    report = verify_log(
+        served.state / "audit.db", served.state / "keys.db", None, SETTINGS, _anchors(served)
+    )
+    assert report.ok, [str(p) for p in report.problems]
+    assert report.anchors >= 2
+
+
+def _truncate_consistently(conn: sqlite3.Connection) -> None:
+    """The tail cut at an early checkpoint, later checkpoints with it: the database alone
+    is consistent (only the anchors know there was more)."""
+    keep = conn.execute("SELECT seq FROM audit_checkpoints ORDER BY id LIMIT 1 OFFSET 1").fetchone()
+    conn.execute("DELETE FROM audit WHERE seq > ?", keep)
+    conn.execute("DELETE FROM audit_checkpoints WHERE seq > ?", keep)
+
+
+def _forge_tail(conn: sqlite3.Connection) -> None:
+    """The last checkpoint deleted, the entries after the one before it edited, re-hashed."""
+    (last,) = conn.execute("SELECT MAX(id) FROM audit_checkpoints").fetchone()
+    (before,) = conn.execute(
+        "SELECT seq FROM audit_checkpoints WHERE id = ?", (last - 1,)
+    ).fetchone()
+    conn.execute("DELETE FROM audit_checkpoints WHERE id = ?", (last,))
+    conn.execute("UPDATE audit SET principal = 'mallory' WHERE seq = ?", (before + 1,))
+    _rehash_after(conn, before)
+
+
+@pytest.mark.parametrize(
+    ("tamper", "kind", "says"),
+    [
+        (_truncate_consistently, "truncated", "the chain was truncated: it ends at entry"),
+        (_truncate_consistently, "anchor", "was deleted from the database"),
+        (_forge_tail, "anchor", "was deleted from the database"),
+        (_forge_tail, "edited", "no longer has the hash anchored checkpoint"),
+    ],
+)
+def test_the_anchor_shows_what_the_database_alone_cannot(
+    served: Daemon,
+    key: Any,
+    tmp_path: Path,
+    tamper: Callable[[sqlite3.Connection], None],
+    kind: str,
+    says: str,
+) -> None:
+    state = _copy_state(served, tmp_path)
+    anchors = tmp_path / "anchors.jsonl"
+    shutil.copy(_anchors(served), anchors)
+    conn = sqlite3.connect(state / "audit.db", isolation_level=None)
+    tamper(conn)
+    conn.close()
+    alone = verify_log(state / "audit.db", state / "keys.db", settings=SETTINGS)
+    assert alone.ok, [str(p) for p in alone.problems]  # within the cadence: undetectable
+    report = verify_log(state / "audit.db", state / "keys.db", None, SETTINGS, anchors)
+    assert not report.ok
+    assert [p for p in report.problems if p.kind == kind and says in p.message], [
+        str(p) for p in report.problems
+    ]
+
+
+def test_a_forged_anchor_line_is_refused(served: Daemon, key: Any, tmp_path: Path) -> None:
+    state = _copy_state(served, tmp_path)
+    lines = _anchor_lines(_anchors(served))
+    lines[0]["seq"] += 1000  # claims the chain was longer: its signature says otherwise
+    anchors = tmp_path / "anchors.jsonl"
+    anchors.write_text("".join(json.dumps(line) + "\n" for line in lines) + '{"id": 9')
+    report = verify_log(state / "audit.db", state / "keys.db", None, SETTINGS, anchors)
+    messages = [str(p) for p in report.problems]
+    assert any("bad signature, or its fields were edited" in m for m in messages), messages
+    assert any("incomplete last line" in m for m in messages), messages
+    assert not any(p.kind == "truncated" for p in report.problems)
+
+
+def test_cli_verify_with_the_anchor(
+    served: Daemon, key: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # --config: the configured cadence and anchor file.
+    assert signerd(["audit", "verify", "--config", str(served.config_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("OK: ") and "anchored checkpoint(s) found in the database" in out
+    state = _copy_state(served, tmp_path / "copy")
+    conn = sqlite3.connect(state / "audit.db", isolation_level=None)
+    _truncate_consistently(conn)
+    conn.close()
+    cadence = ["--checkpoint-entries", "10", "--checkpoint-seconds", "0.3"]
+    assert signerd(["audit", "verify", "--state-dir", str(state), *cadence]) == 0
+    capsys.readouterr()
+    anchor = ["--anchor", str(_anchors(served))]
+    assert signerd(["audit", "verify", "--state-dir", str(state), *cadence, *anchor]) == 1
+    out = capsys.readouterr().out
+    assert "truncated: the chain was truncated" in out and "FAILED" in out
+    # Every checkpoint gone and the chain rebuilt: the cadence tells, from the CLI too.
+    conn = sqlite3.connect(state / "audit.db", isolation_level=None)
+    _drop_checkpoints_and_rebuild(conn)
+    conn.close()
+    assert signerd(["audit", "verify", "--state-dir", str(state), *cadence]) == 1
+    assert "uncovered: entries 1-" in capsys.readouterr().out
+
+
+# -- damaged databases: one line, non-zero, never a traceback ----------------------------------
+
+
+def _random_bytes(path: Path) -> None:
+    path.write_bytes(os.urandom(64 * 1024))
+
+
+def _cut_in_half(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _not_a_database(path: Path) -> None:
+    path.write_text("this is not a database\n" * 100)
+
+
+@pytest.mark.parametrize("damage", [_random_bytes, _cut_in_half, _not_a_database])
+@pytest.mark.parametrize("command", ["verify", "export"])
+def test_a_damaged_database_is_one_line_and_a_non_zero_exit(
+    served: Daemon,
+    key: Any,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    damage: Callable[[Path], None],
+    command: str,
+) -> None:
+    state = _copy_state(served, tmp_path)
+    conn = sqlite3.connect(state / "audit.db")
+    for _ in range(20):  # enough entries that half a file misses some of them
+        conn.execute(
+            "INSERT INTO audit (time, principal, operation, key_id, role, repository, "
+            "payload_sha256, outcome, code, detail, request_id, prev_hash, hash) "
+            "SELECT time, principal, operation, key_id, role, repository, payload_sha256, "
+            "outcome, code, detail || zeroblob(2000), request_id, prev_hash, hash "
+            "FROM audit WHERE seq = 1"
+        )
+    conn.commit()
+    conn.close()
+    damage(state / "audit.db")
+    capsys.readouterr()
+    out = ["--out", str(tmp_path / "out.jsonl")] if command == "export" else []
+    assert signerd(["audit", command, "--state-dir", str(state), *out]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"signerd: cannot read {state / 'audit.db'}: "), err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_daemon_refuses_to_start_on_a_damaged_audit_log(tmp_path: Path, workers: int) -> None:
+    env = create_token(tmp_path / "hsm")
+    daemon = Daemon(root=tmp_path, port=free_port(), env=env, workers=workers)
+    daemon.state.mkdir(parents=True)
+    (daemon.state / "audit.db").write_bytes(os.urandom(8192))
+    daemon.start(wait=False)
+    assert daemon.proc is not None
+    code = daemon.proc.wait(timeout=30)
+    log = daemon.log()
+    assert code != 0
+    assert "cannot open the audit log" in log and "damaged file, or not a database" in log, log
+    assert "Traceback" not in log
+
+
+def test_the_audit_package_is_a_leaf() -> None:
+    """signer.audit knows no key code: the checkpoint signer is injected."""
+    script = (
+        "import sys, signer.audit, signer.audit.checkpoint, signer.audit.verify, "
+        "signer.audit.anchor, signer.audit.cli\n"
+        "bad = ('signer.token', 'signer.registry', 'signer.keys', 'signer.signing', "
+        "'signer.policy', 'signer.audit_key')\n"
+        "print([m for m in sys.modules if m.startswith(bad)])"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "[]", done.stdout
+
+
+# -- durability and group commit -----------------------------------------------------------
+
+
+def test_commits_are_fsynced_and_concurrent_callers_share_them(tmp_path: Path) -> None:
+    """synchronous=FULL (survives a power loss); 16 callers at once share commits."""
+    from signer.audit.log import AuditEvent, AuditLog, Outcome
+
+    audit = AuditLog(tmp_path / "audit.db")
+    try:
+        assert audit._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        start = threading.Barrier(16)
+
+        def caller(n: int) -> None:
+            start.wait()
+            for i in range(25):
+                audit.record(AuditEvent(f"caller-{n}", "sign", Outcome.ALLOWED, detail=str(i)))
+
+        threads = [threading.Thread(target=caller, args=(n,)) for n in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert audit.committed_entries == 400
+        assert audit.committed_entries / audit.commits >= 2, (audit.commits, "commits")
+    finally:
+        audit.close()
+    report = verify_log(tmp_path / "audit.db", {}, settings=CheckpointSettings(1000))
+    assert report.ok and report.entries == 400
