@@ -296,10 +296,10 @@ def test_version_store_on_a_full_disk_is_unavailable(tiny_disk: Path) -> None:
                 failures.append(exc)
                 break
         assert failures, "the full disk never refused a write"
-        exc = failures[0]
-        assert exc.code == grpc.StatusCode.UNAVAILABLE
-        assert "is full" in exc.message and "tuf.db" in exc.message, exc.message
-        assert "rollback" not in exc.message
+        refusal = failures[0]
+        assert refusal.code == grpc.StatusCode.UNAVAILABLE
+        assert "is full" in refusal.message and "tuf.db" in refusal.message, refusal.message
+        assert "rollback" not in refusal.message
         # The rules still hold while the disk is full, and the store recovers after.
         with pytest.raises(PermissionDenied):
             store.claim(key, _payload(1), "b" * 64, "alice")
