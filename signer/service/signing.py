@@ -11,6 +11,7 @@ from signer.errors import InvalidArgument, SignerError
 from signer.identity import principal_from_context
 from signer.pipeline import Pipeline, SignInput
 from signer.quorum import QuorumService, RequestState, SignatureRequest
+from signer.service.errors import status_message
 from signer.service.rpc import rpc
 from signer.v1 import signer_pb2 as pb
 from signer.v1 import signer_pb2_grpc as pb_grpc
@@ -50,7 +51,9 @@ class SigningServicer(pb_grpc.SigningServiceServicer):
         results = []
         for outcome in await self.pipeline.sign(principal, inputs):
             if isinstance(outcome, SignerError):
-                status = pb.ItemStatus(code=outcome.code.value[0], message=outcome.message)
+                status = pb.ItemStatus(
+                    code=outcome.code.value[0], message=status_message(outcome.message)
+                )
                 results.append(pb.SignBatchResult(status=status))
             else:
                 results.append(

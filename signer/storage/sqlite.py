@@ -148,13 +148,14 @@ def transaction(conn: sqlite3.Connection, immediate: bool = True) -> Iterator[sq
     conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
     try:
         yield conn
+        conn.execute("COMMIT")  # a failed COMMIT (disk full) leaves the transaction open
     except BaseException:
-        try:
-            conn.execute("ROLLBACK")
-        except sqlite3.Error as rollback_error:
-            log.warning("ROLLBACK failed after an error: %s", rollback_error)
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error as rollback_error:
+                log.warning("ROLLBACK failed after an error: %s", rollback_error)
         raise
-    conn.execute("COMMIT")
 
 
 def is_disk_full(exc: BaseException) -> bool:
