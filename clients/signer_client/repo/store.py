@@ -30,13 +30,13 @@ from tuf.api.serialization.json import JSONSerializer
 from signer_client.repo.errors import RepositoryError
 
 CONFIG_NAME = "tuf-repo.json"
-_ROLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_ROLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _VERSIONED = re.compile(r"^(\d+)\.root\.json$")
 
 
 def check_role_name(name: str) -> str:
     """Role names become file names: keep them to a safe alphabet."""
-    if not _ROLE_NAME.match(name) or name.endswith(".json"):
+    if not _ROLE_NAME.fullmatch(name) or name.endswith(".json"):
         raise RepositoryError(f"bad role name {name!r}: use letters, digits, '.', '_', '-'")
     return name
 
