@@ -325,11 +325,14 @@ def keep_good_policy(config: SignerConfig) -> Path | None:
     tmp = kept.with_name(f".{kept.name}.{os.getpid()}")
     tmp.unlink(missing_ok=True)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, kept)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, kept)
+    finally:
+        tmp.unlink(missing_ok=True)
     return kept
 
 
@@ -400,6 +403,10 @@ class Supervisor:
             return EXIT_CRASH
         finally:
             self.stop_all()
+            # Stopped: a late signal must not kill the exit itself (Python restores the
+            # default action of its handled signals while shutting down; SIG_IGN stays).
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_IGN)
 
     def _loop(self) -> int:
         while True:
