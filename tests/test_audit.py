@@ -606,3 +606,16 @@ def test_commits_are_fsynced_and_concurrent_callers_share_them(tmp_path: Path) -
         audit.close()
     report = verify_log(tmp_path / "audit.db", {}, settings=CheckpointSettings(1000))
     assert report.ok and report.entries == 400
+
+
+def test_an_anchor_that_fails_never_blocks_signing(tmp_path: Path) -> None:
+    config = CHECKPOINTS + 'anchor_command = ["sh", "-c", "echo anchor store down >&2; exit 3"]\n'
+    with running_daemon(tmp_path, clients=["admin"], extra_config=config) as daemon:
+        with daemon.client("admin") as admin:
+            key = admin.create_key("unanchored", role="targets")
+            for i in range(12):
+                verify(key, b"%d" % i, admin.sign(key.key_id, b"%d" % i).signature)
+        log = daemon.wait_log("not anchored yet, will retry")
+        assert "exited 3: anchor store down" in log
+        assert daemon.proc is not None and daemon.proc.poll() is None
+        wait_for(lambda: _checkpoint_seqs(daemon.state)[-1:] >= [13])  # made all the same

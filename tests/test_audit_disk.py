@@ -13,7 +13,7 @@ import grpc
 import pytest
 from authz_helpers import audit_rows, sha256, verify
 
-from harness import Daemon, running_daemon
+from harness import running_daemon
 from signer.audit.checkpoint import CheckpointSettings
 from signer.audit.verify import verify as verify_log
 from signer_client import ClientError
