@@ -13,6 +13,14 @@ Why it looks the way it does:
   background healer re-initialises the module, re-opens and re-logs-in with backoff. No
   restart is needed.
 * Never fork after ``C_Initialize``: worker processes each open the token themselves.
+* Workers share the token: a key made by one must sign at once through the others, and a
+  key destroyed by one must not sign from another's cached handle. So an object that is
+  not found (or whose cached handle the module no longer knows) is looked for again, on a
+  re-initialised module (SoftHSM indexes objects per module instance), before it is
+  reported missing; every path (sign, sign_many, public_key, destroy,
+  security_attributes) does this the same way (``_locate``).
+* A refused PIN is tried once: a real HSM locks the user PIN after a few wrong tries, so
+  the healer stops and health says why until ``reset_lockout`` (SIGHUP) or a restart.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import pkcs11
@@ -66,7 +74,16 @@ _ANY_P11: tuple[type[Exception], ...] = (*_FAULTS, p11.PKCS11Error)
 # What a failed re-open raises: module errors, or a refused login (TokenUnavailable).
 _REOPEN_FAILURES: tuple[type[Exception], ...] = (*_ANY_P11, TokenUnavailable)
 
+# Errors of a handle that no longer names an object (destroyed by another process).
+_STALE_HANDLE: tuple[type[Exception], ...] = (p11.ObjectHandleInvalid, p11.KeyHandleInvalid)
+
+# The token refused the PIN: never retried behind the operator's back.
+_PIN_REFUSED: tuple[type[Exception], ...] = (p11.PinIncorrect, p11.PinLocked, p11.PinExpired)
+
 _ED25519_OID = "1.3.101.112"
+# An object still missing after a re-open is not re-opened for again for this long (per
+# object id), so requests naming a missing key cannot keep re-initialising the module;
+# an object not yet known to be missing (a key just made by another worker) never waits.
 _MISSING_KEY_REOPEN_INTERVAL = 5.0  # seconds
 
 
@@ -118,7 +135,9 @@ class Token:
         self._healer: threading.Thread | None = None
         self._closed = threading.Event()
         self._prober: threading.Thread | None = None
-        self._last_reopen = 0.0
+        self._missing: dict[str, float] = {}  # object id -> when a re-open did not find it
+        self._pin_refused: str | None = None  # why the token refused the PIN (no retries)
+        self.login_attempts = 0  # C_Login calls made, for tests and diagnostics
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -157,6 +176,33 @@ class Token:
 
     def on_health_change(self, listener: Callable[[bool], None]) -> None:
         self._listeners.append(listener)
+
+    @property
+    def pin_refused(self) -> str | None:
+        """Why the token refused the PIN, while the daemon does not try it again."""
+        return self._pin_refused
+
+    def reset_lockout(self, read_pin: Callable[[], str] | None = None) -> None:
+        """SIGHUP: re-read the PIN (``read_pin``) and, if the token refused the last one,
+        let the healer try once more. A PIN that cannot be read keeps the lockout: trying
+        the old one again would only bring a real HSM closer to locking it."""
+        pin: str | None = None
+        if read_pin is not None:
+            try:
+                pin = read_pin()
+            except Exception as exc:  # ConfigError, OSError: keep what we have
+                log.error("token %r: cannot re-read the PIN: %s", self.settings.label, exc)
+                return
+        with self._lock:
+            if pin:
+                self.settings = replace(self.settings, pin=pin)
+            if self._pin_refused is None:
+                return
+            self._pin_refused = None
+            if self._closed.is_set() or self._fault is None:
+                return
+            log.warning("token %r: reload, trying the PIN again", self.settings.label)
+            self._start_healer()
 
     # -- key operations --------------------------------------------------------------------
 
@@ -211,6 +257,7 @@ class Token:
                     public_template=public_template,
                     private_template=private_template,
                 )
+            # The handles generate_keypair returns are used as they are: no search.
             self._handles[object_id.hex()] = priv
             return object_id.hex(), _public_key(algorithm, pub)
 
@@ -227,7 +274,7 @@ class Token:
         def run() -> list[bytes | Exception]:
             out: list[bytes | Exception] = []
             for item in items:
-                try:
+                try:  # a missing object was looked for again (``_locate``) before this
                     out.append(self._sign_one(item))
                 except (KeyObjectMissing, InvalidArgument) as exc:
                     out.append(exc)
@@ -237,7 +284,7 @@ class Token:
 
     def public_key(self, object_id: str, algorithm: Algorithm) -> PublicKeyTypes:
         def run() -> PublicKeyTypes:
-            pub = self._find(object_id, ObjectClass.PUBLIC_KEY)
+            pub = self._locate(object_id, ObjectClass.PUBLIC_KEY)
             if pub is None:
                 raise KeyObjectMissing(f"public key object {object_id} is not on the token")
             return _public_key(algorithm, pub)
@@ -249,9 +296,14 @@ class Token:
 
         def run() -> int:
             self._handles.pop(object_id, None)
-            objs = list(self._session.get_objects({Attribute.ID: bytes.fromhex(object_id)}))
+            objs = self._all_with_id(object_id)
+            if not objs and self._may_reopen_for(object_id):
+                # made by another worker and not visible here yet: look again, re-opened
+                self._reopen()
+                objs = self._all_with_id(object_id)
             for obj in objs:
                 obj.destroy()
+            self._missing.pop(object_id, None)
             return len(objs)
 
         return self._call(run)
@@ -260,7 +312,7 @@ class Token:
         """The private key's protection attributes, read back from the token."""
 
         def run() -> dict[str, bool]:
-            priv = self._find(object_id, ObjectClass.PRIVATE_KEY)
+            priv = self._locate(object_id, ObjectClass.PRIVATE_KEY)
             if priv is None:
                 raise KeyObjectMissing(f"private key object {object_id} is not on the token")
             names = {
@@ -296,7 +348,18 @@ class Token:
     # -- internals -------------------------------------------------------------------------
 
     def _sign_one(self, item: SignItem) -> bytes:
-        key = self._private(item.object_id)
+        cached = item.object_id in self._handles
+        try:
+            return self._sign_with(self._private(item.object_id), item)
+        except _STALE_HANDLE:
+            if not cached:
+                raise  # a handle just found: a real fault, healed by ``_call``
+            # The object behind the cached handle is gone (destroyed, or the token was
+            # replaced): forget the handle and look for the object again.
+            self._handles.pop(item.object_id, None)
+            return self._sign_with(self._private(item.object_id), item)
+
+    def _sign_with(self, key: Any, item: SignItem) -> bytes:
         alg = item.algorithm
         try:
             if alg.family == "ec":
@@ -318,11 +381,44 @@ class Token:
     def _private(self, object_id: str) -> Any:
         key = self._handles.get(object_id)
         if key is None:
-            key = self._find(object_id, ObjectClass.PRIVATE_KEY)
+            key = self._locate(object_id, ObjectClass.PRIVATE_KEY)
             if key is None:
                 raise KeyObjectMissing(f"private key object {object_id} is not on the token")
             self._handles[object_id] = key
         return key
+
+    def _locate(self, object_id: str, cls: ObjectClass) -> Any | None:
+        """Find an object; if it is not there, look again before saying it is missing.
+
+        The first search runs in the current session and sees what other processes have
+        written since the last one. If the object is still not found, the module is
+        re-initialised and logged in again and the object looked for once more: SoftHSM
+        keeps one index per module instance, and an object another process was writing
+        while this one indexed can stay invisible to it. Only an object that a re-open
+        already failed to find is reported missing at once (for a few seconds), so a key
+        just made by another worker never waits, and requests naming a truly missing key
+        do not re-initialise the module each time.
+        """
+        obj = self._find(object_id, cls)
+        if obj is not None or not self._may_reopen_for(object_id):
+            return obj
+        log.info(
+            "token %r: object %s not found; re-opening to look again",
+            self.settings.label,
+            object_id,
+        )
+        self._reopen()
+        obj = self._find(object_id, cls)
+        if obj is None:
+            self._missing[object_id] = time.monotonic()
+        return obj
+
+    def _may_reopen_for(self, object_id: str) -> bool:
+        last = self._missing.get(object_id)
+        if last is None or time.monotonic() - last >= _MISSING_KEY_REOPEN_INTERVAL:
+            self._missing.pop(object_id, None)
+            return True
+        return False
 
     def _find(self, object_id: str, cls: ObjectClass) -> Any | None:
         objs = list(
@@ -330,7 +426,12 @@ class Token:
                 {Attribute.CLASS: cls, Attribute.ID: bytes.fromhex(object_id)}
             )
         )
+        if objs:
+            log.debug("token %r: found %s object %s", self.settings.label, cls.name, object_id)
         return objs[0] if objs else None
+
+    def _all_with_id(self, object_id: str) -> list[Any]:
+        return list(self._session.get_objects({Attribute.ID: bytes.fromhex(object_id)}))
 
     def _call(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` on the session under the lock; on a token fault, heal once and retry.
@@ -343,29 +444,29 @@ class Token:
                 raise TokenUnavailable(
                     f"token {self.settings.label!r} is unavailable: {self._fault}"
                 )
+            # A missing object was already looked for again inside ``fn`` (``_locate``).
             try:
                 return fn()
             except _FAULTS as exc:
-                first = exc
-            except KeyObjectMissing:
-                # The session may be stale (token removed and re-inserted): re-open and look
-                # again, but not for every request naming a missing key: at most every few
-                # seconds, so such requests cannot keep re-initialising the module.
-                if time.monotonic() - self._last_reopen < _MISSING_KEY_REOPEN_INTERVAL:
-                    raise
-                first = None
+                first: BaseException = exc
+            except TokenUnavailable as exc:  # a re-open inside ``fn`` was refused a login
+                self._mark_broken(exc)
+                raise TokenUnavailable(
+                    f"token {self.settings.label!r} is unavailable: {self._fault}"
+                ) from exc
             try:
                 self._reopen()
                 return fn()
             except _REOPEN_FAILURES as exc:  # incl. a refused login
-                self._mark_broken(exc if first is None else first)
+                self._mark_broken(exc if isinstance(exc, TokenUnavailable) else first)
                 raise TokenUnavailable(
                     f"token {self.settings.label!r} is unavailable: {self._fault}"
                 ) from exc
 
     def _reopen(self) -> None:
         """(Re-)initialise the module, find the token by label, open a session, log in."""
-        self._last_reopen = time.monotonic()
+        if self._pin_refused is not None:  # never try a refused PIN again by ourselves
+            raise TokenUnavailable(self._pin_refused)
         self._handles.clear()
         if self._session is not None:
             with contextlib.suppress(p11.PKCS11Error):
@@ -382,19 +483,31 @@ class Token:
         if self.settings.serial:
             kwargs["token_serial"] = self.settings.serial
         token = self._lib.get_token(**kwargs)
+        self.login_attempts += 1
         try:
             self._session = token.open(rw=True, user_pin=self.settings.pin)
-        except (p11.PinIncorrect, p11.PinLocked, p11.PinExpired) as exc:
-            raise TokenUnavailable(
-                f"login to token {self.settings.label!r} refused: {_describe(exc)}"
-            ) from exc
+        except _PIN_REFUSED as exc:
+            self._pin_refused = (
+                f"token {self.settings.label!r} refused the PIN ({_describe(exc)}); not "
+                "trying it again until SIGHUP or a restart (a real HSM locks the PIN "
+                "after a few wrong tries): fix the PIN, then send SIGHUP"
+            )
+            log.error("%s", self._pin_refused)
+            raise TokenUnavailable(self._pin_refused) from exc
+        self._missing.clear()
         self._set_health(None)
 
     def _mark_broken(self, exc: BaseException) -> None:
         self._session = None
         self._handles.clear()
         self._set_health(_describe(exc))
+        if self._pin_refused is not None:
+            log.error("token %r fault: %s", self.settings.label, self._fault)
+            return  # no healer: only SIGHUP (reset_lockout) or a restart tries the PIN
         log.error("token %r fault: %s; healing in background", self.settings.label, self._fault)
+        self._start_healer()
+
+    def _start_healer(self) -> None:
         if self._healer is None or not self._healer.is_alive():
             self._healer = threading.Thread(target=self._heal, name="token-healer", daemon=True)
             self._healer.start()
@@ -410,8 +523,11 @@ class Token:
                     self._reopen()
                     log.warning("token %r is back", self.settings.label)
                     return
-                except Exception as exc:  # keep trying whatever the module says
+                except Exception as exc:  # keep trying whatever the module says...
                     self._fault = _describe(exc)
+                if self._pin_refused is not None:  # ...except a refused PIN
+                    log.error("token %r: healing stopped: the PIN was refused", self.settings.label)
+                    return
             delay = min(delay * 2, self.settings.max_backoff)
 
     def _probe_loop(self) -> None:
