@@ -132,6 +132,7 @@ class SignerApp:
 
     def reload(self) -> None:
         """Re-read the policy (SIGHUP). A policy that fails to load leaves the old one."""
+        self.token.reset_lockout(self.config.token.read_pin)  # a refused PIN: try again
         identity.reload(self.config)  # the CRL, likewise: a bad one leaves the old one
         try:
             policy = load_policy(self.config, self.buckets, fallback=False)
