@@ -258,6 +258,7 @@ class Token:
                     private_template=private_template,
                 )
             # The handles generate_keypair returns are used as they are: no search.
+            log.debug("token %r: generated key object %s", self.settings.label, object_id.hex())
             self._handles[object_id.hex()] = priv
             return object_id.hex(), _public_key(algorithm, pub)
 

@@ -93,15 +93,19 @@ def test_daemon_starts_without_token_and_serves_once_it_appears(tmp_path: Path) 
         daemon.client().sign(key.key_id, b"hello")
 
 
-def test_token_back_with_another_pin_stays_unavailable_then_heals(
+def test_token_back_with_another_pin_is_tried_once_then_heals_on_sighup(
     fragile: Daemon, tmp_path: Path
 ) -> None:
-    """A token that comes back refusing our PIN is a fault (UNAVAILABLE), not a crash."""
+    """A token that comes back refusing our PIN is a fault (UNAVAILABLE), not a crash, and
+    the PIN is tried exactly once: a real HSM locks the PIN after a few wrong tries. Health
+    stays NOT_SERVING and says why until SIGHUP, which tries again."""
     import os
+    import signal
     import subprocess
 
     from harness import ROOT
 
+    refusal = f"signer.token: token {fragile.label!r} refused the PIN"
     client = fragile.client()
     key = client.create_key("pin", "ecdsa-sha2-nistp256", "timestamp")
     client.sign(key.key_id, b"before")
@@ -115,13 +119,71 @@ def test_token_back_with_another_pin_stays_unavailable_then_heals(
     )
     away = _pull(fragile)
     (impostor / "tokens").rename(away.with_name("tokens"))  # same label, other PIN
-    with pytest.raises(UnavailableError):
+    with pytest.raises(UnavailableError, match="PIN"):  # re-opened once: login refused
         client.sign(key.key_id, b"during")
     fragile.wait_serving(timeout=10, want=NOT_SERVING)
-    with pytest.raises(UnavailableError):  # still a clean UNAVAILABLE, never INTERNAL
+    # The healer's backoff starts at 0.05 s: without the lockout, 3 s are ~7 more tries.
+    time.sleep(3)
+    assert fragile.log().count(refusal) == 1, fragile.log()
+    with pytest.raises(UnavailableError, match="PIN"):  # still a clean UNAVAILABLE
         client.sign(key.key_id, b"during")
+    assert fragile.log().count(refusal) == 1  # a request does not try the PIN either
+    # The right token is back, but nobody tries the PIN until the operator says so.
     away.with_name("tokens").rename(impostor / "tokens")
     _reinsert(away)
+    time.sleep(1.5)
+    assert fragile.health() == NOT_SERVING
+    assert fragile.proc is not None and fragile.proc.poll() is None
+    fragile.signal(signal.SIGHUP)
     fragile.wait_serving(timeout=20, want=SERVING)
     response = client.sign(key.key_id, b"after")
     tuf_key(key).verify_signature(Signature(key.key_id, response.signature.hex()), b"after")
+    assert fragile.log().count(refusal) == 1
+
+
+_PIN_ONCE = r"""
+import sys, time
+from signer.errors import TokenUnavailable
+from signer.token import Token, TokenSettings
+module, label, pin = sys.argv[1:4]
+token = Token(TokenSettings(module, label, "wrong-pin", probe_interval=0, max_backoff=0.05))
+try:
+    token.open()
+    raise SystemExit("logged in with a wrong PIN")
+except TokenUnavailable as exc:
+    assert "refused the PIN" in str(exc), exc
+token._mark_broken(TokenUnavailable(str(token.pin_refused)))  # as the server does
+time.sleep(0.5)  # ten heal intervals
+assert token.login_attempts == 1, token.login_attempts
+assert not token.healthy and "PIN" in str(token.fault), token.fault
+token.reset_lockout(lambda: "still-wrong")
+time.sleep(0.5)
+assert token.login_attempts == 2 and "PIN" in str(token.fault), token.login_attempts
+token.reset_lockout(lambda: pin)
+deadline = time.monotonic() + 5
+while not token.healthy and time.monotonic() < deadline:
+    time.sleep(0.02)
+assert token.healthy and token.login_attempts == 3, (token.fault, token.login_attempts)
+token.close()
+print("ok")
+"""
+
+
+def test_refused_pin_is_tried_once_by_the_token_until_reset(tmp_path: Path) -> None:
+    """The token object itself (in a process of its own), short heal intervals: one login
+    attempt, then none until ``reset_lockout`` (what SIGHUP calls) gives a PIN to try."""
+    import os
+    import subprocess
+    import sys
+
+    from harness import MODULE, PIN, create_token
+
+    env = create_token(tmp_path / "hsm", "pin-token")
+    result = subprocess.run(
+        [sys.executable, "-c", _PIN_ONCE, MODULE, "pin-token", PIN],
+        env=dict(os.environ, **env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
