@@ -24,10 +24,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from grpc_health.v1 import health_pb2
 
 from harness import Daemon, running_daemon
+from signer.errors import InvalidArgument
 from signer.notary import keys as nkeys
 from signer.notary import signer_pb2 as pb
 from signer.notary import signer_pb2_grpc as pb_grpc
-from signer.errors import InvalidArgument
 from signer.notary.rules import signing_operation
 from signer.policy import Operation
 

@@ -204,7 +204,7 @@ def test_request_checks_tuf_rules_and_key(clients: dict[str, Any], root_key: Any
     _refused(lambda: clients["bob"].get_signature_request("nope"), grpc.StatusCode.NOT_FOUND)
     # Nothing approvers could review in vain: oversized, or a fork of a signed version.
     assert "the limit is" in _refused(
-        lambda: alice.request_signature(root_key.key_id, b"{" + b" " * 17 * 1024 * 1024),
+        lambda: alice.request_signature(root_key.key_id, b"{" + b" " * (16 * 1024 * 1024 + 1024)),
         grpc.StatusCode.INVALID_ARGUMENT,
     )
 
