@@ -79,6 +79,7 @@ class SignerApp:
                 pin=config.token.read_pin(),
                 serial=config.token.serial,
                 probe_interval=config.token.probe_interval,
+                hang_seconds=config.token.hang_seconds,
             )
         )
         config.state_dir.mkdir(parents=True, exist_ok=True)

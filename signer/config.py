@@ -50,6 +50,7 @@ class TokenConfig:
     pin_env: str = "SIGNER_PIN"
     pin_file: Path | None = None
     probe_interval: float = 2.0
+    hang_seconds: float = 5.0
 
     def read_pin(self) -> str:
         if self.pin_file is not None:
@@ -195,6 +196,7 @@ def load_config(path: Path) -> SignerConfig:
                 pin_env=str(token.get("pin_env", "SIGNER_PIN")),
                 pin_file=rel(token["pin_file"]) if token.get("pin_file") else None,
                 probe_interval=float(token.get("probe_interval", 2.0)),
+                hang_seconds=float(token.get("hang_seconds", 5.0)),
             ),
             state_dir=rel(str(state.get("dir", "state"))),
             policy_file=rel(policy["file"]) if policy.get("file") else None,

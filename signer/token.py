@@ -97,6 +97,7 @@ class TokenSettings:
     serial: str | None = None
     probe_interval: float = 2.0  # seconds between liveness probes; 0 disables
     max_backoff: float = 5.0
+    hang_seconds: float = 5.0  # a token call running longer is a hung token; 0 disables
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,9 @@ class Token:
         self._missing: dict[str, float] = {}  # object id -> when a re-open did not find it
         self._pin_refused: str | None = None  # why the token refused the PIN (no retries)
         self.login_attempts = 0  # C_Login calls made, for tests and diagnostics
+        self._busy_since: float | None = None  # when the running token call started
+        self._hung = False  # the watchdog found the running call hung
+        self._watchdog: threading.Thread | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -155,6 +159,11 @@ class Token:
                 target=self._probe_loop, name="token-probe", daemon=True
             )
             self._prober.start()
+        if self.settings.hang_seconds > 0 and self._watchdog is None:
+            self._watchdog = threading.Thread(
+                target=self._watch, name="token-watchdog", daemon=True
+            )
+            self._watchdog.start()
 
     def close(self) -> None:
         self._closed.set()
@@ -447,7 +456,7 @@ class Token:
                 )
             # A missing object was already looked for again inside ``fn`` (``_locate``).
             try:
-                return fn()
+                return self._timed(fn)
             except _FAULTS as exc:
                 first: BaseException = exc
             except TokenUnavailable as exc:  # a re-open inside ``fn`` was refused a login
@@ -463,6 +472,38 @@ class Token:
                 raise TokenUnavailable(
                     f"token {self.settings.label!r} is unavailable: {self._fault}"
                 ) from exc
+
+    def _timed(self, fn: Callable[[], T]) -> T:
+        """Run a token call where the watchdog can see how long it has been running."""
+        self._busy_since = time.monotonic()
+        try:
+            return fn()
+        finally:
+            self._busy_since = None
+            if self._hung:  # it came back, late: reopen the session before trusting it
+                self._hung = False
+                self._mark_broken(TokenUnavailable("a token call hung"))
+
+    def _watch(self) -> None:
+        """Flag a token call that runs past ``hang_seconds`` (the caller holds the lock,
+        so this thread never takes it): health NOT_SERVING, and the session is reopened
+        once the call returns."""
+        limit = self.settings.hang_seconds
+        while not self._closed.wait(min(1.0, limit / 2)):
+            started = self._busy_since
+            if started is None or self._hung:
+                continue
+            running = time.monotonic() - started
+            if running > limit:
+                self._hung = True
+                log.error(
+                    "token %r: a call has been running for %.1f s (limit %.1f s): the token "
+                    "is hung; marking it broken",
+                    self.settings.label,
+                    running,
+                    limit,
+                )
+                self._set_health(f"a token call hung for more than {limit:g} s")
 
     def _reopen(self) -> None:
         """(Re-)initialise the module, find the token by label, open a session, log in."""
