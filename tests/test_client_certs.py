@@ -25,6 +25,7 @@ from certs_helpers import (
 
 from harness import Daemon, create_token, free_port, running_daemon
 from signer.devpki import make_ca
+from signer.server import EXIT_CONFIG
 from signer.v1 import signer_pb2 as pb
 from signer.v1 import signer_pb2_grpc as pb_grpc
 from signer_client import ClientConfig, ClientError, SignerClient
@@ -200,7 +201,7 @@ def test_unusable_crl_at_start_is_a_config_error(tmp_path: Path, problem: str) -
     daemon.start(wait=False)
     assert daemon.proc is not None
     try:
-        assert daemon.proc.wait(30) == 78  # EX_CONFIG
+        assert daemon.proc.wait(30) == EXIT_CONFIG
     finally:
         daemon.kill()
     assert complaint in daemon.log()

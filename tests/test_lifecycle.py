@@ -210,7 +210,7 @@ def test_wrong_pin_keeps_daemon_up_but_not_serving(tmp_path: Path) -> None:
     daemon.start(wait=False)
     try:
         daemon.wait_serving(timeout=20, want=2)
-        assert "login to token 'tuf-signer' refused" in daemon.log()
+        assert "token 'tuf-signer' refused the PIN" in daemon.log()
         assert "wrong-pin" not in daemon.log()  # never log the PIN
     finally:
         daemon.stop()
