@@ -12,7 +12,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, fields, replace
 from enum import StrEnum
 from pathlib import Path
 
@@ -98,7 +98,9 @@ class KeyRegistry:
         record = replace(record, created_at=record.created_at or time.time())
         with self._lock:
             try:
-                self._db["keys"].insert(_row(record))  # type: ignore[union-attr]
+                # One plain INSERT: sqlite_utils' insert reads the table's schema first
+                # (PRAGMA table_info, ~0.1 ms per key created).
+                self._conn.execute(_INSERT, _values(record))
             except sqlite3.IntegrityError as exc:
                 raise AlreadyExists(f"key {record.key_id} is already registered") from exc
             self._cache[record.key_id] = record
@@ -149,11 +151,16 @@ class KeyRegistry:
             self._data_version = version
 
 
-def _row(record: KeyRecord) -> dict[str, object]:
-    row = asdict(record)
-    row["state"] = record.state.value
-    row["quorum"] = int(record.quorum)
-    return row
+_COLUMNS = tuple(f.name for f in fields(KeyRecord))
+_INSERT = f"INSERT INTO keys ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})"
+
+
+def _values(record: KeyRecord) -> tuple[object, ...]:
+    """The record's column values in ``_COLUMNS`` order (``dataclasses.asdict`` deep-copies)."""
+    values: dict[str, object] = {name: getattr(record, name) for name in _COLUMNS}
+    values["state"] = record.state.value
+    values["quorum"] = int(record.quorum)
+    return tuple(values[name] for name in _COLUMNS)
 
 
 def _record(row: dict[str, object]) -> KeyRecord:

@@ -216,10 +216,21 @@ class Token:
     # -- key operations --------------------------------------------------------------------
 
     def generate(self, algorithm: Algorithm, label: str) -> tuple[str, PublicKeyTypes]:
-        """Generate a key pair inside the token; returns (object id, public key)."""
+        """Generate a key pair inside the token; returns (object id, public key).
+
+        The pair is generated as session objects of this session and then copied, inside
+        the token, to token objects (``C_CopyObject`` with ``CKA_TOKEN`` true); the session
+        objects are destroyed. The private key never leaves the module and keeps what
+        generation gave it (``CKA_LOCAL``, ``CKA_ALWAYS_SENSITIVE``,
+        ``CKA_NEVER_EXTRACTABLE``). Why not generate token objects at once: SoftHSM's file
+        object store writes a new token object's file again for every default attribute
+        it sets (~30 truncate-and-rewrites per object, each waiting on ext4's writeback
+        of the previous one: ~10 ms per P-256 pair), while a copy is written in one
+        transaction (~1.4 ms per pair).
+        """
         object_id = os.urandom(16)
         private_template = {
-            Attribute.TOKEN: True,
+            Attribute.TOKEN: False,  # a session object first; made a token object below
             Attribute.PRIVATE: True,
             Attribute.SENSITIVE: True,
             Attribute.EXTRACTABLE: False,
@@ -228,7 +239,11 @@ class Token:
             Attribute.UNWRAP: False,
             Attribute.DERIVE: False,
         }
-        public_template = {Attribute.TOKEN: True, Attribute.PRIVATE: False, Attribute.VERIFY: True}
+        public_template = {
+            Attribute.TOKEN: False,
+            Attribute.PRIVATE: False,
+            Attribute.VERIFY: True,
+        }
         if algorithm.family == "rsa":
             public_template[Attribute.ENCRYPT] = False
             public_template[Attribute.WRAP] = False
@@ -239,7 +254,7 @@ class Token:
                 pub, priv = session.generate_keypair(
                     KeyType.RSA,
                     algorithm.rsa_bits,
-                    store=True,
+                    store=False,
                     label=label,
                     id=object_id,
                     public_template=public_template,
@@ -259,17 +274,32 @@ class Token:
                     local=True,
                 )
                 pub, priv = params.generate_keypair(
-                    store=True,
+                    store=False,
                     label=label,
                     id=object_id,
                     mechanism=mechanism,
                     public_template=public_template,
                     private_template=private_template,
                 )
-            # The handles generate_keypair returns are used as they are: no search.
+            try:
+                public = _public_key(algorithm, pub)
+                # The public object first: if the private copy fails, no private key is
+                # left on the token (a stray public object holds nothing secret).
+                token_pub = pub.copy({Attribute.TOKEN: True})
+                try:
+                    token_priv = priv.copy({Attribute.TOKEN: True})
+                except BaseException:
+                    with contextlib.suppress(p11.PKCS11Error):
+                        token_pub.destroy()
+                    raise
+            finally:
+                for obj in (priv, pub):  # session objects: gone with the session anyway
+                    with contextlib.suppress(p11.PKCS11Error):
+                        obj.destroy()
+            # The handle the copy returns is used as it is: no search.
             log.debug("token %r: generated key object %s", self.settings.label, object_id.hex())
-            self._handles[object_id.hex()] = priv
-            return object_id.hex(), _public_key(algorithm, pub)
+            self._handles[object_id.hex()] = token_priv
+            return object_id.hex(), public
 
         return self._call(run)
 
