@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from harness import ROOT, Daemon, create_token, free_port
-from signer.config import ensure_state_dir, load_config
+from signer.config import load_config
 from signer.errors import ConfigError
 
 
@@ -157,6 +157,8 @@ def test_state_directory_is_created_0700(tmp_path: Path) -> None:
 
 
 def test_state_directory_writable_by_others_is_refused(tmp_path: Path) -> None:
+    from signer.config import ensure_state_dir
+
     daemon = Daemon(root=tmp_path, port=free_port(), env=create_token(tmp_path / "hsm"))
     daemon.state.mkdir()
     daemon.state.chmod(0o777)
