@@ -92,7 +92,9 @@ def padded_label(label: str) -> bytes:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 3:
-        print("usage: init-token.py MODULE LABEL (PINs in SIGNER_PIN, SIGNER_SO_PIN)", file=sys.stderr)
+        print(
+            "usage: init-token.py MODULE LABEL (PINs in SIGNER_PIN, SIGNER_SO_PIN)", file=sys.stderr
+        )
         return 2
     module_path, label = argv[1], argv[2]
     pin = os.environ.get("SIGNER_PIN", "").encode()
