@@ -4,13 +4,13 @@ The token holds the key material and is the source of truth for it; the registry
 TUF key_id to the token object id and keeps the metadata the token cannot (role,
 repository, state, timestamps). Several worker processes share the database, so reads
 are cached and the cache is dropped whenever another connection commits
-(``PRAGMA data_version``), which makes a retirement visible to every worker at once.
+(``PRAGMA data_version``, checked once per request), which makes a retirement visible to
+every worker at once.
 """
 
 from __future__ import annotations
 
 import sqlite3
-import threading
 import time
 from dataclasses import dataclass, fields, replace
 from enum import StrEnum
@@ -19,8 +19,8 @@ from pathlib import Path
 import sqlite_utils
 
 from signer.algorithms import Algorithm, get_algorithm
-from signer.errors import AlreadyExists, NotFound
-from signer.storage.sqlite import connect
+from signer.errors import AlreadyExists, NotFound, shown
+from signer.storage.sqlite import Database, transaction
 
 
 class KeyState(StrEnum):
@@ -52,19 +52,23 @@ class KeyRecord:
 
 
 class KeyRegistry:
+    """Key records in SQLite (``signer.storage.sqlite.Database``), cached per process.
+
+    ``refresh()`` checks once whether another connection committed (``PRAGMA
+    data_version``) and drops the cache if so; ``get(key_id, refresh=False)`` then serves
+    from the cache, so a batch of many items pays for one check.
+    """
+
     def __init__(self, path: Path) -> None:
-        self._conn = connect(path)
-        self._db = sqlite_utils.Database(self._conn)
-        self._lock = threading.Lock()
+        self._store = Database(path)
         self._cache: dict[str, KeyRecord] = {}
-        self._data_version = -1
-        with self._lock:
-            table = self._db["keys"]
-            if not table.exists():
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    if not self._db["keys"].exists():
-                        self._db["keys"].create(  # type: ignore[union-attr]
+        self._versions: dict[int, int] = {}  # per connection: data_version last seen
+        with self._store.use() as conn:
+            db = sqlite_utils.Database(conn)
+            if not db["keys"].exists():
+                with transaction(conn):
+                    if not db["keys"].exists():
+                        db["keys"].create(  # type: ignore[union-attr]
                             {
                                 "key_id": str,
                                 "object_id": str,
@@ -84,37 +88,40 @@ class KeyRegistry:
                             pk="key_id",
                             not_null={"object_id", "algorithm_name", "state"},
                         )
-                        self._db["keys"].create_index(["object_id"], unique=True)  # type: ignore[union-attr]
-                        self._db["keys"].create_index(["role", "repository"])  # type: ignore[union-attr]
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
+                        db["keys"].create_index(["object_id"], unique=True)  # type: ignore[union-attr]
+                        db["keys"].create_index(["role", "repository"])  # type: ignore[union-attr]
 
     def close(self) -> None:
-        self._conn.close()
+        self._store.close()
 
     def add(self, record: KeyRecord) -> KeyRecord:
         record = replace(record, created_at=record.created_at or time.time())
-        with self._lock:
+        with self._store.use() as conn:
             try:
-                # One plain INSERT: sqlite_utils' insert reads the table's schema first
-                # (PRAGMA table_info, ~0.1 ms per key created).
-                self._conn.execute(_INSERT, _values(record))
+                conn.execute(_INSERT, _values(record))
             except sqlite3.IntegrityError as exc:
                 raise AlreadyExists(f"key {record.key_id} is already registered") from exc
             self._cache[record.key_id] = record
         return record
 
-    def get(self, key_id: str) -> KeyRecord:
-        with self._lock:
-            self._refresh_cache()
-            record = self._cache.get(key_id)
+    def refresh(self) -> None:
+        """Drop the cache if another connection (another worker) committed since."""
+        with self._store.use() as conn:
+            self._refresh(conn)
+
+    def get(self, key_id: str, refresh: bool = True) -> KeyRecord:
+        record = None if refresh else self._cache.get(key_id)
+        if record is not None:
+            return record
+        with self._store.use() as conn:
+            if refresh:
+                self._refresh(conn)
+                record = self._cache.get(key_id)
             if record is None:
-                rows = list(self._db.query("SELECT * FROM keys WHERE key_id = ?", [key_id]))
-                if not rows:
-                    raise NotFound(f"no key with key_id {key_id!r}")
-                record = _record(rows[0])
+                row = conn.execute(_SELECT + " WHERE key_id = ?", (key_id,)).fetchone()
+                if row is None:
+                    raise NotFound(f"no key with key_id {shown(key_id)}")
+                record = _record(row)
                 self._cache[key_id] = record
             return record
 
@@ -124,9 +131,9 @@ class KeyRegistry:
             if value:
                 where.append(f"{column} = ?")
                 args.append(value)
-        sql = "SELECT * FROM keys" + (" WHERE " + " AND ".join(where) if where else "")
-        with self._lock:
-            rows = list(self._db.query(sql + " ORDER BY created_at, key_id", args))
+        sql = _SELECT + (" WHERE " + " AND ".join(where) if where else "")
+        with self._store.use() as conn:
+            rows = conn.execute(sql + " ORDER BY created_at, key_id", args).fetchall()
         return [_record(r) for r in rows]
 
     def all(self) -> list[KeyRecord]:
@@ -134,21 +141,22 @@ class KeyRegistry:
 
     def set_state(self, key_id: str, state: KeyState) -> KeyRecord:
         now = time.time()
-        changes: dict[str, object] = {"state": state.value}
-        if state is KeyState.RETIRED:
-            changes["retired_at"] = now
-        if state is KeyState.DESTROYED:
-            changes["destroyed_at"] = now
-        with self._lock:
-            self._db["keys"].update(key_id, changes)  # type: ignore[union-attr]
+        retired = now if state is KeyState.RETIRED else None
+        destroyed = now if state is KeyState.DESTROYED else None
+        with self._store.use() as conn:
+            conn.execute(
+                "UPDATE keys SET state = ?, retired_at = coalesce(?, retired_at), "
+                "destroyed_at = coalesce(?, destroyed_at) WHERE key_id = ?",
+                (state.value, retired, destroyed, key_id),
+            )
             self._cache.pop(key_id, None)
         return self.get(key_id)
 
-    def _refresh_cache(self) -> None:
-        version = self._conn.execute("PRAGMA data_version").fetchone()[0]
-        if version != self._data_version:
+    def _refresh(self, conn: sqlite3.Connection) -> None:
+        version = conn.execute("PRAGMA data_version").fetchone()[0]
+        if self._versions.get(id(conn)) != version:
             self._cache.clear()
-            self._data_version = version
+            self._versions[id(conn)] = version
 
 
 _COLUMNS = tuple(f.name for f in fields(KeyRecord))
@@ -163,8 +171,11 @@ def _values(record: KeyRecord) -> tuple[object, ...]:
     return tuple(values[name] for name in _COLUMNS)
 
 
-def _record(row: dict[str, object]) -> KeyRecord:
-    values = dict(row)
+_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM keys"
+
+
+def _record(row: tuple[object, ...]) -> KeyRecord:
+    values = dict(zip(_COLUMNS, row, strict=True))
     values["state"] = KeyState(str(values["state"]))
     values["quorum"] = bool(values["quorum"])
     return KeyRecord(**values)  # type: ignore[arg-type]

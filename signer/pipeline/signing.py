@@ -115,6 +115,7 @@ class Pipeline:
             await self._refuse_whole(batch, exc)
             raise
         if len(items) <= INLINE_ITEMS:
+            await inline_or_thread(self.registry.refresh)  # once per request, not per item
             for index, item in enumerate(items):
                 prepared = await inline_or_thread(self._prepare_one, policy, batch, index, item)
                 if prepared is not None:
@@ -161,6 +162,7 @@ class Pipeline:
     # -- stages ------------------------------------------------------------------------------
 
     def _check_and_sign(self, policy: Policy, batch: _Batch) -> SignerError | None:
+        self.registry.refresh()
         for index, item in enumerate(batch.items):
             prepared = self._prepare_one(policy, batch, index, item)
             if prepared is not None:
@@ -204,7 +206,7 @@ class Pipeline:
             raise InvalidArgument("send a payload or a digest, not both")
         if item.payload is not None:
             check_payload(item.payload, self.max_payload_bytes)
-        key = self.registry.get(item.key_id)
+        key = self.registry.get(item.key_id, refresh=False)  # refreshed once per request
         operation = Operation.SIGN if item.digest is None else Operation.SIGN_RAW
         try:
             for guard in self.guards:
