@@ -137,18 +137,34 @@ def _fields_hash(prev_hash: str, seq: int, body: dict[str, object]) -> str:
 
 
 class _Pending:
-    """Entries waiting to be committed; ``finish`` is called once they are (or failed)."""
+    """Entries waiting to be committed, for a thread (``done``) or an event loop (``future``)."""
 
-    __slots__ = ("done", "error", "events", "finish", "seqs")
+    __slots__ = ("done", "error", "events", "future", "loop", "seqs")
 
     def __init__(
-        self, events: Sequence[AuditEvent], finish: Callable[[_Pending], object] | None = None
+        self,
+        events: Sequence[AuditEvent],
+        loop: asyncio.AbstractEventLoop | None = None,
+        future: asyncio.Future[list[int]] | None = None,
     ) -> None:
         self.events = events
-        self.done = threading.Event()
+        self.loop = loop
+        self.future = future
+        self.done = threading.Event() if loop is None else None
         self.error: BaseException | None = None
         self.seqs: list[int] = []
-        self.finish = finish
+
+
+def _settle(group: list[_Pending]) -> None:
+    """On the event loop: resolve every waiter of one commit (one wake-up for them all)."""
+    for pending in group:
+        future = pending.future
+        if future is None or future.done():
+            continue
+        if pending.error is None:
+            future.set_result(pending.seqs)
+        else:
+            future.set_exception(_unavailable(pending.error))
 
 
 def _unavailable(error: BaseException) -> AuditUnavailable:
@@ -198,6 +214,7 @@ class AuditLog:
         """Append events durably; return their sequence numbers. Raises AuditUnavailable."""
         pending = _Pending(events)
         self._enqueue(pending)
+        assert pending.done is not None
         pending.done.wait()
         if pending.error is not None:
             raise _unavailable(pending.error) from pending.error
@@ -211,21 +228,7 @@ class AuditLog:
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[int]] = loop.create_future()
-
-        def settle(pending: _Pending) -> None:
-            if not future.done():
-                if pending.error is None:
-                    future.set_result(pending.seqs)
-                else:
-                    future.set_exception(_unavailable(pending.error))
-
-        def finish(pending: _Pending) -> None:  # on the writer thread
-            try:
-                loop.call_soon_threadsafe(settle, pending)
-            except RuntimeError:  # the loop is closed: nobody waits any more
-                pass
-
-        self._enqueue(_Pending(events, finish))
+        self._enqueue(_Pending(events, loop, future))
         return await future
 
     def _enqueue(self, pending: _Pending) -> None:
@@ -289,10 +292,17 @@ class AuditLog:
                     log.exception("audit write failed")
                 for pending in batch:
                     pending.error = exc
+            waiting: dict[asyncio.AbstractEventLoop, list[_Pending]] = {}
             for pending in batch:
-                pending.done.set()
-                if pending.finish is not None:
-                    pending.finish(pending)
+                if pending.loop is not None:
+                    waiting.setdefault(pending.loop, []).append(pending)
+                elif pending.done is not None:
+                    pending.done.set()
+            for loop, group in waiting.items():
+                try:
+                    loop.call_soon_threadsafe(_settle, group)
+                except RuntimeError:  # the loop is closed: nobody waits any more
+                    pass
 
     def _commit(self, batch: list[_Pending]) -> None:
         with self._commit_lock:
