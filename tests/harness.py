@@ -280,3 +280,15 @@ def audit_rows(
         return [
             dict(r) for r in db.execute(f"SELECT * FROM audit WHERE {where} ORDER BY seq", args)
         ]
+
+
+def pull_token(daemon: Daemon) -> Path:
+    """Move the daemon's SoftHSM token directory away: what a pulled device looks like."""
+    tokens = Path(daemon.env["SOFTHSM2_CONF"]).parent / "tokens"
+    away = tokens.with_name("tokens.pulled")
+    tokens.rename(away)
+    return away
+
+
+def reinsert_token(away: Path) -> None:
+    away.rename(away.with_name("tokens"))

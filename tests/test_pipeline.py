@@ -21,7 +21,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from securesystemslib.signer import Signature
 
-from harness import Daemon, audit_rows, running_daemon
+from harness import Daemon, audit_rows, pull_token, reinsert_token, running_daemon
 from signer.v1 import signer_pb2 as pb
 from signer.v1 import signer_pb2_grpc as pb_grpc
 from signer_client import UnavailableError
@@ -135,20 +135,13 @@ def test_every_request_leaves_exactly_one_entry(
     assert daemon.proc is not None and daemon.proc.poll() is None
 
 
-def _pull(daemon: Daemon) -> Path:
-    tokens = Path(daemon.env["SOFTHSM2_CONF"]).parent / "tokens"
-    away = tokens.with_name("tokens.pulled")
-    tokens.rename(away)
-    return away
-
-
 def test_token_outage_under_load_audits_every_refusal(tmp_path: Path) -> None:
     with running_daemon(tmp_path / "d") as daemon:
         client = daemon.client()
         key = client.create_key("outage", "ecdsa-sha2-nistp256", "timestamp")
         client.sign(key.key_id, b"before")
         before = last_seq(daemon)
-        away = _pull(daemon)
+        away = pull_token(daemon)
         answers: list[str] = []
         lock = threading.Lock()
         deadline = time.monotonic() + 2.0
@@ -169,7 +162,7 @@ def test_token_outage_under_load_audits_every_refusal(tmp_path: Path) -> None:
             t.start()
         for t in threads:
             t.join(timeout=30)
-        away.rename(away.with_name("tokens"))
+        reinsert_token(away)
         daemon.wait_serving(timeout=20)
         refused = answers.count("UNAVAILABLE")
         assert refused > 20, answers[:5]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from securesystemslib.signer import Signature
 
-from harness import Daemon, running_daemon
+from harness import Daemon, pull_token, reinsert_token, running_daemon
 from signer_client import UnavailableError
 from signer_client.client import tuf_key
 
@@ -26,23 +26,12 @@ def fragile(tmp_path: Path) -> Iterator[Daemon]:
         yield daemon
 
 
-def _pull(daemon: Daemon) -> Path:
-    tokens = Path(daemon.env["SOFTHSM2_CONF"]).parent / "tokens"
-    away = tokens.with_name("tokens.pulled")
-    tokens.rename(away)
-    return away
-
-
-def _reinsert(away: Path) -> None:
-    away.rename(away.with_name("tokens"))
-
-
 def test_token_pulled_mid_service_then_healed(fragile: Daemon) -> None:
     client = fragile.client()
     key = client.create_key("fault", "ecdsa-sha2-nistp256", "timestamp")
     client.sign(key.key_id, b"before")
 
-    away = _pull(fragile)
+    away = pull_token(fragile)
     with pytest.raises(UnavailableError, match="unavailable"):
         client.sign(key.key_id, b"while pulled")
     fragile.wait_serving(timeout=10, want=NOT_SERVING)
@@ -50,7 +39,7 @@ def test_token_pulled_mid_service_then_healed(fragile: Daemon) -> None:
         client.sign(key.key_id, b"still pulled")
     assert fragile.proc is not None and fragile.proc.poll() is None
 
-    _reinsert(away)
+    reinsert_token(away)
     fragile.wait_serving(timeout=20, want=SERVING)
     response = client.sign(key.key_id, b"after")
     tuf_key(key).verify_signature(Signature(key.key_id, response.signature.hex()), b"after")
@@ -58,9 +47,9 @@ def test_token_pulled_mid_service_then_healed(fragile: Daemon) -> None:
 
 
 def test_idle_daemon_notices_pulled_token(fragile: Daemon) -> None:
-    away = _pull(fragile)
+    away = pull_token(fragile)
     fragile.wait_serving(timeout=10, want=NOT_SERVING)  # the liveness probe, no request needed
-    _reinsert(away)
+    reinsert_token(away)
     fragile.wait_serving(timeout=20, want=SERVING)
 
 
@@ -68,11 +57,11 @@ def test_retrying_client_rides_out_a_short_outage(fragile: Daemon) -> None:
     admin = fragile.client()
     key = admin.create_key("retry", "ed25519", "timestamp")
     patient = fragile.client(retries=10)
-    away = _pull(fragile)
+    away = pull_token(fragile)
     fragile.wait_serving(timeout=10, want=NOT_SERVING)
     import threading
 
-    timer = threading.Timer(1.0, _reinsert, args=(away,))
+    timer = threading.Timer(1.0, reinsert_token, args=(away,))
     timer.start()
     started = time.monotonic()
     response = patient.sign(key.key_id, b"patience")
@@ -85,10 +74,10 @@ def test_daemon_starts_without_token_and_serves_once_it_appears(tmp_path: Path) 
     with running_daemon(tmp_path / "d") as daemon:
         key = daemon.client().create_key("late", "ed25519", "timestamp")
         daemon.stop()
-        away = _pull(daemon)
+        away = pull_token(daemon)
         daemon.start(wait=False)
         daemon.wait_serving(timeout=20, want=NOT_SERVING)
-        _reinsert(away)
+        reinsert_token(away)
         daemon.wait_serving(timeout=20, want=SERVING)
         daemon.client().sign(key.key_id, b"hello")
 
@@ -117,7 +106,7 @@ def test_token_back_with_another_pin_is_tried_once_then_heals_on_sighup(
         env=env,
         capture_output=True,
     )
-    away = _pull(fragile)
+    away = pull_token(fragile)
     (impostor / "tokens").rename(away.with_name("tokens"))  # same label, other PIN
     with pytest.raises(UnavailableError, match="PIN"):  # re-opened once: login refused
         client.sign(key.key_id, b"during")
@@ -130,7 +119,7 @@ def test_token_back_with_another_pin_is_tried_once_then_heals_on_sighup(
     assert fragile.log().count(refusal) == 1  # a request does not try the PIN either
     # The right token is back, but nobody tries the PIN until the operator says so.
     away.with_name("tokens").rename(impostor / "tokens")
-    _reinsert(away)
+    reinsert_token(away)
     time.sleep(1.5)
     assert fragile.health() == NOT_SERVING
     assert fragile.proc is not None and fragile.proc.poll() is None

@@ -116,12 +116,15 @@ class Recorder:
         detail: str = "",
     ) -> None:
         """Record one refusal (once: an error already recorded is left alone)."""
-        if is_audited(exc):
-            return
-        event = failure_event(
-            principal, operation, resource, exc, payload_sha256, request_id, detail
-        )
-        self.refusals([event], [exc])
+        if not is_audited(exc):
+            self.refusals(
+                [
+                    failure_event(
+                        principal, operation, resource, exc, payload_sha256, request_id, detail
+                    )
+                ],
+                [exc],
+            )
 
     async def refuse_async(
         self,
@@ -133,9 +136,9 @@ class Recorder:
         request_id: str = "",
         detail: str = "",
     ) -> None:
-        if is_audited(exc):
-            return
-        event = failure_event(
-            principal, operation, resource, exc, payload_sha256, request_id, detail
-        )
-        await self.refusals_async([event], [exc])
+        """``refuse`` on the event loop."""
+        if not is_audited(exc):
+            event = failure_event(
+                principal, operation, resource, exc, payload_sha256, request_id, detail
+            )
+            await self.refusals_async([event], [exc])
