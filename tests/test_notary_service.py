@@ -308,6 +308,10 @@ def test_sign_rules(notary_daemon: Daemon, notary: Stubs) -> None:
         grpc.StatusCode.PERMISSION_DENIED
     )
     assert code_of(lambda: sign(notary, notary_id, b"")) == grpc.StatusCode.INVALID_ARGUMENT
+    # Duplicate keys: readers disagree on which "expires" counts, so nothing is signed.
+    twice = timestamp_content().replace(b'"_type"', b'"expires":"2000-01-01T00:00:00Z","_type"')
+    assert twice.count(b'"expires"') == 2
+    assert code_of(lambda: sign(notary, notary_id, twice)) == grpc.StatusCode.INVALID_ARGUMENT
     assert code_of(lambda: sign(notary, "0" * 64, timestamp_content())) == (
         grpc.StatusCode.NOT_FOUND
     )
