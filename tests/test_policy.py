@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from signer.errors import ConfigError, PermissionDenied, ResourceExhausted
 from signer.identity import Principal
 from signer.policy import AllOf, AnyOf, DenyAll, Operation, Resource
 from signer.policy.file import FilePolicy
+from signer.storage.buckets import MemoryBuckets
 from signer_client import ClientError
 
 RELEASE_BOT = "spiffe://example.org/release-bot"
@@ -138,8 +138,10 @@ def test_bad_policy_files_are_explained(text: str, complaint: str) -> None:
 
 
 def test_rate_limiter_token_bucket() -> None:
+    now = [1000.0]  # an injected clock: no sleeping
     policy = FilePolicy.parse(
-        '[groups]\nfarm = ["a", "b"]\n[rate_limits]\n"group:farm" = { rate = 10.0, burst = 2 }\n'
+        '[groups]\nfarm = ["a", "b"]\n[rate_limits]\n"group:farm" = { rate = 10.0, burst = 2 }\n',
+        buckets=MemoryBuckets(clock=lambda: now[0]),
     )
     limiter = policy.rate_limiter
     limiter.take("a")
@@ -148,7 +150,9 @@ def test_rate_limiter_token_bucket() -> None:
         limiter.take("a")
     limiter.take("b", 2)  # each principal has its own bucket
     limiter.take("unlisted", 1000)  # no entry, no "*": unlimited
-    time.sleep(0.12)
+    with pytest.raises(ResourceExhausted):
+        limiter.take("a")  # no time has passed: still empty
+    now[0] += 0.12
     limiter.take("a")  # refilled at 10/s
     with pytest.raises(ResourceExhausted, match="exceed the burst"):
         limiter.take("b", 3)
