@@ -292,3 +292,47 @@ def pull_token(daemon: Daemon) -> Path:
 
 def reinsert_token(away: Path) -> None:
     away.rename(away.with_name("tokens"))
+
+
+@contextmanager
+def small_filesystem(mountpoint: Path, size: str, mode: str = "0700") -> Iterator[Path]:
+    """``mountpoint`` as its own tmpfs of ``size`` (root only; the test is skipped where
+    mounting is impossible); unmounted afterwards."""
+    import pytest
+
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small filesystem needs root")
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode={mode}", "tmpfs", str(mountpoint)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+def fill_filesystem(directory: Path) -> Path:
+    """Write a file until the filesystem has no byte left; returns the filler file."""
+    import errno
+
+    filler = directory / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for chunk in (1 << 20, 1 << 16, 1 << 12, 512, 1):
+            data = b"\0" * chunk
+            while True:
+                try:
+                    os.write(fd, data)
+                except OSError as exc:
+                    if exc.errno != errno.ENOSPC:
+                        raise
+                    break
+    finally:
+        os.close(fd)
+    return filler

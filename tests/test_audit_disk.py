@@ -3,9 +3,6 @@ by itself once space is freed. The state directory sits on a real, small tmpfs."
 
 from __future__ import annotations
 
-import errno
-import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +10,7 @@ import grpc
 import pytest
 from authz_helpers import audit_rows, sha256, verify
 
-from harness import running_daemon
+from harness import fill_filesystem, running_daemon, small_filesystem
 from signer.audit.checkpoint import CheckpointSettings
 from signer.audit.verify import verify as verify_log
 from signer_client import ClientError
@@ -25,41 +22,8 @@ SETTINGS = CheckpointSettings(10, 0.3)
 @pytest.fixture
 def small_state(tmp_path: Path) -> Iterator[Path]:
     """``tmp_path/state`` as its own 8 MiB tmpfs (root only), unmounted afterwards."""
-    state = tmp_path / "state"
-    state.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small filesystem needs root")
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs", str(state)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
+    with small_filesystem(tmp_path / "state", "8m") as state:
         yield state
-    finally:
-        subprocess.run(["umount", "-l", str(state)], check=False)
-
-
-def _fill(directory: Path) -> Path:
-    """Write a file until the filesystem has no byte left."""
-    filler = directory / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        for chunk in (1 << 20, 1 << 16, 1 << 12, 512, 1):
-            data = b"\0" * chunk
-            while True:
-                try:
-                    os.write(fd, data)
-                except OSError as exc:
-                    if exc.errno != errno.ENOSPC:
-                        raise
-                    break
-    finally:
-        os.close(fd)
-    return filler
 
 
 def test_a_full_disk_refuses_signing_and_recovers_without_restart(
@@ -70,7 +34,7 @@ def test_a_full_disk_refuses_signing_and_recovers_without_restart(
         with daemon.client("admin") as admin:
             key = admin.create_key("full-disk", role="targets")
             verify(key, b"before", admin.sign(key.key_id, b"before").signature)
-        filler = _fill(small_state)
+        filler = fill_filesystem(small_state)
         refused: ClientError | None = None
         with daemon.client("admin") as admin:
             for i in range(200):  # the log's files may still have room for a few pages

@@ -7,9 +7,6 @@ daemon still serves. The VersionStore's full-disk mapping runs on a real, tiny t
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +15,7 @@ import grpc
 import pytest
 from authz_helpers import audit_rows, tuf_payload
 
-from harness import Daemon
+from harness import Daemon, fill_filesystem, small_filesystem
 from signer.errors import InvalidArgument, PermissionDenied, StorageUnavailable, shown
 from signer.names import check_label, check_repository, check_role
 from signer.payload import MAX_DEPTH, NotJson, parse_payload
@@ -231,37 +228,8 @@ def test_a_role_with_a_trailing_newline_is_refused(daemon: Daemon) -> None:
 @pytest.fixture
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     """A real 512 KiB tmpfs (root only); unmounted afterwards."""
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs root")
-    mountpoint = tmp_path / "tiny"
-    mountpoint.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mountpoint)],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {done.stderr.strip()}")
-    try:
+    with small_filesystem(tmp_path / "tiny", "512k", mode="0755") as mountpoint:
         yield mountpoint
-    finally:
-        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
-
-
-def _fill(directory: Path) -> Path:
-    """Fill the filesystem to the last byte; returns the filler file."""
-    filler = directory / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        for size in (65536, 4096, 1):
-            try:
-                while os.write(fd, b"\0" * size):
-                    pass
-            except OSError:
-                pass
-    finally:
-        os.close(fd)
-    return filler
 
 
 def _record(n: int) -> KeyRecord:
@@ -286,7 +254,7 @@ def test_version_store_on_a_full_disk_is_unavailable(tiny_disk: Path) -> None:
     try:
         key = _record(0)
         store.claim(key, _payload(1), "a" * 64, "alice")
-        filler = _fill(tiny_disk)
+        filler = fill_filesystem(tiny_disk)
         failures = []
         # Distinct keys and versions until SQLite needs a page it cannot get.
         for n in range(1, 2000):
