@@ -1,25 +1,11 @@
-"""Turn the core's errors into gRPC statuses, and anything unexpected into INTERNAL.
-
-Works for both kinds of handler the asyncio server runs: ``async def`` hot paths
-(signing) and plain functions (administration), which run in its thread pool.
-"""
+"""Status messages and malformed requests: what ``signer.service.rpc`` sends a caller."""
 
 from __future__ import annotations
 
-import functools
-import inspect
-import logging
 import re
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
-import grpc
-
-from signer.errors import InvalidArgument, SignerError
-
-log = logging.getLogger(__name__)
-
-F = TypeVar("F", bound=Callable[..., Any])
+from signer.errors import InvalidArgument
 
 # A status message travels in the grpc-message trailer, whose size is limited (8 KiB by
 # default: a longer one turns the status into RESOURCE_EXHAUSTED "metadata size exceeds
@@ -52,36 +38,3 @@ def check_request(request: Any) -> None:
     """InvalidArgument for a request whose bytes did not decode."""
     if isinstance(request, Malformed):
         raise InvalidArgument(f"malformed request: {request.error}")
-
-
-def grpc_errors(method: F) -> F:
-    """Decorate a servicer method: SignerError -> its status; other errors -> INTERNAL."""
-    if inspect.iscoroutinefunction(method):
-
-        @functools.wraps(method)
-        async def async_wrapper(self: Any, request: Any, context: Any) -> Any:
-            try:
-                check_request(request)
-                return await method(self, request, context)
-            except SignerError as exc:
-                await context.abort(exc.code, status_message(exc.message))
-            except Exception:
-                log.exception("unexpected error in %s", method.__name__)
-                await context.abort(
-                    grpc.StatusCode.INTERNAL, "internal error; see the daemon's log"
-                )
-
-        return async_wrapper  # type: ignore[return-value]
-
-    @functools.wraps(method)
-    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
-        try:
-            check_request(request)
-            return method(self, request, context)
-        except SignerError as exc:
-            context.abort(exc.code, status_message(exc.message))
-        except Exception:
-            log.exception("unexpected error in %s", method.__name__)
-            context.abort(grpc.StatusCode.INTERNAL, "internal error; see the daemon's log")
-
-    return wrapper  # type: ignore[return-value]
