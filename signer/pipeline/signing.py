@@ -134,31 +134,6 @@ class Pipeline:
             raise
         return self._release(batch, seqs)
 
-    def sign_blocking(
-        self, principal: Principal, items: Sequence[SignInput], operation: str = "sign"
-    ) -> list[Signed | SignerError]:
-        """``sign`` for callers on a thread (tools, tests): the same stages, waiting allowed."""
-        policy = self.policy()
-        batch = _Batch(principal, operation, items, [None] * len(items))
-        try:
-            take_rate(policy, principal, len(items))
-        except ResourceExhausted as exc:
-            key_id = items[0].key_id if len(items) == 1 else ""
-            event = failure_event(principal, operation, self._resource(key_id), exc)
-            self.recorder.refusals([event], [exc])
-            raise
-        token_error = self._check_and_sign(policy, batch)
-        events = self._events(batch)
-        if token_error is not None:
-            self.recorder.refusals(events, [token_error])
-            raise token_error
-        try:
-            seqs = self.recorder.record(*events)
-        except SignerError as exc:
-            mark_audited(exc)
-            raise
-        return self._release(batch, seqs)
-
     # -- stages ------------------------------------------------------------------------------
 
     def _check_and_sign(self, policy: Policy, batch: _Batch) -> SignerError | None:
