@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,9 +32,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "clients"), str(ROOT / "tests"), str(ROOT / "bench")]
 
-from bench_notary import GUN, Target, start_notary_signer, wait_ready  # noqa: E402
+from bench_notary import GUN, Target, both_signers  # noqa: E402
 
-from harness import read_token_objects, running_daemon  # noqa: E402
+from harness import read_token_objects  # noqa: E402
 
 
 def _channel(target: Target) -> Any:
@@ -114,29 +112,15 @@ def main() -> int:
     rows: list[tuple[str, dict[str, float]]] = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        with running_daemon(root / "signerd", clients=["bench"], workers=args.workers) as daemon:
-            client = daemon.client_config("bench")
-            common = {"ca": str(client.ca), "cert": str(client.cert), "key": str(client.key)}
-            ours = Target("signerd", f"localhost:{daemon.port}", **common)
-            proc, port = start_notary_signer(root, daemon)
-            theirs = Target("notary-signer", f"localhost:{port}", **common)
-            try:
-                wait_ready(theirs, proc, root / "notary-signer.log")
-                for r in range(args.rounds):
-                    suffix = f" #{r + 1}" if args.rounds > 1 else ""
-                    for name, target, make in (
-                        ("notary-signer", theirs, notary_call),
-                        ("signerd notary", ours, notary_call),
-                        ("signerd v1", ours, v1_call),
-                    ):
-                        rows.append((name + suffix, summary(measure(target, make, args.n))))
-            finally:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+        with both_signers(root, args.workers) as (daemon, ours, theirs, _):
+            for r in range(args.rounds):
+                suffix = f" #{r + 1}" if args.rounds > 1 else ""
+                for name, target, make in (
+                    ("notary-signer", theirs, notary_call),
+                    ("signerd notary", ours, notary_call),
+                    ("signerd v1", ours, v1_call),
+                ):
+                    rows.append((name + suffix, summary(measure(target, make, args.n))))
             objects = read_token_objects(daemon)
 
     print(

@@ -28,7 +28,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -285,6 +287,29 @@ def wait_ready(target: Target, proc: subprocess.Popen[bytes], log: Path) -> None
     raise SystemExit(f"notary-signer not ready:\n{log.read_text()}")
 
 
+@contextmanager
+def both_signers(root: Path, workers: int) -> Iterator[tuple[Daemon, Target, Target, Any]]:
+    """signerd and notary-signer on loopback with the same client certificate, both ready;
+    notary-signer stopped afterwards. Yields (daemon, signerd target, notary-signer target,
+    the notary-signer process)."""
+    with running_daemon(root / "signerd", clients=["bench"], workers=workers) as daemon:
+        client = daemon.client_config("bench")
+        common = {"ca": str(client.ca), "cert": str(client.cert), "key": str(client.key)}
+        ours = Target("signerd", f"localhost:{daemon.port}", **common)
+        proc, port = start_notary_signer(root, daemon)
+        theirs = Target("notary-signer", f"localhost:{port}", **common)
+        try:
+            wait_ready(theirs, proc, root / "notary-signer.log")
+            yield daemon, ours, theirs, proc
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--seconds", type=float, default=5.0, help="per measurement")
@@ -304,16 +329,10 @@ def main() -> int:
     results: dict[tuple[str, int], tuple[float, float, float, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        with running_daemon(root / "signerd", clients=["bench"], workers=args.workers) as daemon:
-            client = daemon.client_config("bench")
-            common = {"ca": str(client.ca), "cert": str(client.cert), "key": str(client.key)}
-            ours = Target("signerd", f"localhost:{daemon.port}", **common)
-            proc, port = start_notary_signer(root, daemon)
-            theirs = Target("notary-signer", f"localhost:{port}", **common)
+        with both_signers(root, args.workers) as (daemon, ours, theirs, proc):
             targets = [ours, theirs]
             floor = None
             try:
-                wait_ready(theirs, proc, root / "notary-signer.log")
                 key_ids = {t.name: create_key(t)[0] for t in (ours, theirs)}
                 assert daemon.proc is not None
                 pids = {ours.name: daemon.proc.pid, theirs.name: proc.pid}
@@ -324,7 +343,7 @@ def main() -> int:
                     )
                     floor.start()
                     time.sleep(2)
-                    targets.append(Target("floor", f"localhost:{floor_port}", **common))
+                    targets.append(replace(ours, name="floor", address=f"localhost:{floor_port}"))
                     key_ids["floor"] = "floor"
                     assert floor.pid is not None
                     pids["floor"] = floor.pid
@@ -345,12 +364,6 @@ def main() -> int:
             finally:
                 if floor is not None:
                     floor.kill()
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
 
     print(
         f"notary Sign, ECDSA P-256, {len(PAYLOAD)}-byte payload, mutual TLS; "

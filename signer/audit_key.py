@@ -15,8 +15,7 @@ from __future__ import annotations
 import logging
 
 from signer.algorithms import ECDSA_P256, public_key_pem, tuf_key, tuf_key_json
-from signer.audit import AuditEvent, AuditLog, Outcome
-from signer.pipeline.admission import AUDIT_ROLE
+from signer.audit import AUDIT_ROLE, AuditEvent, AuditLog, Outcome
 from signer.registry import KeyRecord, KeyRegistry
 from signer.token import Token
 

@@ -45,6 +45,7 @@ from signer.storage.sqlite import connect, is_disk_full, transaction
 
 log = logging.getLogger(__name__)
 
+AUDIT_ROLE = "audit"  # the registry role reserved for the audit (checkpoint) key
 GENESIS = "0" * 64
 
 _SCHEMA = """

@@ -43,11 +43,8 @@ from signer.audit.checkpoint import (
     CheckpointSettings,
     CheckpointVerifier,
 )
-from signer.audit.log import GENESIS, entry_hash
+from signer.audit.log import AUDIT_ROLE, GENESIS, entry_hash
 from signer.errors import StorageUnavailable
-
-# The registry's reserved role of the audit key (signer.pipeline.admission.AUDIT_ROLE).
-AUDIT_ROLE = "audit"
 
 _COLUMNS = (
     "seq",

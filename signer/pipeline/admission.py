@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from signer.audit import AUDIT_ROLE
 from signer.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from signer.identity import Principal
 from signer.policy import Policy, Resource
 from signer.policy.ratelimit import rate_limiter_of
 from signer.registry import KeyRecord, KeyState
 
-AUDIT_ROLE = "audit"  # reserved: the daemon's own checkpoint key
+__all__ = ["AUDIT_ROLE", "check_payload", "check_usable", "resource_of", "take_rate"]
 
 
 def resource_of(key: KeyRecord) -> Resource:
