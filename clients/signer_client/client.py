@@ -124,10 +124,22 @@ class SignerClient:
         request = pb.DestroyKeyRequest(key_id=key_id, confirm=confirm)
         return self._call(self.keys.DestroyKey, request, retry=False)
 
+    def issue_certificate(
+        self, key_id: str, common_name: str, validity_days: int = 0
+    ) -> pb.Certificate:
+        """A self-signed certificate for the key, signed in the token (notary's root cert)."""
+        request = pb.IssueCertificateRequest(
+            key_id=key_id, common_name=common_name, validity_days=validity_days
+        )
+        return self._call(self.keys.IssueCertificate, request, retry=False)
+
     # -- signing ---------------------------------------------------------------------------
 
-    def sign(self, key_id: str, payload: bytes, request_id: str = "") -> pb.SignResponse:
-        request = pb.SignRequest(key_id=key_id, payload=payload, request_id=request_id)
+    def sign(
+        self, key_id: str, payload: bytes, request_id: str = "", role: str = ""
+    ) -> pb.SignResponse:
+        """``role``: the metadata role the payload is for (empty: the key's own role)."""
+        request = pb.SignRequest(key_id=key_id, payload=payload, request_id=request_id, role=role)
         return self._call(self.signing.Sign, request)
 
     def sign_digest(self, key_id: str, digest: bytes) -> pb.SignResponse:
@@ -142,23 +154,33 @@ class SignerClient:
         )
         return [_batch_result(r) for r in response.results]
 
-    def sign_batch_items(self, items: Sequence[tuple[str, bytes]]) -> list[BatchResult]:
-        """One SignBatch where each (key_id, payload) item names its own key."""
+    def sign_batch_items(
+        self, items: Sequence[tuple[str, bytes] | tuple[str, bytes, str]]
+    ) -> list[BatchResult]:
+        """One SignBatch where each (key_id, payload) or (key_id, payload, role) item names
+        its own key (and the metadata role it is for)."""
         request = pb.SignBatchRequest(
-            items=[pb.SignBatchItem(key_id=key_id, payload=payload) for key_id, payload in items]
+            items=[
+                pb.SignBatchItem(
+                    key_id=item[0], payload=item[1], role=item[2] if len(item) > 2 else ""
+                )
+                for item in items
+            ]
         )
         response = self._call(self.signing.SignBatch, request)
         results = [_batch_result(r) for r in response.results]
         # a failed item carries no key_id on the wire: name the key the caller asked for
         return [
-            replace(r, key_id=key_id) if r.error else r
-            for r, (key_id, _) in zip(results, items, strict=True)
+            replace(r, key_id=item[0]) if r.error else r
+            for r, item in zip(results, items, strict=True)
         ]
 
     def request_signature(
-        self, key_id: str, payload: bytes, reason: str = ""
+        self, key_id: str, payload: bytes, reason: str = "", role: str = ""
     ) -> pb.SignatureRequest:
-        request = pb.RequestSignatureRequest(key_id=key_id, payload=payload, reason=reason)
+        request = pb.RequestSignatureRequest(
+            key_id=key_id, payload=payload, reason=reason, role=role
+        )
         return self._call(self.signing.RequestSignature, request, retry=False)
 
     def approve(self, request_id: str, payload_sha256: str) -> pb.SignatureRequest:

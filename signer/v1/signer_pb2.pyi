@@ -48,7 +48,7 @@ FULFILLED: SignatureRequestState
 EXPIRED: SignatureRequestState
 
 class Key(_message.Message):
-    __slots__ = ("key_id", "algorithm", "scheme", "public_key_pem", "tuf_key_json", "label", "role", "repository", "state", "created_at", "retired_at", "keytype", "quorum")
+    __slots__ = ("key_id", "algorithm", "scheme", "public_key_pem", "tuf_key_json", "label", "role", "repository", "state", "created_at", "retired_at", "keytype", "quorum", "notary_key_id", "certificate_pem", "certificate_key_id")
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     ALGORITHM_FIELD_NUMBER: _ClassVar[int]
     SCHEME_FIELD_NUMBER: _ClassVar[int]
@@ -62,6 +62,9 @@ class Key(_message.Message):
     RETIRED_AT_FIELD_NUMBER: _ClassVar[int]
     KEYTYPE_FIELD_NUMBER: _ClassVar[int]
     QUORUM_FIELD_NUMBER: _ClassVar[int]
+    NOTARY_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_KEY_ID_FIELD_NUMBER: _ClassVar[int]
     key_id: str
     algorithm: Algorithm
     scheme: str
@@ -75,7 +78,10 @@ class Key(_message.Message):
     retired_at: _timestamp_pb2.Timestamp
     keytype: str
     quorum: bool
-    def __init__(self, key_id: _Optional[str] = ..., algorithm: _Optional[_Union[Algorithm, str]] = ..., scheme: _Optional[str] = ..., public_key_pem: _Optional[str] = ..., tuf_key_json: _Optional[str] = ..., label: _Optional[str] = ..., role: _Optional[str] = ..., repository: _Optional[str] = ..., state: _Optional[_Union[KeyState, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., retired_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., keytype: _Optional[str] = ..., quorum: _Optional[bool] = ...) -> None: ...
+    notary_key_id: str
+    certificate_pem: str
+    certificate_key_id: str
+    def __init__(self, key_id: _Optional[str] = ..., algorithm: _Optional[_Union[Algorithm, str]] = ..., scheme: _Optional[str] = ..., public_key_pem: _Optional[str] = ..., tuf_key_json: _Optional[str] = ..., label: _Optional[str] = ..., role: _Optional[str] = ..., repository: _Optional[str] = ..., state: _Optional[_Union[KeyState, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., retired_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., keytype: _Optional[str] = ..., quorum: _Optional[bool] = ..., notary_key_id: _Optional[str] = ..., certificate_pem: _Optional[str] = ..., certificate_key_id: _Optional[str] = ...) -> None: ...
 
 class CreateKeyRequest(_message.Message):
     __slots__ = ("label", "algorithm", "role", "repository", "quorum")
@@ -127,17 +133,45 @@ class DestroyKeyRequest(_message.Message):
     confirm: str
     def __init__(self, key_id: _Optional[str] = ..., confirm: _Optional[str] = ...) -> None: ...
 
+class IssueCertificateRequest(_message.Message):
+    __slots__ = ("key_id", "common_name", "validity_days")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    COMMON_NAME_FIELD_NUMBER: _ClassVar[int]
+    VALIDITY_DAYS_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    common_name: str
+    validity_days: int
+    def __init__(self, key_id: _Optional[str] = ..., common_name: _Optional[str] = ..., validity_days: _Optional[int] = ...) -> None: ...
+
+class Certificate(_message.Message):
+    __slots__ = ("key_id", "certificate_pem", "certificate_key_id", "notary_key_id", "not_before", "not_after")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    NOTARY_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    NOT_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    NOT_AFTER_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    certificate_pem: str
+    certificate_key_id: str
+    notary_key_id: str
+    not_before: _timestamp_pb2.Timestamp
+    not_after: _timestamp_pb2.Timestamp
+    def __init__(self, key_id: _Optional[str] = ..., certificate_pem: _Optional[str] = ..., certificate_key_id: _Optional[str] = ..., notary_key_id: _Optional[str] = ..., not_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., not_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
 class SignRequest(_message.Message):
-    __slots__ = ("key_id", "payload", "digest", "request_id")
+    __slots__ = ("key_id", "payload", "digest", "request_id", "role")
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
     key_id: str
     payload: bytes
     digest: bytes
     request_id: str
-    def __init__(self, key_id: _Optional[str] = ..., payload: _Optional[bytes] = ..., digest: _Optional[bytes] = ..., request_id: _Optional[str] = ...) -> None: ...
+    role: str
+    def __init__(self, key_id: _Optional[str] = ..., payload: _Optional[bytes] = ..., digest: _Optional[bytes] = ..., request_id: _Optional[str] = ..., role: _Optional[str] = ...) -> None: ...
 
 class SignResponse(_message.Message):
     __slots__ = ("key_id", "signature", "scheme")
@@ -158,14 +192,16 @@ class SignBatchRequest(_message.Message):
     def __init__(self, key_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[SignBatchItem, _Mapping]]] = ...) -> None: ...
 
 class SignBatchItem(_message.Message):
-    __slots__ = ("key_id", "payload", "digest")
+    __slots__ = ("key_id", "payload", "digest", "role")
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
     key_id: str
     payload: bytes
     digest: bytes
-    def __init__(self, key_id: _Optional[str] = ..., payload: _Optional[bytes] = ..., digest: _Optional[bytes] = ...) -> None: ...
+    role: str
+    def __init__(self, key_id: _Optional[str] = ..., payload: _Optional[bytes] = ..., digest: _Optional[bytes] = ..., role: _Optional[str] = ...) -> None: ...
 
 class ItemStatus(_message.Message):
     __slots__ = ("code", "message")
@@ -194,14 +230,16 @@ class SignBatchResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[SignBatchResult, _Mapping]]] = ...) -> None: ...
 
 class RequestSignatureRequest(_message.Message):
-    __slots__ = ("key_id", "payload", "reason")
+    __slots__ = ("key_id", "payload", "reason", "role")
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
     key_id: str
     payload: bytes
     reason: str
-    def __init__(self, key_id: _Optional[str] = ..., payload: _Optional[bytes] = ..., reason: _Optional[str] = ...) -> None: ...
+    role: str
+    def __init__(self, key_id: _Optional[str] = ..., payload: _Optional[bytes] = ..., reason: _Optional[str] = ..., role: _Optional[str] = ...) -> None: ...
 
 class ApproveRequest(_message.Message):
     __slots__ = ("request_id", "payload_sha256")

@@ -59,6 +59,11 @@ class KeyServiceStub:
                 request_serializer=signer_dot_v1_dot_signer__pb2.DestroyKeyRequest.SerializeToString,
                 response_deserializer=signer_dot_v1_dot_signer__pb2.Key.FromString,
                 _registered_method=True)
+        self.IssueCertificate = channel.unary_unary(
+                '/signer.v1.KeyService/IssueCertificate',
+                request_serializer=signer_dot_v1_dot_signer__pb2.IssueCertificateRequest.SerializeToString,
+                response_deserializer=signer_dot_v1_dot_signer__pb2.Certificate.FromString,
+                _registered_method=True)
 
 
 class KeyServiceServicer:
@@ -97,6 +102,14 @@ class KeyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def IssueCertificate(self, request, context):
+        """A self-signed X.509 certificate for an active key, as notary makes for root keys
+        (CN = the GUN); the certificate is signed inside the token. Kept with the key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KeyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -124,6 +137,11 @@ def add_KeyServiceServicer_to_server(servicer, server):
                     servicer.DestroyKey,
                     request_deserializer=signer_dot_v1_dot_signer__pb2.DestroyKeyRequest.FromString,
                     response_serializer=signer_dot_v1_dot_signer__pb2.Key.SerializeToString,
+            ),
+            'IssueCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.IssueCertificate,
+                    request_deserializer=signer_dot_v1_dot_signer__pb2.IssueCertificateRequest.FromString,
+                    response_serializer=signer_dot_v1_dot_signer__pb2.Certificate.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -261,6 +279,33 @@ class KeyService:
             '/signer.v1.KeyService/DestroyKey',
             signer_dot_v1_dot_signer__pb2.DestroyKeyRequest.SerializeToString,
             signer_dot_v1_dot_signer__pb2.Key.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IssueCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signer.v1.KeyService/IssueCertificate',
+            signer_dot_v1_dot_signer__pb2.IssueCertificateRequest.SerializeToString,
+            signer_dot_v1_dot_signer__pb2.Certificate.FromString,
             options,
             channel_credentials,
             insecure,
