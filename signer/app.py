@@ -13,6 +13,7 @@ from signer import identity
 from signer.audit import AuditLog
 from signer.audit.checkpoint import Checkpointer, CheckpointSettings
 from signer.audit_key import AuditKey
+from signer.certificates import CertificateIssuer
 from signer.config import SignerConfig
 from signer.keys import KeyManager
 from signer.notary.rules import DIALECT as NOTARY
@@ -95,6 +96,7 @@ class SignerApp:
         self.recorder = Recorder(self.audit)
         self.admin = Administration(self.recorder, current_policy)
         self.keys = KeyManager(self.token, self.registry, self.admin)
+        self.certificates = CertificateIssuer(self.token, self.registry, self.admin)
         # Payload guards, in order: the notary dialect's rules, quorum approval, then the
         # TUF rules, which record the version being signed, and last the quorum claim,
         # which uses up the approval: both only for a signature about to be made.

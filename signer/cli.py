@@ -92,10 +92,22 @@ def _keys_create(args: argparse.Namespace) -> int:
 def _keys_list(args: argparse.Namespace) -> int:
     with _client(args) as client:
         for key in client.list_keys(args.role or "", args.repository or "", args.state or ""):
+            notary = f"  notary {key.notary_key_id[:12]}" if key.notary_key_id else ""
+            cert = f" cert {key.certificate_key_id[:12]}" if key.certificate_key_id else ""
             print(
                 f"{key.key_id}  {key.scheme:20} {key.role:12} {key.repository or '-':12} "
-                f"{key.label}  [{_state(key.state)}]"
+                f"{key.label}  [{_state(key.state)}]{notary}{cert}"
             )
+    return 0
+
+
+@command("keys certify")
+def _keys_certify(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        issued = client.issue_certificate(args.key_id, args.common_name, args.days)
+    if args.out:
+        Path(args.out).write_text(issued.certificate_pem)
+    _print_key(issued)
     return 0
 
 
@@ -169,6 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("show", "retire"):
         p = client_args(keys_sub.add_parser(name, help=f"{name} a key"))
         p.add_argument("key_id")
+    certify = client_args(
+        keys_sub.add_parser("certify", help="issue a self-signed certificate (notary root)")
+    )
+    certify.add_argument("key_id")
+    certify.add_argument("--common-name", required=True, help="the GUN")
+    certify.add_argument("--days", type=int, default=0, help="validity (default 3650)")
+    certify.add_argument("--out", help="also write the PEM here")
     destroy = client_args(keys_sub.add_parser("destroy", help="remove a key from the token"))
     destroy.add_argument("key_id")
     destroy.add_argument("--confirm", required=True, help="repeat the key_id")

@@ -208,8 +208,9 @@ class QuorumService:
         self.max_payload_bytes = max_payload_bytes  # approvers never review the unsignable
 
     def request(
-        self, principal: Principal, key_id: str, payload: bytes, reason: str = ""
+        self, principal: Principal, key_id: str, payload: bytes, reason: str = "", role: str = ""
     ) -> SignatureRequest:
+        """``role``: the metadata role the payload is for (Sign it later with the same)."""
         digest = hashlib.sha256(payload).hexdigest() if payload else ""
         with self.admin.action(
             principal,
@@ -224,7 +225,7 @@ class QuorumService:
             if len(reason) > 1000:
                 raise InvalidArgument("reason is limited to 1000 characters")
             key = self.registry.get(key_id)
-            item = SignInput(key_id, payload=payload)
+            item = SignInput(key_id, payload=payload, role=role)
             operation = Operation.SIGN
             for guard in self.guards:
                 operation = stricter(operation, guard.operation(key, item))

@@ -45,6 +45,7 @@ class KeyRecord:
     created_by: str = ""
     retired_at: float | None = None
     destroyed_at: float | None = None
+    certificate_pem: str = ""  # the last certificate issued for the key (IssueCertificate)
 
     @property
     def algorithm(self) -> Algorithm:
@@ -84,12 +85,14 @@ class KeyRegistry:
                                 "created_by": str,
                                 "retired_at": float,
                                 "destroyed_at": float,
+                                "certificate_pem": str,
                             },
                             pk="key_id",
                             not_null={"object_id", "algorithm_name", "state"},
                         )
                         db["keys"].create_index(["object_id"], unique=True)  # type: ignore[union-attr]
                         db["keys"].create_index(["role", "repository"])  # type: ignore[union-attr]
+            _add_missing_columns(conn)
 
     def close(self) -> None:
         self._store.close()
@@ -152,6 +155,15 @@ class KeyRegistry:
             self._cache.pop(key_id, None)
         return self.get(key_id)
 
+    def set_certificate(self, key_id: str, certificate_pem: str) -> KeyRecord:
+        """Keep ``certificate_pem`` as the key's current certificate (the last one issued)."""
+        with self._store.use() as conn:
+            conn.execute(
+                "UPDATE keys SET certificate_pem = ? WHERE key_id = ?", (certificate_pem, key_id)
+            )
+            self._cache.pop(key_id, None)
+        return self.get(key_id)
+
     def _refresh(self, conn: sqlite3.Connection) -> None:
         version = conn.execute("PRAGMA data_version").fetchone()[0]
         if self._versions.get(id(conn)) != version:
@@ -160,6 +172,22 @@ class KeyRegistry:
 
 
 _COLUMNS = tuple(f.name for f in fields(KeyRecord))
+# Columns added after the first release: a registry made before them gains them on open.
+_ADDED_COLUMNS = {"certificate_pem": "TEXT NOT NULL DEFAULT ''"}
+
+
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    present = {row[1] for row in conn.execute("PRAGMA table_info(keys)")}
+    missing = [name for name in _ADDED_COLUMNS if name not in present]
+    if not missing:
+        return
+    with transaction(conn):
+        present = {row[1] for row in conn.execute("PRAGMA table_info(keys)")}
+        for name in missing:
+            if name not in present:  # another worker may have added it meanwhile
+                conn.execute(f"ALTER TABLE keys ADD COLUMN {name} {_ADDED_COLUMNS[name]}")
+
+
 _INSERT = f"INSERT INTO keys ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})"
 
 
@@ -178,4 +206,5 @@ def _record(row: tuple[object, ...]) -> KeyRecord:
     values = dict(zip(_COLUMNS, row, strict=True))
     values["state"] = KeyState(str(values["state"]))
     values["quorum"] = bool(values["quorum"])
+    values["certificate_pem"] = values["certificate_pem"] or ""
     return KeyRecord(**values)  # type: ignore[arg-type]

@@ -113,7 +113,8 @@ class Daemon:
             maximum_concurrent_rpcs=config.max_concurrent_rpcs,
         )
         services = signer_pb2.DESCRIPTOR.services_by_name
-        add_service(self.server, KeyServicer(self.app.keys), services["KeyService"])
+        keys = KeyServicer(self.app.keys, self.app.certificates)
+        add_service(self.server, keys, services["KeyService"])
         add_service(
             self.server,
             SigningServicer(self.app.pipeline, self.app.quorum, config.max_batch_items),

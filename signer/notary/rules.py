@@ -6,15 +6,24 @@ the role name capitalised ("Timestamp", "Snapshot"). Such content needs the plai
 ("timestamp") needs ``sign-raw`` too: otherwise the notary API would sign v1-style TUF
 metadata past the v1 version and expiry rules. JSON that readers would disagree on
 (duplicate keys, lone surrogates, absurd nesting) is refused outright.
+
+The policy's ``max_expiry_days`` for the key's role applies here as on signer.v1
+(``signer.policy.notary.check_expiry``); the version rule does not: notary-server owns
+the timestamp and snapshot version lines, and after a failed write it signs the same
+version again with new content (a fork the signer.v1 rules would refuse).
 """
 
 from __future__ import annotations
+
+import datetime as dt
+from typing import Any
 
 from signer.errors import PermissionDenied
 from signer.identity import Principal
 from signer.payload import NotJson, parse_payload
 from signer.pipeline.guards import SignInput
 from signer.policy import Operation, Policy
+from signer.policy.notary import check_expiry, notary_fields
 from signer.registry import KeyRecord
 
 DIALECT = "notary"
@@ -25,20 +34,26 @@ def signing_operation(content: bytes, role: str) -> Operation:
 
     Raises InvalidArgument for JSON that must not be signed at all (see the module doc).
     """
+    return Operation.SIGN if _metadata(content, role) is not None else Operation.SIGN_RAW
+
+
+def _metadata(content: bytes, role: str) -> dict[str, Any] | None:
+    """The parsed content if it is notary metadata of ``role``, else None."""
     if content[:1] != b"{":
-        return Operation.SIGN_RAW
+        return None
     try:
         parsed = parse_payload(content)
     except NotJson:
-        return Operation.SIGN_RAW
+        return None
     kind = parsed.get("_type")
-    if isinstance(kind, str) and kind == role.capitalize():
-        return Operation.SIGN
-    return Operation.SIGN_RAW
+    return parsed if isinstance(kind, str) and kind == role.capitalize() else None
 
 
 class NotaryRules:
     """SignGuard for the notary dialect (wrap in ``ForDialect(DIALECT, ...)``)."""
+
+    def __init__(self, clock: Any = None) -> None:
+        self._now = clock or (lambda: dt.datetime.now(dt.UTC))
 
     def operation(self, key: KeyRecord, item: SignInput) -> Operation:
         if item.payload is None:
@@ -50,6 +65,9 @@ class NotaryRules:
             raise PermissionDenied(
                 f"key {key.key_id} is a quorum key and does not sign through the notary API"
             )
+        parsed = _metadata(item.payload, key.role) if item.payload is not None else None
+        if parsed is not None:
+            check_expiry(policy, key.role, notary_fields(parsed), self._now())
 
     def signed(self, principal: Principal, key: KeyRecord, item: SignInput) -> None:
         return None

@@ -16,7 +16,8 @@ class SignInput:
 
     ``dialect`` names the API the payload came through: ``"tuf"`` for signer.v1 (standard
     TUF metadata), ``"notary"`` for notary-signer's API (notary's TUF dialect). Guards
-    apply the rules of their own dialect only.
+    apply the rules of their own dialect only. ``role`` is the client's role hint
+    (``SignRequest.role``): which role's metadata the payload is.
     """
 
     key_id: str
@@ -25,6 +26,7 @@ class SignInput:
     request_id: str = ""
     dialect: str = "tuf"
     detail: str = ""  # for the audit entry (e.g. the notary key ID)
+    role: str = ""  # the metadata role the payload is for; empty: the key's own role
 
 
 @dataclass(frozen=True)

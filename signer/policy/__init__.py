@@ -28,6 +28,7 @@ class Operation(StrEnum):
     DESTROY = "destroy"
     APPROVE = "approve"
     AUDIT = "audit"
+    CERTIFY = "certify"  # issue a certificate for a key (IssueCertificate)
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,7 @@ def denial(principal: Principal, operation: Operation, resource: Resource) -> st
         Operation.DESTROY: "destroy",
         Operation.APPROVE: "approve signature requests for",
         Operation.AUDIT: "read the audit data of",
+        Operation.CERTIFY: "issue certificates for",
     }[operation]
     return f"{principal.name} may not {verb} {target}: no policy rule grants '{operation}'"
 

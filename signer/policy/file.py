@@ -5,7 +5,7 @@
 
     [[rules]]
     principals = ["group:release", "dns:notary.example.org"]   # names, group:NAME, "*"
-    operations = ["sign", "read"]   # read sign sign-raw create retire destroy approve audit
+    operations = ["sign", "read"]   # read sign sign-raw create retire destroy approve audit certify
     keys = { roles = ["targets", "targets/*"], repositories = ["docker.io/*"], key_ids = [] }
 
     [rate_limits]

@@ -10,6 +10,10 @@ separate permission (``sign-raw``). For TUF payloads, a key bound to role R sign
 * at a version no lower than the last this key signed for the role, and never a second,
   different payload at the same version (re-signing identical bytes is fine).
 
+Notary's dialect (``_type`` ``Root``/``Targets``/..., Go canonical JSON) has rules of its
+own, applied here too: see ``signer.policy.notary``. A role hint (``SignRequest.role``)
+other than the key's role is for notary metadata only.
+
 The last version per (key, role) lives in SQLite, shared by the worker processes. It is
 recorded under BEGIN IMMEDIATE *before* the token signs, so two different payloads at
 one version can never both be signed, even by two workers at the same instant. If the
@@ -164,12 +168,18 @@ class VersionStore:
         self._db.close()
 
     def claim(
-        self, key: KeyRecord, payload: TufPayload, payload_sha256: str, principal: str
+        self,
+        key: KeyRecord,
+        payload: TufPayload,
+        payload_sha256: str,
+        principal: str,
+        role: str = "",
     ) -> None:
-        """Record ``payload`` as the key's latest version, or refuse a rollback/fork."""
+        """Record ``payload`` as the latest version the key signed for ``role`` (default:
+        its own), or refuse a rollback/fork."""
         with self._db.use() as conn:
             try:
-                self._claim(conn, key, payload, payload_sha256, principal)
+                self._claim(conn, key, role or key.role, payload, payload_sha256, principal)
             except sqlite3.Error:
                 # After a failed COMMIT (disk full) SQLite may keep the transaction open:
                 # end it, or every later claim fails ("cannot start a transaction ...").
@@ -184,6 +194,7 @@ class VersionStore:
     def _claim(
         conn: sqlite3.Connection,
         key: KeyRecord,
+        role: str,
         payload: TufPayload,
         payload_sha256: str,
         principal: str,
@@ -192,7 +203,7 @@ class VersionStore:
         # (Linearised at this read: a higher version claimed later comes after it.)
         latest = conn.execute(
             "SELECT version, payload_sha256 FROM tuf_versions WHERE key_id = ? AND role = ?",
-            (key.key_id, key.role),
+            (key.key_id, role),
         ).fetchone()
         if latest is not None and (int(latest[0]), str(latest[1])) == (
             payload.version,
@@ -202,18 +213,18 @@ class VersionStore:
         with transaction(conn):
             row = conn.execute(
                 "SELECT version, payload_sha256 FROM tuf_versions WHERE key_id = ? AND role = ?",
-                (key.key_id, key.role),
+                (key.key_id, role),
             ).fetchone()
             if row is not None:
                 last, last_sha = int(row[0]), str(row[1])
                 if payload.version < last:
                     raise PermissionDenied(
-                        f"{key.role} version {payload.version} is lower than version {last}, "
+                        f"{role} version {payload.version} is lower than version {last}, "
                         f"already signed with key {key.key_id}: versions never go back"
                     )
                 if payload.version == last and payload_sha256 != last_sha:
                     raise PermissionDenied(
-                        f"{key.role} version {payload.version} was already signed with key "
+                        f"{role} version {payload.version} was already signed with key "
                         f"{key.key_id} for different content; a new payload needs a new "
                         "version"
                     )
@@ -224,7 +235,7 @@ class VersionStore:
                 "signed_by = excluded.signed_by, time = excluded.time",
                 (
                     key.key_id,
-                    key.role,
+                    role,
                     payload.version,
                     payload_sha256,
                     payload.expires_text,
@@ -242,24 +253,50 @@ class VersionStore:
         return (int(row[0]), str(row[1])) if row else None
 
 
+def _notary(payload: bytes) -> dict[str, Any] | None:
+    from signer.policy.notary import parse_notary
+
+    return parse_notary(payload)
+
+
+def _check_hint(key: KeyRecord, item: Any) -> None:
+    """Standard TUF metadata is signed for the key's own role: a hint may only repeat it."""
+    role = getattr(item, "role", "")
+    if role and role != key.role:
+        raise PermissionDenied(
+            f"key {key.key_id} is bound to role {key.role!r}; a role hint ({shown(role)}) "
+            "naming another role is for notary metadata only"
+        )
+
+
 class TufRules:
     """The SignGuard enforcing the rules above (see ``signer.signing.SignGuard``)."""
 
     def __init__(self, versions: VersionStore, clock: Any = None) -> None:
+        from signer.policy.notary import NotaryDialectRules  # it builds on this module
+
         self.versions = versions
         self._now = clock or (lambda: dt.datetime.now(dt.UTC))
+        self.notary = NotaryDialectRules(versions, clock)
 
     def operation(self, key: KeyRecord, item: Any) -> Operation:
-        if item.payload is None or parse_tuf(item.payload) is None:
+        if item.payload is None:
             return Operation.SIGN_RAW
-        return Operation.SIGN
+        if _notary(item.payload) is not None or parse_tuf(item.payload) is not None:
+            return Operation.SIGN
+        return Operation.SIGN_RAW
 
     def check(self, principal: Principal, key: KeyRecord, item: Any, policy: Policy) -> None:
         if item.payload is None:
             return
+        notary = _notary(item.payload)
+        if notary is not None:
+            self.notary.check(principal, key, item, notary, policy)
+            return
         parsed = parse_tuf(item.payload)
         if parsed is None:
             return  # raw signing: authorised as sign-raw already
+        _check_hint(key, item)
         payload = self.inspect(key, parsed, policy)
         digest = hashlib.sha256(item.payload).hexdigest()
         self.versions.claim(key, payload, digest, principal.name)
@@ -285,9 +322,16 @@ class TufRules:
 
     def inspect_request(self, key: KeyRecord, item: Any, policy: Policy) -> None:
         """For a quorum request: refuse early what could never be signed later."""
-        parsed = parse_tuf(item.payload) if item.payload is not None else None
+        if item.payload is None:
+            return
+        notary = _notary(item.payload)
+        if notary is not None:
+            self.notary.inspect_request(key, item, notary, policy)
+            return
+        parsed = parse_tuf(item.payload)
         if parsed is None:
             return
+        _check_hint(key, item)
         payload = self.inspect(key, parsed, policy)
         last = self.versions.last(key.key_id, key.role)
         if last is not None and payload.version < last[0]:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from signer.certificates import certificate_key_id
 from signer.errors import InvalidArgument
+from signer.notary import keys as nkeys
 from signer.registry import KeyRecord, KeyState
 from signer.v1 import signer_pb2 as pb
 
@@ -65,4 +69,17 @@ def key_message(record: KeyRecord) -> pb.Key:
         created_at=timestamp(record.created_at),
         retired_at=timestamp(record.retired_at),
         quorum=record.quorum,
+        notary_key_id=notary_key_id(record.algorithm_name, record.public_key_pem),
+        certificate_pem=record.certificate_pem,
+        certificate_key_id=certificate_key_id(record.certificate_pem),
     )
+
+
+@lru_cache(maxsize=4096)
+def notary_key_id(algorithm: str, public_key_pem: str) -> str:
+    """notary's key ID of the public key (``ecdsa`` P-256, ``ed25519``), else empty."""
+    alg = nkeys.BY_SIGNER_ALGORITHM.get(algorithm)
+    if alg is None:
+        return ""
+    public = nkeys.public_bytes(nkeys.public_key_from_pem(public_key_pem))
+    return nkeys.key_id(alg.name, public)

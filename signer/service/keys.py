@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import grpc
 
+from signer.certificates import CertificateIssuer
 from signer.identity import principal_from_context
 from signer.keys import KeyManager
-from signer.service.convert import algorithm_name, key_message, state_name
+from signer.service.convert import algorithm_name, key_message, state_name, timestamp
 from signer.service.rpc import rpc
 from signer.v1 import signer_pb2 as pb
 from signer.v1 import signer_pb2_grpc as pb_grpc
 
 
 class KeyServicer(pb_grpc.KeyServiceServicer):
-    def __init__(self, keys: KeyManager) -> None:
+    def __init__(self, keys: KeyManager, certificates: CertificateIssuer) -> None:
         self.keys = keys
+        self.certificates = certificates
         self.recorder = keys.admin.recorder
 
     @rpc("create")
@@ -54,3 +56,21 @@ class KeyServicer(pb_grpc.KeyServiceServicer):
     def DestroyKey(self, request: pb.DestroyKeyRequest, context: grpc.ServicerContext) -> pb.Key:
         principal = principal_from_context(context)
         return key_message(self.keys.destroy(principal, request.key_id, request.confirm))
+
+    @rpc("certify")
+    def IssueCertificate(
+        self, request: pb.IssueCertificateRequest, context: grpc.ServicerContext
+    ) -> pb.Certificate:
+        principal = principal_from_context(context)
+        issued = self.certificates.issue(
+            principal, request.key_id, request.common_name, request.validity_days
+        )
+        message = key_message(issued.key)
+        return pb.Certificate(
+            key_id=issued.key.key_id,
+            certificate_pem=issued.pem,
+            certificate_key_id=issued.certificate_key_id,
+            notary_key_id=message.notary_key_id,
+            not_before=timestamp(issued.not_before.timestamp()),
+            not_after=timestamp(issued.not_after.timestamp()),
+        )

@@ -73,7 +73,9 @@ class SigningServicer(pb_grpc.SigningServiceServicer):
         self, request: pb.RequestSignatureRequest, context: grpc.ServicerContext
     ) -> pb.SignatureRequest:
         principal = principal_from_context(context)
-        made = self.quorum.request(principal, request.key_id, request.payload, request.reason)
+        made = self.quorum.request(
+            principal, request.key_id, request.payload, request.reason, request.role
+        )
         return request_message(made)
 
     @rpc("approve")
@@ -131,4 +133,5 @@ def _input(
         payload=message.payload if content == "payload" else None,
         digest=message.digest if content == "digest" else None,
         request_id=request_id,
+        role=message.role,
     )
