@@ -23,7 +23,8 @@ from signer.identity import Principal
 from signer.payload import NotJson, parse_payload
 from signer.pipeline.guards import SignInput
 from signer.policy import Operation, Policy
-from signer.policy.notary import check_expiry, notary_fields
+from signer.policy.notary import check_expiry, parse_go_time
+from signer.policy.tuf import TufPayload
 from signer.registry import KeyRecord
 
 DIALECT = "notary"
@@ -66,8 +67,10 @@ class NotaryRules:
                 f"key {key.key_id} is a quorum key and does not sign through the notary API"
             )
         parsed = _metadata(item.payload, key.role) if item.payload is not None else None
-        if parsed is not None:
-            check_expiry(policy, key.role, notary_fields(parsed), self._now())
+        expires = parsed.get("expires") if parsed is not None else None
+        if isinstance(expires, str):  # versions are notary-server's own business here
+            payload = TufPayload(key.role, 0, parse_go_time(expires), expires)
+            check_expiry(policy, key.role, payload, self._now())
 
     def signed(self, principal: Principal, key: KeyRecord, item: SignInput) -> None:
         return None

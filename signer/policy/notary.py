@@ -114,7 +114,8 @@ def notary_fields(parsed: dict[str, Any]) -> TufPayload:
     version = parsed.get("version")
     if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version < 2**63:
         raise InvalidArgument(
-            f"notary payload: version must be an integer from 1 to 2**63-1, not {version!r}"
+            "notary payload: version must be an integer from 1 to 2**63-1, "
+            f"not {shown(repr(version))}"
         )
     expires = parsed.get("expires")
     if not isinstance(expires, str):
