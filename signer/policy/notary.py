@@ -188,9 +188,9 @@ class NotaryDialectRules:
         policy: Policy,
     ) -> None:
         role = self.role_of(key, item)
+        payload = self.inspect(key, role, parsed, policy)
         if role != key.role:  # the policy decides who signs which role, too
             policy.authorize(principal, Operation.SIGN, Resource(key.key_id, role, key.repository))
-        payload = self.inspect(key, role, parsed, policy)
         digest = hashlib.sha256(item.payload).hexdigest()
         self.versions.claim(key, payload, digest, principal.name, role=role)
 
