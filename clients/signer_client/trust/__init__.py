@@ -1,0 +1,8 @@
+"""Docker Content Trust (notary) with every key in signerd: the ``signer-trust`` client.
+
+The request's path, one module each: ``registry`` (tag -> manifest digest and size),
+``notary_server`` (notary-server's HTTP API), ``metadata`` and ``canonical`` (notary's
+TUF dialect, verification), ``keys`` (the repository's keys in the daemon), ``repo``
+(the verbs), ``inspect`` (docker's output), ``state`` (trusted roots on disk) and
+``cli``.
+"""
