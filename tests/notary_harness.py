@@ -135,7 +135,8 @@ class NotaryCLI:
         self.ca = ca
         self.logs = logs
 
-    def __call__(self, *args: str) -> str:
+    def __call__(self, *args: str, stdin: str | None = None) -> str:
+        """Run ``notary <args>`` (``stdin`` answers its prompts); fail the test if it fails."""
         cmd = [
             self.binary,
             "-s",
@@ -149,7 +150,13 @@ class NotaryCLI:
         env = dict(os.environ, **PASSPHRASES)
         try:
             done = subprocess.run(
-                cmd, env=env, capture_output=True, text=True, timeout=CLI_TIMEOUT, check=False
+                cmd,
+                env=env,
+                input=stdin,
+                capture_output=True,
+                text=True,
+                timeout=CLI_TIMEOUT,
+                check=False,
             )
         except subprocess.TimeoutExpired as exc:
             pytest.fail(f"`notary {' '.join(args)}` timed out after {CLI_TIMEOUT}s\n{self.logs()}")
