@@ -135,6 +135,35 @@ def _keys_destroy(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("notary retire-unused")
+def _notary_retire(args: argparse.Namespace) -> int:
+    from signer.audit import AuditLog
+    from signer.config import load_config
+    from signer.notary.retire import Retirer
+    from signer.notary.store import NotaryKeyStore
+    from signer.pipeline.auditing import Recorder
+    from signer.registry import KeyRegistry
+
+    config = load_config(Path(args.config))
+    state = config.state_dir
+    registry, store = KeyRegistry(state / "keys.db"), NotaryKeyStore(state / "notary.db")
+    audit = AuditLog(state / "audit.db")
+    try:
+        retirer = Retirer(registry, store, Recorder(audit), state / "audit.db")
+        found = retirer.candidates(args.days, args.idle_repositories)
+        done = found if args.dry_run else retirer.retire(found)
+        verb = "would retire" if args.dry_run else "retired"
+        for candidate in done:
+            key = candidate.key
+            print(f"{verb} {candidate.notary_id} ({key.role} {key.repository}): {candidate.reason}")
+        print(f"{len(done)} key(s) {verb}")
+    finally:
+        audit.close()
+        store.close()
+        registry.close()
+    return 0
+
+
 def _state(value: int) -> str:
     from signer.v1 import signer_pb2 as pb
 
@@ -191,6 +220,19 @@ def build_parser() -> argparse.ArgumentParser:
     destroy = client_args(keys_sub.add_parser("destroy", help="remove a key from the token"))
     destroy.add_argument("key_id")
     destroy.add_argument("--confirm", required=True, help="repeat the key_id")
+    notary = sub.add_parser("notary", help="housekeeping of notary-server's keys")
+    notary_sub = notary.add_subparsers(dest="notary_command", required=True)
+    retire = notary_sub.add_parser(
+        "retire-unused", help="retire server-managed keys rotated away or of deleted repositories"
+    )
+    retire.add_argument("--config", required=True, help="the daemon's config (its state dir)")
+    retire.add_argument("--days", type=float, default=30.0, help="unused for this long")
+    retire.add_argument(
+        "--idle-repositories",
+        action="store_true",
+        help="also every key of a GUN none of whose keys signed for --days",
+    )
+    retire.add_argument("--dry-run", action="store_true", help="list, change nothing")
     for extend in PARSER_EXTENSIONS:
         extend(sub)
     return parser
@@ -204,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     _load_extensions()
     args = build_parser().parse_args(argv)
     name = args.command + (f" {args.keys_command}" if args.command == "keys" else "")
-    for attr in ("audit_command", "request_command"):
+    for attr in ("audit_command", "request_command", "notary_command"):
         if getattr(args, attr, None):
             name = f"{args.command} {getattr(args, attr)}"
     try:

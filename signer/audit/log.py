@@ -353,3 +353,21 @@ _INSERT = (
     f"INSERT INTO audit ({', '.join((*_FIELDS, 'seq', 'prev_hash', 'hash'))}) "
     f"VALUES ({', '.join('?' for _ in range(len(_FIELDS) + 3))})"
 )
+
+
+def last_signatures(path: Path) -> dict[str, float]:
+    """Key ID -> time of the key's last signature (an allowed sign or sign-raw entry).
+
+    A read on its own connection: what ``signer.notary.retire`` asks "unused since"."""
+    conn = connect(path)
+    try:
+        rows = conn.execute(
+            "SELECT key_id, max(time) FROM audit WHERE outcome = ? AND key_id != '' "
+            "AND operation IN ('sign', 'sign-raw') GROUP BY key_id",
+            (Outcome.ALLOWED.value,),
+        ).fetchall()
+    except sqlite3.Error as exc:
+        raise StorageUnavailable(f"cannot read the audit log {path}: {exc}") from exc
+    finally:
+        conn.close()
+    return {str(key_id): float(when) for key_id, when in rows}

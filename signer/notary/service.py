@@ -38,6 +38,7 @@ from signer.identity import Principal, principal_from_context
 from signer.keys import KeyManager
 from signer.notary import keys as nkeys
 from signer.notary import signer_pb2 as pb
+from signer.notary.retire import Retirer, RetireSchedule, RetireSettings
 from signer.notary.rules import DIALECT
 from signer.notary.store import NotaryKey, NotaryKeyStore
 from signer.pipeline.admin import Administration
@@ -257,6 +258,14 @@ def mount(daemon: Any) -> None:
         app.registry, app.keys, app.pipeline, app.admin, app.notary_keys, _roles(config)
     )
     daemon.notary = core
+    settings = RetireSettings.from_config(config.extra)
+    if settings.unused_days > 0:
+        retirer = Retirer(
+            app.registry, app.notary_keys, app.recorder, config.state_dir / "audit.db"
+        )
+        schedule = RetireSchedule(retirer, settings)
+        schedule.start()
+        daemon.notary_retire = schedule
     add_service(daemon.server, KeyManagementServicer(core), _SERVICES["KeyManagement"])
     add_service(daemon.server, SignerServicer(core), _SERVICES["Signer"])
     daemon.extra_service_names.extend(SERVICE_NAMES)
