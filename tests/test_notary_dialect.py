@@ -325,3 +325,49 @@ def test_quorum_root_through_request_approve_sign(served: Daemon, clients: dict[
     verify(key, payload, signed.signature)
     # after it, an older root cannot even be requested
     refused(lambda: clients["alice"].request_signature(key.key_id, root({cert_id: pem}, 1, 300)))
+
+
+# -- the documented policy -----------------------------------------------------------------------
+
+
+def test_documented_dct_policy() -> None:
+    """docs/notary.md's policy block loads and grants exactly what the docs say."""
+    from pathlib import Path
+
+    from signer.errors import PermissionDenied
+    from signer.identity import Principal
+    from signer.policy import Operation, Resource
+    from signer.policy.file import FilePolicy
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "notary.md").read_text()
+    block = text.split("<!-- dct-policy -->\n```toml\n", 1)[1].split("```", 1)[0]
+    policy = FilePolicy.parse(block, "docs/notary.md")
+    app = "registry.example.com/apps/web"
+
+    def allowed(who: str, op: Operation, role: str, repo: str = app, source: str = "cn") -> bool:
+        try:
+            policy.authorize(Principal(who, source, ""), op, Resource("k", role, repo))
+            return True
+        except PermissionDenied:
+            return False
+
+    farm = "spiffe://example.com/build-farm"
+    for role in ("targets/releases", "targets/farm"):
+        assert allowed(farm, Operation.SIGN, role, source="uri")
+    for role in ("root", "targets", "targets/other", "snapshot"):
+        assert not allowed(farm, Operation.SIGN, role, source="uri")
+    assert not allowed(farm, Operation.SIGN, "targets/releases", "registry.example.com/x")
+    assert not allowed(farm, Operation.SIGN_RAW, "targets/farm", source="uri")
+    assert allowed("alice", Operation.SIGN, "root") and allowed("alice", Operation.CERTIFY, "root")
+    assert allowed("carol", Operation.APPROVE, "root") and not allowed(
+        "carol", Operation.SIGN, "root"
+    )
+    server = "notary-server.example.com"
+    for role in ("timestamp", "snapshot"):
+        assert allowed(server, Operation.CREATE, role, "any/gun", source="dns")
+        assert allowed(server, Operation.SIGN, role, "any/gun", source="dns")
+    for role in ("root", "targets", "targets/releases"):
+        assert not allowed(server, Operation.CREATE, role, app, source="dns")
+        assert not allowed(server, Operation.SIGN, role, app, source="dns")
+    assert not allowed(server, Operation.DESTROY, "timestamp", app, source="dns")
+    assert policy.quorum.approvals == 2
