@@ -71,6 +71,7 @@ from signer_client.trust.notary_server import (
 
 GUN = "example.com/trust-model"
 MODEL_GUN = "example.com/built-by-model"
+ODD_NAME = "a<b&c>\u00e9\u2028"
 POLICY = f"""
 [[rules]]
 principals = ["{NOTARY_SERVER_PRINCIPAL}"]
@@ -210,6 +211,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Repo]:
             (root / "three.txt").write_text("three\n")
             cli("init", GUN)
             cli("add", GUN, "v1", str(root / "one.txt"))
+            cli("add", GUN, ODD_NAME, str(root / "one.txt"))  # json.Marshal escapes <&>
             cli("publish", GUN)
             key_path, cert_path = make_delegation_cert(root)
             cli("delegation", "add", GUN, "targets/releases", str(cert_path), "--all-paths")
@@ -257,7 +259,8 @@ def test_canonical_encoding_is_what_notary_signed(repo: Repo) -> None:
     targets = Targets.from_envelope(Envelope.from_bytes(files["targets"]))
     for name, raw in files.items():
         envelope = Envelope.from_bytes(raw)
-        assert envelope.payload() == signed_bytes(raw), name
+        # notary signed the raw payload; the file embeds it with <>& and U+2028 escaped.
+        assert canonical.html_escape(envelope.payload()) == signed_bytes(raw), name
         # ... and the file itself is what Go's json.Marshal of the envelope writes.
         assert envelope.to_bytes() == raw, name
         assert envelope.signatures, name
@@ -304,7 +307,8 @@ def test_models_round_trip(repo: Repo) -> None:
         assert model.payload() == envelope.payload(), name
     targets = Targets.from_envelope(Envelope.from_bytes(repo.fetch("targets")))
     snapshot = Snapshot.from_envelope(Envelope.from_bytes(repo.fetch("snapshot")))
-    assert set(targets.targets) == {"v1", "v3"}
+    assert set(targets.targets) == {"v1", "v3", ODD_NAME}
+    assert b"\\u003c" in repo.fetch("targets") and b"<" in targets.payload()
     assert targets.targets["v1"].hashes["sha256"] == FileMeta.from_data(b"one\n").hashes["sha256"]
     assert targets.targets["v1"].length == 4
     releases = targets.delegations.role("targets/releases")
@@ -325,6 +329,7 @@ def test_verifier_accepts_the_real_repository(repo: Repo) -> None:
     listing = verified.list_targets()
     assert {name: role for name, (role, _) in listing.items()} == {
         "v1": "targets",
+        ODD_NAME: "targets",
         "v3": "targets",
         "v2": "targets/releases",
     }

@@ -248,7 +248,8 @@ class PublicKey:
         if self.keytype not in X509_TYPES:
             return self.key_id
         cert = self.certificate()
-        assert cert is not None
+        if cert is None:
+            raise MetadataError(f"{self.keytype} key {self.key_id[:12]} holds no certificate")
         spki = cert.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
