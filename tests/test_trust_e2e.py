@@ -8,6 +8,8 @@ the real notary CLI (and docker CLI, where installed) reading what we publish.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -46,10 +48,20 @@ principals = ["admin"]
 operations = ["read", "audit"]
 keys = {{ roles = ["*"], repositories = ["*"] }}
 
+# the build farm: only targets/releases and its own targets/ci, never root or targets
 [[rules]]
 principals = ["{BUILD_FARM}"]
 operations = ["read", "sign"]
 keys = {{ roles = ["targets/releases", "targets/ci"], repositories = ["*"] }}
+
+# root ceremonies: two approvers out of three people
+[[rules]]
+principals = ["alice", "bob"]
+operations = ["read", "approve"]
+keys = {{ roles = ["root"], repositories = ["*"] }}
+
+[quorum]
+approvals = 2
 """
 
 
@@ -119,7 +131,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("trust")
     with running_daemon(
         root / "signerd",
-        clients=["admin", NOTARY_SERVER_PRINCIPAL, BUILD_FARM],
+        clients=["admin", NOTARY_SERVER_PRINCIPAL, BUILD_FARM, "alice", "bob"],
         policy=POLICY,
     ) as daemon:
         server = start_notary_server(root, daemon, "ecdsa")
@@ -158,3 +170,167 @@ def test_build_farm_flow_read_by_notary_cli(stack: Stack) -> None:
     assert inspect[0]["SignedTags"] == [
         {"SignedTag": "1.0", "Digest": digest, "Signers": [BUILD_FARM]}
     ]
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+
+def fails(done: subprocess.CompletedProcess[str], *words: str) -> str:
+    """A refusal: exit 1, one line on stderr naming the problem, no traceback."""
+    assert done.returncode == 1, (done.returncode, done.stdout, done.stderr)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("signer-trust: error: "), done.stderr
+    assert "Traceback" not in done.stderr
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    return lines[0]
+
+
+def served(stack: Stack, gun: str, role: str) -> dict[str, Any]:
+    from notary_harness import https_get
+
+    with https_get(stack.server, f"/v2/{gun}/_trust/tuf/{role}.json") as resp:
+        return dict(json.loads(resp.read()))
+
+
+def version_of(stack: Stack, gun: str, role: str) -> int:
+    return int(served(stack, gun, role)["signed"]["version"])
+
+
+def inspect(stack: Stack, gun: str, trust_dir: str = "trust-admin") -> dict[str, Any]:
+    return dict(json.loads(stack.trust("inspect", gun, trust_dir=trust_dir).stdout)[0])
+
+
+def root_cert_id(stack: Stack, gun: str) -> str:
+    keys = inspect(stack, gun)["AdministrativeKeys"]
+    (root,) = [k for k in keys if k["Name"] == "Root"]
+    return str(root["Keys"][0]["ID"])
+
+
+def contributor_key(directory: Path, name: str) -> tuple[Path, Path]:
+    """An outside contributor's own key (PEM private key for the notary CLI) and cert."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=365))
+        .sign(key, hashes.SHA256())
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    key_path, cert_path = directory / f"{name}-key.pem", directory / f"{name}.pem"
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return key_path, cert_path
+
+
+def assert_no_private_keys(*directories: Path) -> None:
+    for directory in directories:
+        for path in directory.rglob("*"):
+            if path.is_file():
+                assert b"PRIVATE KEY" not in path.read_bytes(), f"a private key in {path}"
+
+
+# -- pinning, docker, interop ------------------------------------------------------------
+
+
+def test_notary_cli_with_trust_pinning_to_our_root_certificate(stack: Stack) -> None:
+    gun = stack.gun("pinned/app")
+    image = stack.push("pinned/app", "2.0")
+    stack.trust("init", gun)
+    stack.trust("sign", f"{gun}:2.0")
+    cert_id = root_cert_id(stack, gun)
+
+    pinned = stack.root / "notary-pinned.json"
+    pinned.write_text(json.dumps({"trust_pinning": {"certs": {gun: [cert_id]}}}))
+    rows = notary_targets(stack.notary("pinned"), gun, "-c", str(pinned))
+    assert rows["2.0"][:2] == (image.digest.removeprefix("sha256:"), image.size)
+
+    # Pinned to another certificate ID, the notary CLI refuses our repository.
+    wrong = stack.root / "notary-wrong-pin.json"
+    wrong.write_text(json.dumps({"trust_pinning": {"certs": {gun: ["0" * 64]}}}))
+    with pytest.raises(pytest.fail.Exception):
+        stack.notary("wrong-pin")("list", gun, "-c", str(wrong))
+
+
+def test_docker_trust_inspect_reads_our_repository(stack: Stack) -> None:
+    docker = shutil.which("docker")
+    if docker is None:
+        pytest.skip("no docker CLI on this machine")
+    gun = stack.gun("docker/app")
+    image = stack.push("docker/app", "3.0")
+    stack.trust("init", gun)
+    stack.trust("signer", "add", BUILD_FARM, gun, "--create-key")
+    stack.trust("sign", f"{gun}:3.0", principal=BUILD_FARM, trust_dir="trust-ci")
+
+    config = stack.root / "docker-config"
+    host = stack.server.url.removeprefix("https://")
+    (config / "tls" / host).mkdir(parents=True, exist_ok=True)
+    shutil.copy(stack.daemon.pki / "ca.pem", config / "tls" / host / "ca.crt")
+    env = dict(
+        os.environ, DOCKER_CONFIG=str(config), DOCKER_CONTENT_TRUST_SERVER=stack.server.url
+    )
+    done = subprocess.run(
+        [docker, "trust", "inspect", gun], env=env, capture_output=True, text=True, timeout=60
+    )
+    if done.returncode != 0 and "is not a docker command" in done.stderr:
+        pytest.skip("this docker CLI has no `docker trust`")
+    assert done.returncode == 0, done.stderr
+    theirs = json.loads(done.stdout)[0]
+    ours = inspect(stack, gun)
+    assert theirs["SignedTags"] == [
+        {"SignedTag": "3.0", "Digest": image.digest.removeprefix("sha256:"), "Signers": ["ci"]}
+    ]
+    assert theirs["SignedTags"] == ours["SignedTags"]
+    assert theirs["Signers"] == ours["Signers"]
+    assert theirs["AdministrativeKeys"] == ours["AdministrativeKeys"]
+
+
+def test_outside_contributor_publishes_with_notary_cli_and_we_publish_after(stack: Stack) -> None:
+    gun = stack.gun("interop/app")
+    stack.push("interop/app", "ours-1")
+    stack.push("interop/app", "ours-2")
+    stack.trust("init", gun)
+    stack.trust("signer", "add", BUILD_FARM, gun, "--create-key")
+    key_path, cert_path = contributor_key(stack.root / "bob-keys", "bob")
+    stack.trust("signer", "add", "bob", gun, "--key", str(cert_path))
+    stack.trust("sign", f"{gun}:ours-1", principal=BUILD_FARM, trust_dir="trust-ci")
+
+    # bob, with the real notary CLI and his own key, publishes into his roles
+    bob = stack.notary("trust-bob")
+    bob("key", "import", str(key_path), "-r", "targets/bob", "-g", gun)
+    (stack.root / "bob.txt").write_text("bob's release\n")
+    bob("add", gun, "bob-1", str(stack.root / "bob.txt"), "--roles", "targets/releases")
+    bob("add", gun, "bob-1", str(stack.root / "bob.txt"), "--roles", "targets/bob")
+    bob("publish", gun)
+
+    info = inspect(stack, gun)
+    tags = {t["SignedTag"]: t["Signers"] for t in info["SignedTags"]}
+    assert tags == {"bob-1": ["bob"], "ours-1": ["ci"]}
+    assert {s["Name"] for s in info["Signers"]} == {"bob", "ci"}
+
+    # we publish after him; his delegation and his tag stay intact and verify
+    stack.trust("sign", f"{gun}:ours-2", principal=BUILD_FARM, trust_dir="trust-ci")
+    rows = notary_targets(stack.notary("interop-fresh"), gun)
+    assert set(rows) == {"bob-1", "ours-1", "ours-2"}
+    bob_role = served(stack, gun, "targets/bob")["signed"]["targets"]
+    assert set(bob_role) == {"bob-1"}
+    assert_no_private_keys(stack.root / "trust-admin", stack.root / "trust-ci")

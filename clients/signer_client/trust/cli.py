@@ -39,6 +39,7 @@ from signer_client.trust.registry import (
 from signer_client.trust.repo import (
     DEFAULT_EXPIRY,
     Outcome,
+    TagToSign,
     TrustError,
     TrustRepository,
     TrustSettings,
@@ -104,23 +105,31 @@ def cmd_signer_remove(args: argparse.Namespace) -> int:
 
 
 def cmd_sign(args: argparse.Namespace) -> int:
-    ref = parse_reference(args.image)
+    refs = [parse_reference(image) for image in args.images]
+    guns = {ref.gun for ref in refs}
+    if len(guns) != 1:
+        raise TrustError("sign tags of one repository at a time (one publish per GUN)")
     if args.digest or args.size is not None:
         if not args.digest or args.size is None:
             raise TrustError("--digest and --size go together")
+        if len(refs) != 1:
+            raise TrustError("--digest and --size sign exactly one tag")
         match = _DIGEST.fullmatch(args.digest)
         if match is None:
             raise TrustError(f"--digest {args.digest!r} is not sha256:<64 hex digits>")
         if args.size <= 0:
             raise TrustError("--size must be a positive number of bytes")
-        digest, size = bytes.fromhex(match.group(1)), args.size
+        tags = [TagToSign(refs[0].tag, bytes.fromhex(match.group(1)), args.size)]
     else:
-        manifest = _registry(args).resolve(ref)
-        match = _DIGEST.fullmatch(manifest.digest)
-        if match is None:
-            raise TrustError(f"{ref}: the registry answered digest {manifest.digest}, not sha256")
-        digest, size = bytes.fromhex(match.group(1)), manifest.size
-    return _report(_repo(args, ref.gun).sign(ref.tag, digest, size, args.signer or ""))
+        registry = _registry(args)
+        tags = []
+        for ref in refs:  # every tag resolves before anything is signed
+            manifest = registry.resolve(ref)
+            match = _DIGEST.fullmatch(manifest.digest)
+            if match is None:
+                raise TrustError(f"{ref}: the registry answered digest {manifest.digest}")
+            tags.append(TagToSign(ref.tag, bytes.fromhex(match.group(1)), manifest.size))
+    return _report(_repo(args, refs[0].gun).sign(tags, args.signer or ""))
 
 
 def cmd_revoke(args: argparse.Namespace) -> int:
@@ -342,8 +351,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--force", action="store_true", help="even if it is the last releases signer")
     c.set_defaults(func=cmd_signer_remove)
 
-    c = sub.add_parser("sign", help="sign IMAGE:TAG (digest and size from the registry)")
-    c.add_argument("image", metavar="IMAGE:TAG")
+    c = sub.add_parser("sign", help="sign IMAGE:TAG... (digest and size from the registry)")
+    c.add_argument("images", nargs="+", metavar="IMAGE:TAG", help="tags of one repository")
     c.add_argument("--digest", help="sha256:... instead of asking the registry")
     c.add_argument("--size", type=int, help="manifest size in bytes (with --digest)")
     c.add_argument("--signer", help="sign as this signer only (default: every role we hold)")

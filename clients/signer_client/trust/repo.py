@@ -77,6 +77,13 @@ class SignedTag:
     signers: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class TagToSign:
+    tag: str
+    digest: bytes  # sha256 of the manifest
+    length: int  # manifest size in bytes
+
+
 @dataclass
 class Collection:
     """One GUN's verified metadata, and what this operation changed in it."""
@@ -444,17 +451,25 @@ class TrustRepository:
 
     # -- tags ----------------------------------------------------------------------------
 
-    def sign(self, tag: str, digest: bytes, length: int, signer: str = "") -> Outcome:
+    def sign(self, tags: Sequence[TagToSign], signer: str = "") -> Outcome:
+        """Sign every tag into each role that may hold it, in one publish (one signature
+        per changed role, however many tags)."""
+        if not tags:
+            raise TrustError("no tag to sign")
         collection = self.load()
-        roles = self._signable_roles(collection, tag, signer)
-        target = FileMeta(length=length, hashes={"sha256": digest})
-        for role in roles:
-            collection.metadata(role).targets[tag] = target
-            collection.changed.add(role)
+        lines = []
+        for item in tags:
+            roles = self._signable_roles(collection, item.tag, signer)
+            target = FileMeta(length=item.length, hashes={"sha256": item.digest})
+            for role in roles:
+                collection.metadata(role).targets[item.tag] = target
+                collection.changed.add(role)
+            lines.append(
+                f"signed {self.gun}:{item.tag} (sha256:{item.digest.hex()}, {item.length} "
+                "bytes) into " + ", ".join(roles)
+            )
         self._commit(collection)
-        return Outcome(
-            (f"signed {self.gun}:{tag} ({digest.hex()}, {length} bytes) into " + ", ".join(roles),)
-        )
+        return Outcome(tuple(lines))
 
     def revoke(self, tag: str) -> Outcome:
         collection = self.load()
