@@ -334,3 +334,95 @@ def test_outside_contributor_publishes_with_notary_cli_and_we_publish_after(stac
     bob_role = served(stack, gun, "targets/bob")["signed"]["targets"]
     assert set(bob_role) == {"bob-1"}
     assert_no_private_keys(stack.root / "trust-admin", stack.root / "trust-ci")
+
+
+# -- revoke, signers, rotation, delete ---------------------------------------------------
+
+
+def test_revoke_and_signer_remove(stack: Stack) -> None:
+    gun = stack.gun("revoke/app")
+    for tag in ("1", "2"):
+        stack.push("revoke/app", tag)
+    stack.trust("init", gun)
+    stack.trust("signer", "add", BUILD_FARM, gun, "--create-key")
+    _, cert_path = contributor_key(stack.root / "carol-keys", "carol")
+    stack.trust("signer", "add", "carol", gun, "--key", str(cert_path))
+    stack.trust("sign", f"{gun}:1", f"{gun}:2", principal=BUILD_FARM, trust_dir="trust-ci")
+    assert set(notary_targets(stack.notary("revoke-1"), gun)) == {"1", "2"}
+
+    stack.trust("revoke", f"{gun}:1", principal=BUILD_FARM, trust_dir="trust-ci")
+    assert set(notary_targets(stack.notary("revoke-2"), gun)) == {"2"}
+    assert [t["SignedTag"] for t in inspect(stack, gun)["SignedTags"]] == ["2"]
+
+    stack.trust("signer", "remove", "carol", gun)
+    info = inspect(stack, gun)
+    assert [s["Name"] for s in info["Signers"]] == ["ci"]
+    targets = served(stack, gun, "targets")["signed"]["delegations"]
+    assert {r["name"] for r in targets["roles"]} == {"targets/ci", "targets/releases"}
+    (releases,) = [r for r in targets["roles"] if r["name"] == "targets/releases"]
+    ci_ids = [r for r in targets["roles"] if r["name"] == "targets/ci"][0]["keyids"]
+    assert releases["keyids"] == ci_ids  # carol's key is gone from releases too
+
+    # ci is now the last releases signer: removing it needs --force
+    fails(stack.trust("signer", "remove", "ci", gun, ok=False), "last signer", "--force")
+    assert set(notary_targets(stack.notary("revoke-3"), gun)) == {"2"}
+
+
+def test_rotate_every_role_and_a_notary_client_follows(stack: Stack) -> None:
+    gun = stack.gun("rotate/app")
+    stack.push("rotate/app", "before")
+    stack.push("rotate/app", "after")
+    stack.trust("init", gun)
+    stack.trust("sign", f"{gun}:before")
+    follower = stack.notary("follower")
+    assert set(notary_targets(follower, gun)) == {"before"}  # trusts root v1 from now on
+    first_root = served(stack, gun, "root")["signed"]
+
+    for role, extra in (
+        ("targets", ()),
+        ("timestamp", ()),
+        ("snapshot", ("--local",)),  # into the token
+        ("snapshot", ("-r",)),  # back to notary-server
+        ("root", ()),
+    ):
+        before = served(stack, gun, "root")["signed"]
+        stack.trust("key", "rotate", role, gun, *extra)
+        after = served(stack, gun, "root")
+        assert after["signed"]["version"] == before["version"] + 1
+        assert after["signed"]["roles"][role]["keyids"] != before["roles"][role]["keyids"]
+        if role == "root":  # signed by the old root key and the new one
+            signers = {s["keyid"] for s in after["signatures"]}
+            assert set(before["roles"]["root"]["keyids"]) <= signers
+            assert set(after["signed"]["roles"]["root"]["keyids"]) <= signers
+        assert set(notary_targets(follower, gun)) == {"before"}, role
+
+    stack.trust("sign", f"{gun}:after")
+    assert set(notary_targets(follower, gun)) == {"before", "after"}
+    assert set(notary_targets(stack.notary("rotate-fresh"), gun)) == {"before", "after"}
+    final = served(stack, gun, "root")["signed"]
+    for role in ("root", "targets", "snapshot", "timestamp"):
+        assert set(final["roles"][role]["keyids"]).isdisjoint(first_root["roles"][role]["keyids"])
+    # the old daemon keys of root and targets are retired, the new ones active
+    keys = stack.daemon.client().list_keys(repository=gun)
+    states = {(k.role, k.state) for k in keys}
+    assert ("root", 2) in states and ("root", 1) in states  # RETIRED, ACTIVE
+    assert ("targets", 2) in states and ("targets", 1) in states
+
+
+def test_local_snapshot_init_and_delete_remote(stack: Stack) -> None:
+    gun = stack.gun("local/app")
+    stack.push("local/app", "1")
+    stack.trust("init", gun, "--local-snapshot")
+    stack.trust("sign", f"{gun}:1")
+    snapshot_ids = served(stack, gun, "root")["signed"]["roles"]["snapshot"]["keyids"]
+    ours = {k.notary_key_id for k in stack.daemon.client().list_keys(repository=gun)}
+    assert set(snapshot_ids) <= ours  # the snapshot key is in the token
+    assert set(notary_targets(stack.notary("local-1"), gun)) == {"1"}
+
+    stack.trust("delete", gun, "--remote")
+    fails(stack.trust("inspect", gun, ok=False), "not a trusted repository")
+    fails(stack.trust("sign", f"{gun}:1", ok=False), "not a trusted repository")
+    # and it can be set up again from scratch
+    stack.trust("init", gun)
+    stack.trust("sign", f"{gun}:1")
+    assert set(notary_targets(stack.notary("local-2"), gun)) == {"1"}

@@ -543,7 +543,11 @@ class TrustRepository:
         collection = self.load()
         root = collection.root
         old_root_keys = self._held(collection, ROOT, all_held=True)
-        old_keys = self.keys.holding(collection.role_keys(role)[0])
+        # Retire only keys this client's side held: notary-server's own keys (timestamp,
+        # a server-managed snapshot) live in the daemon too, but are notary-server's to
+        # drop (`signerd notary retire-unused`).
+        ours = role in (ROOT, TARGETS) or (role == SNAPSHOT and collection.local_snapshot)
+        old_keys = self.keys.holding(collection.role_keys(role)[0]) if ours else []
         local_snapshot = collection.local_snapshot
         if role == SNAPSHOT and server_managed is not None:
             local_snapshot = not server_managed
