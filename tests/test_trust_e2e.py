@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import urllib.error
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,14 +89,19 @@ class Stack:
         return path
 
     def trust(
-        self, *args: str, principal: str = "admin", trust_dir: str = "trust-admin", ok: bool = True
+        self,
+        *args: str,
+        principal: str = "admin",
+        trust_dir: str = "trust-admin",
+        ok: bool = True,
+        server: str = "",
     ) -> subprocess.CompletedProcess[str]:
         cmd = [
             sys.executable,
             "-m",
             "signer_client.trust.cli",
             "-s",
-            self.server.url,
+            server or self.server.url,
             "--tlscacert",
             str(self.daemon.pki / "ca.pem"),
             "-d",
@@ -285,9 +291,7 @@ def test_docker_trust_inspect_reads_our_repository(stack: Stack) -> None:
     host = stack.server.url.removeprefix("https://")
     (config / "tls" / host).mkdir(parents=True, exist_ok=True)
     shutil.copy(stack.daemon.pki / "ca.pem", config / "tls" / host / "ca.crt")
-    env = dict(
-        os.environ, DOCKER_CONFIG=str(config), DOCKER_CONTENT_TRUST_SERVER=stack.server.url
-    )
+    env = dict(os.environ, DOCKER_CONFIG=str(config), DOCKER_CONTENT_TRUST_SERVER=stack.server.url)
     done = subprocess.run(
         [docker, "trust", "inspect", gun], env=env, capture_output=True, text=True, timeout=60
     )
@@ -360,7 +364,7 @@ def test_revoke_and_signer_remove(stack: Stack) -> None:
     targets = served(stack, gun, "targets")["signed"]["delegations"]
     assert {r["name"] for r in targets["roles"]} == {"targets/ci", "targets/releases"}
     (releases,) = [r for r in targets["roles"] if r["name"] == "targets/releases"]
-    ci_ids = [r for r in targets["roles"] if r["name"] == "targets/ci"][0]["keyids"]
+    ci_ids = next(r for r in targets["roles"] if r["name"] == "targets/ci")["keyids"]
     assert releases["keyids"] == ci_ids  # carol's key is gone from releases too
 
     # ci is now the last releases signer: removing it needs --force
@@ -426,3 +430,187 @@ def test_local_snapshot_init_and_delete_remote(stack: Stack) -> None:
     stack.trust("init", gun)
     stack.trust("sign", f"{gun}:1")
     assert set(notary_targets(stack.notary("local-2"), gun)) == {"1"}
+
+
+# -- custody: keys in the token, every signature audited ---------------------------------
+
+
+def test_every_client_key_is_a_token_object_and_every_signature_is_audited(stack: Stack) -> None:
+    import hashlib
+
+    from harness import audit_rows, object_id_of, read_token_objects
+    from signer_client.trust import canonical
+
+    gun = stack.gun("custody/app")
+    stack.push("custody/app", "1")
+    stack.trust("init", gun)
+    stack.trust("signer", "add", BUILD_FARM, gun, "--create-key")
+    stack.trust("sign", f"{gun}:1", principal=BUILD_FARM, trust_dir="trust-ci")
+
+    keys = [k for k in stack.daemon.client().list_keys(repository=gun) if k.state == 1]
+    roles = {k.role for k in keys}
+    assert {"root", "targets", "targets/ci"} <= roles
+    objects = {o["id"]: o for o in read_token_objects(stack.daemon) if o["class"] == "private"}
+    for key in keys:
+        obj = objects[object_id_of(stack.daemon, key.key_id)]
+        assert obj["sensitive"] is True and obj["extractable"] is False, (key.role, obj)
+        assert obj["always_sensitive"] is True and obj["never_extractable"] is True
+    assert_no_private_keys(stack.root / "trust-admin", stack.root / "trust-ci")
+
+    # every signature on what notary-server serves, by a key of ours, was audited with
+    # the exact payload hash
+    by_notary_id = {}
+    for key in keys:
+        by_notary_id[key.notary_key_id] = key.key_id
+        if key.certificate_key_id:
+            by_notary_id[key.certificate_key_id] = key.key_id
+    audited = {
+        (r["key_id"], r["payload_sha256"])
+        for r in audit_rows(stack.daemon, "operation = 'sign' AND outcome = 'allowed'")
+    }
+    checked = 0
+    for role in ("root", "targets", "snapshot", "timestamp", "targets/releases", "targets/ci"):
+        doc = served(stack, gun, role)
+        digest = hashlib.sha256(canonical.encode(doc["signed"])).hexdigest()
+        for sig in doc["signatures"]:
+            key_id = by_notary_id.get(sig["keyid"])
+            assert key_id is not None, f"{role} signed by {sig['keyid']}, not a daemon key"
+            assert (key_id, digest) in audited, f"{role}: signature not in the audit log"
+            checked += 1
+    assert checked == 6
+
+
+# -- bad input and faults: one line, nothing half-published -------------------------------
+
+
+def snapshot_state(stack: Stack, gun: str) -> dict[str, int]:
+    return {r: version_of(stack, gun, r) for r in ("root", "targets", "targets/releases")}
+
+
+def test_bad_input_and_faults_are_one_line_and_publish_nothing(stack: Stack) -> None:
+    gun = stack.gun("faults/app")
+    stack.push("faults/app", "1")
+    stack.trust("init", gun)
+    stack.trust("signer", "add", BUILD_FARM, gun, "--create-key")
+    stack.trust("sign", f"{gun}:1", principal=BUILD_FARM, trust_dir="trust-ci")
+    before = snapshot_state(stack, gun)
+    keys_before = len(stack.daemon.client().list_keys(repository=gun))
+    ci = {"principal": BUILD_FARM, "trust_dir": "trust-ci", "ok": False}
+
+    unknown = stack.gun("never/initialised")
+    fails(
+        stack.trust("sign", f"{unknown}:1", "--digest", "sha256:" + "a" * 64, "--size", "10", **ci),
+        "not a trusted repository",
+    )
+    fails(stack.trust("sign", "Bad//Reference:1", **ci), "Bad//Reference")
+    fails(stack.trust("sign", gun, **ci), "tag")
+    fails(stack.trust("sign", f"{gun}:missing", **ci), "missing")  # registry 404
+    fails(stack.trust("sign", f"{gun}:1", "--digest", "sha256:xyz", "--size", "1", **ci))
+    down = "https://127.0.0.1:9"  # nothing listens on the discard port
+    fails(stack.trust("inspect", gun, server=down, ok=False), "127.0.0.1:9")
+    fails(stack.trust("sign", f"{gun}:1", server=down, **ci), "127.0.0.1:9")
+
+    # a registry that wants a token: no credentials -> one line naming the registry
+    locked = start_registry(stack.root / "locked-registry", auth="token")
+    try:
+        push_image(locked, "faults/app", "1")
+        fails(stack.trust("sign", f"{locked.host}/faults/app:1", **ci), locked.host)
+    finally:
+        locked.stop()
+
+    # policy denials: the build farm may not add signers, rotate keys or touch root
+    fails(stack.trust("signer", "add", "mallory", gun, "--create-key", **ci), "no key of targets")
+    fails(stack.trust("key", "rotate", "targets", gun, **ci), "no key of root")
+    fails(stack.trust("init", stack.gun("faults/other"), **ci), "PERMISSION_DENIED")
+
+    assert snapshot_state(stack, gun) == before
+    assert len(stack.daemon.client().list_keys(repository=gun)) == keys_before
+    assert stack.daemon.health() == 1  # SERVING
+
+
+def test_concurrent_publish_is_refused_whole_and_the_retry_succeeds(stack: Stack) -> None:
+    """bob (notary CLI, his own key) publishes targets/releases just before our POST of
+    the same role: notary-server refuses ours whole (409-style VERSION), the retry wins."""
+    from signer_client.trust.keys import DaemonKeys
+    from signer_client.trust.notary_server import ConflictError, NotaryServerClient
+    from signer_client.trust.repo import TagToSign, TrustRepository
+    from signer_client.trust.state import TrustDir
+
+    gun = stack.gun("race/app")
+    stack.trust("init", gun)
+    stack.trust("signer", "add", BUILD_FARM, gun, "--create-key")
+    key_path, cert_path = contributor_key(stack.root / "race-bob", "bob")
+    stack.trust("signer", "add", "bob", gun, "--key", str(cert_path))
+    bob = stack.notary("race-bob-trust")
+    bob("key", "import", str(key_path), "-r", "targets/bob", "-g", gun)
+    (stack.root / "theirs.txt").write_text("bob's\n")
+
+    class RacedServer(NotaryServerClient):
+        """notary-server, with bob publishing just before our POST."""
+
+        raced = False
+
+        def publish(self, gun_: str, files: Any) -> None:
+            if not self.raced:
+                self.raced = True
+                bob("add", gun, "theirs", str(stack.root / "theirs.txt"), "-r", "targets/releases")
+                bob("publish", gun)
+            super().publish(gun_, files)
+
+    server = RacedServer(stack.server.url, ca_file=stack.daemon.pki / "ca.pem")
+    keys = DaemonKeys(stack.daemon.client(BUILD_FARM), gun)
+    repo = TrustRepository(gun, server, keys, TrustDir(stack.root / "trust-race"))
+    tag = TagToSign("ours", bytes.fromhex("b" * 64), 1234)
+    with pytest.raises(ConflictError) as refused:
+        repo.sign([tag], signer=BUILD_FARM)
+    assert "\n" not in str(refused.value)
+    assert set(notary_targets(stack.notary("race-1"), gun)) == {"theirs"}
+    with pytest.raises(urllib.error.HTTPError):  # targets/ci was never published
+        served(stack, gun, "targets/ci")
+
+    repo.sign([tag], signer=BUILD_FARM)  # reloads, signs the next version
+    assert set(notary_targets(stack.notary("race-2"), gun)) == {"theirs", "ours"}
+
+
+# -- root ceremonies ---------------------------------------------------------------------
+
+
+def request_ids(output: str) -> list[str]:
+    return [line.split()[1] for line in output.splitlines() if line.strip().startswith("request ")]
+
+
+def approve_all(stack: Stack, ids: list[str]) -> None:
+    for request_id in ids:
+        request = stack.daemon.client("alice").get_signature_request(request_id)
+        for approver in ("alice", "bob"):
+            stack.daemon.client(approver).approve(request_id, request.payload_sha256)
+
+
+def test_quorum_root_init_and_rotation(stack: Stack) -> None:
+    gun = stack.gun("quorum/app")
+    stack.push("quorum/app", "1")
+    waiting = stack.trust("init", gun, "--quorum", ok=False)
+    assert waiting.returncode == 3, waiting.stderr
+    ids = request_ids(waiting.stdout)
+    assert len(ids) == 1 and "ceremony finish" in waiting.stdout
+    with pytest.raises(pytest.fail.Exception):  # nothing was published yet
+        stack.notary("quorum-0")("list", gun)
+
+    still = stack.trust("ceremony", "finish", gun, ok=False)
+    assert still.returncode == 3 and "0 of 2" in still.stdout
+    approve_all(stack, ids)
+    stack.trust("ceremony", "finish", gun)
+    stack.trust("sign", f"{gun}:1")
+    follower = stack.notary("quorum-follower")
+    assert set(notary_targets(follower, gun)) == {"1"}
+
+    # rotating a quorum root: a new quorum key; old and new both need their approvals
+    waiting = stack.trust("key", "rotate", "root", gun, ok=False)
+    assert waiting.returncode == 3, waiting.stderr
+    ids = request_ids(waiting.stdout)
+    assert len(ids) == 2
+    assert version_of(stack, gun, "root") == 1
+    approve_all(stack, ids)
+    stack.trust("ceremony", "finish", gun)
+    assert version_of(stack, gun, "root") == 2
+    assert set(notary_targets(follower, gun)) == {"1"}  # the old client follows

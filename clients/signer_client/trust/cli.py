@@ -87,6 +87,8 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def cmd_signer_add(args: argparse.Namespace) -> int:
     keys = [public_key_from_pem(Path(p).read_bytes()) for p in args.key]
+    if len(args.guns) == 1:
+        return _report(_repo(args, args.guns[0]).add_signer(args.name, keys, args.create_key))
     failed = []
     for gun in args.guns:
         try:

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from signer.v1 import signer_pb2 as pb
+from signer_client.errors import PermissionDeniedError
 from signer_client.trust.keys import DaemonKey, DaemonKeys, PendingApprovalError
 from signer_client.trust.metadata import (
     DelegatedRole,
@@ -43,6 +44,7 @@ from signer_client.trust.state import PendingCeremony, TrustDir
 
 ROOT, TARGETS, SNAPSHOT, TIMESTAMP = "root", "targets", "snapshot", "timestamp"
 RELEASES = "targets/releases"
+_VERSION_ATTEMPTS = 5
 REPO_ADMIN = "Repo Admin"  # docker's name for tags signed straight into targets
 DAY = dt.timedelta(days=1)
 # notary's default expiries (client/client.go): root 10 years, the rest 3 years
@@ -65,8 +67,11 @@ class TrustSettings:
     expiry: dict[str, dt.timedelta] = field(default_factory=lambda: dict(DEFAULT_EXPIRY))
 
     def expires(self, role: str, now: dt.datetime) -> dt.datetime:
+        """Whole hours: a publish retried within the hour rebuilds the very bytes the
+        daemon already signed (and recorded as that version), so it signs them again."""
         kind = "delegation" if role.startswith("targets/") else role
-        return now + self.expiry.get(kind, DEFAULT_EXPIRY["delegation"])
+        when = now + self.expiry.get(kind, DEFAULT_EXPIRY["delegation"])
+        return when.replace(minute=0, second=0, microsecond=0)
 
 
 @dataclass(frozen=True)
@@ -641,7 +646,18 @@ class TrustRepository:
             meta.version += 1
             meta.expires = self.settings.expires(role, now)
             keys = [signers[role]] if role in signers else self._held(collection, role)
-            files[role] = self._sign(meta.envelope(), keys, role).to_bytes()
+            for _ in range(_VERSION_ATTEMPTS):
+                try:
+                    files[role] = self._sign(meta.envelope(), keys, role).to_bytes()
+                    break
+                except PermissionDeniedError as exc:
+                    # An earlier publish that notary-server refused (a race) left this
+                    # version signed by the daemon with other content: take the next.
+                    if "already signed" not in str(exc):
+                        raise
+                    meta.version += 1
+            else:
+                raise TrustError(f"{role}: the daemon refused {_VERSION_ATTEMPTS} versions")
         return files
 
     def _commit(self, collection: Collection) -> None:
