@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from notary_harness import (
     NOTARY_SERVER_PRINCIPAL,
+    PASSPHRASES,
     NotaryCLI,
     NotaryServer,
     require,
@@ -95,6 +96,7 @@ class Stack:
         trust_dir: str = "trust-admin",
         ok: bool = True,
         server: str = "",
+        env: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
         cmd = [
             sys.executable,
@@ -111,7 +113,14 @@ class Stack:
             "--registry-plain-http",
             *args,
         ]
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+        done = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            env=dict(os.environ, **(env or {})),
+        )
         if ok and done.returncode != 0:
             pytest.fail(
                 f"`signer-trust {' '.join(args)}` failed ({done.returncode}):\n"
@@ -614,3 +623,45 @@ def test_quorum_root_init_and_rotation(stack: Stack) -> None:
     stack.trust("ceremony", "finish", gun)
     assert version_of(stack, gun, "root") == 2
     assert set(notary_targets(follower, gun)) == {"1"}  # the old client follows
+
+
+# -- migrating a repository made with the notary CLI -------------------------------------
+
+
+def test_migrate_a_notary_cli_repository_into_the_token(stack: Stack) -> None:
+    gun = stack.gun("legacy/app")
+    owner = stack.notary("legacy-owner")
+    (stack.root / "old.txt").write_text("made with local keys\n")
+    owner("init", gun)
+    owner("key", "rotate", gun, "snapshot", "-r")  # step 1: snapshot to notary-server
+    owner("add", gun, "old", str(stack.root / "old.txt"))
+    owner("publish", gun)
+    follower = stack.notary("legacy-follower")
+    assert set(notary_targets(follower, gun)) == {"old"}
+    first = served(stack, gun, "root")["signed"]
+
+    private = stack.root / "legacy-owner" / "private"
+    (root_file,) = [p for p in private.rglob("*.key") if b"role: root" in p.read_bytes()]
+    wrong = stack.trust(
+        "key", "rotate", "root", gun, "--old-root-key", str(root_file),
+        env={"NOTARY_ROOT_PASSPHRASE": "not it"}, ok=False,
+    )  # fmt: skip
+    fails(wrong, "passphrase")
+    assert version_of(stack, gun, "root") == first["version"]
+
+    # step 2: root into the token, signed once by the old key file; step 3: targets
+    stack.trust(
+        "key", "rotate", "root", gun, "--old-root-key", str(root_file),
+        env={"NOTARY_ROOT_PASSPHRASE": PASSPHRASES["NOTARY_ROOT_PASSPHRASE"]},
+    )  # fmt: skip
+    stack.trust("key", "rotate", "targets", gun)
+    stack.push("legacy/app", "new")
+    stack.trust("sign", f"{gun}:new")
+
+    assert set(notary_targets(follower, gun)) == {"old", "new"}  # the old client follows
+    root = served(stack, gun, "root")["signed"]
+    ours = {k.notary_key_id for k in stack.daemon.client().list_keys(repository=gun)}
+    ours |= {k.certificate_key_id for k in stack.daemon.client().list_keys(repository=gun)}
+    for role in ("root", "targets"):
+        assert set(root["roles"][role]["keyids"]) <= ours, role
+        assert set(root["roles"][role]["keyids"]).isdisjoint(first["roles"][role]["keyids"])

@@ -17,11 +17,12 @@ from __future__ import annotations
 import argparse
 import base64
 import datetime as dt
+import getpass
 import json
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from signer_client.client import SignerClient
@@ -29,7 +30,8 @@ from signer_client.config import ClientConfig
 from signer_client.errors import ClientError
 from signer_client.trust.inspect import inspect_json, inspect_pretty
 from signer_client.trust.keys import DaemonKeys
-from signer_client.trust.metadata import public_key_from_pem
+from signer_client.trust.legacy import LegacyKeyError, LegacyRootKey, load_legacy_root_key
+from signer_client.trust.metadata import PublicKey, public_key_from_pem
 from signer_client.trust.notary_server import NotaryServerClient, NotaryServerError
 from signer_client.trust.registry import (
     RegistryClient,
@@ -63,6 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (
         TrustError,
         TrustDirError,
+        LegacyKeyError,
         NotaryServerError,
         RegistryError,
         ClientError,
@@ -154,7 +157,17 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_rotate(args: argparse.Namespace) -> int:
     managed = True if args.server_managed else (False if args.local else None)
-    return _report(_repo(args, args.gun).rotate(args.role, managed))
+    loader = None
+    if args.old_root_key:
+        path = Path(args.old_root_key)
+        passphrase = os.environ.get("NOTARY_ROOT_PASSPHRASE")
+        if passphrase is None and sys.stdin.isatty():
+            passphrase = getpass.getpass(f"passphrase for {path}: ")
+
+        def loader(keys: Iterable[PublicKey]) -> LegacyRootKey:
+            return load_legacy_root_key(path, passphrase, keys)
+
+    return _report(_repo(args, args.gun).rotate(args.role, managed, loader))
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
@@ -378,6 +391,12 @@ def _parser() -> argparse.ArgumentParser:
     where = c.add_mutually_exclusive_group()
     where.add_argument("-r", "--server-managed", action="store_true", help="notary-server holds it")
     where.add_argument("--local", action="store_true", help="the token holds it (snapshot)")
+    c.add_argument(
+        "--old-root-key",
+        metavar="FILE",
+        help="migration: the notary root key file that signs this one rotation "
+        "(passphrase in NOTARY_ROOT_PASSPHRASE or prompted)",
+    )
     c.set_defaults(func=cmd_rotate)
 
     c = sub.add_parser("delete", help="forget a repository (and --remote: delete it on the server)")

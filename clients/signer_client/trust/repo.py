@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from signer.v1 import signer_pb2 as pb
 from signer_client.errors import PermissionDeniedError
 from signer_client.trust.keys import DaemonKey, DaemonKeys, PendingApprovalError
+from signer_client.trust.legacy import LegacyRootKey
 from signer_client.trust.metadata import (
     DelegatedRole,
     Envelope,
@@ -532,12 +533,19 @@ class TrustRepository:
 
     # -- rotation ------------------------------------------------------------------------
 
-    def rotate(self, role: str, server_managed: bool | None = None) -> Outcome:
+    def rotate(
+        self,
+        role: str,
+        server_managed: bool | None = None,
+        old_root_key: Callable[[Iterable[PublicKey]], LegacyRootKey] | None = None,
+    ) -> Outcome:
         """A new key for ``role``; root lists it in a new version signed by the old root keys
         (and, rotating root, by the new one too), so clients that trust the old root follow.
 
         snapshot: ``server_managed`` True moves it to notary-server, False into the token,
         None keeps it where it is. timestamp is always notary-server's.
+        ``old_root_key``: for migrating a repository whose root key is still a notary key
+        file, loads that key (given the root's keys) to add its one signature.
         """
         if role not in (ROOT, TARGETS, SNAPSHOT, TIMESTAMP):
             raise TrustError(f"cannot rotate {role!r}: one of root, targets, snapshot, timestamp")
@@ -547,7 +555,16 @@ class TrustRepository:
             raise TrustError(f"the {role} key stays in the daemon's token, never on notary-server")
         collection = self.load()
         root = collection.root
-        old_root_keys = self._held(collection, ROOT, all_held=True)
+        legacy = old_root_key(root.role_keys(ROOT).values()) if old_root_key else None
+        if legacy is None:
+            old_root_keys = self._held(collection, ROOT, all_held=True)
+        else:
+            old_root_keys = self.keys.holding(root.role_keys(ROOT).values())
+            if len(old_root_keys) + 1 < root.roles[ROOT].threshold:
+                raise TrustError(
+                    f"root of {self.gun} needs {root.roles[ROOT].threshold} signatures; "
+                    f"the old key file and the daemon give {len(old_root_keys) + 1}"
+                )
         # Retire only keys this client's side held: notary-server's own keys (timestamp,
         # a server-managed snapshot) live in the daemon too, but are notary-server's to
         # drop (`signerd notary retire-unused`).
@@ -579,9 +596,12 @@ class TrustRepository:
                 collection.changed.add(TARGETS)
             files = self._signed_files(collection, signers)
             root_signers = list(old_root_keys) + ([signers[ROOT]] if role == ROOT else [])
+            root_env = root.envelope()
+            if legacy is not None:
+                root_env.add_signature(legacy.notary_id, legacy.sign(root_env.payload()))
             pending = self._sign_root_and_publish(
                 f"rotate-{role}",
-                root.envelope(),
+                root_env,
                 root_signers,
                 files,
                 collection,
