@@ -4,7 +4,7 @@ PYTHON ?= python3
 RUN_DIR ?= .run
 export PYTHONPATH := $(CURDIR):$(CURDIR)/clients$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-APT_PACKAGES := softhsm2 notary
+APT_PACKAGES := softhsm2 notary docker-registry skopeo
 empty :=
 space := $(empty) $(empty)
 comma := ,

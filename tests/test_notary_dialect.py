@@ -330,8 +330,10 @@ def test_quorum_root_through_request_approve_sign(served: Daemon, clients: dict[
 # -- the documented policy -----------------------------------------------------------------------
 
 
-def test_documented_dct_policy() -> None:
-    """docs/notary.md's policy block loads and grants exactly what the docs say."""
+@pytest.mark.parametrize("doc", ["notary.md", "dct.md"])
+def test_documented_dct_policy(doc: str) -> None:
+    """The DCT policy block in docs/notary.md and docs/dct.md loads and grants exactly
+    what the docs say."""
     from pathlib import Path
 
     from signer.errors import PermissionDenied
@@ -339,9 +341,9 @@ def test_documented_dct_policy() -> None:
     from signer.policy import Operation, Resource
     from signer.policy.file import FilePolicy
 
-    text = (Path(__file__).resolve().parent.parent / "docs" / "notary.md").read_text()
+    text = (Path(__file__).resolve().parent.parent / "docs" / doc).read_text()
     block = text.split("<!-- dct-policy -->\n```toml\n", 1)[1].split("```", 1)[0]
-    policy = FilePolicy.parse(block, "docs/notary.md")
+    policy = FilePolicy.parse(block, f"docs/{doc}")
     app = "registry.example.com/apps/web"
 
     def allowed(who: str, op: Operation, role: str, repo: str = app, source: str = "cn") -> bool:

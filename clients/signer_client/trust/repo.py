@@ -731,8 +731,8 @@ def _pending_lines(gun: str, operation: str, requests: dict[str, str]) -> tuple[
     for key_id, request_id in requests.items():
         lines.append(f"  request {request_id} (root key {key_id})")
     lines.append(
-        "Approvers: `signerd request show ID` then `signerd request approve ID --sha256 ...`; "
-        f"then `signer-trust ceremony finish {gun}`."
+        "Approvers: `signerd request show ID`, then `signerd request approve ID "
+        f"--payload-sha256 ...`; then `signer-trust ceremony finish {gun}`."
     )
     return tuple(lines)
 
