@@ -186,6 +186,16 @@ def test_build_farm_flow_read_by_notary_cli(stack: Stack) -> None:
         {"SignedTag": "1.0", "Digest": digest, "Signers": [BUILD_FARM]}
     ]
 
+    # a multi-arch OCI index signs by the index's own digest and size
+    index = stack.push("team/app", "multi", index=True)
+    stack.trust("sign", f"{gun}:multi", principal=BUILD_FARM, trust_dir="trust-ci")
+    rows = notary_targets(stack.notary("fresh-2"), gun)
+    assert rows["multi"][:2] == (index.digest.removeprefix("sha256:"), index.size)
+
+    pretty = stack.trust("inspect", gun, "--pretty").stdout
+    assert f"Signatures for {gun}" in pretty and "Administrative keys" in pretty
+    assert any(line.split()[:3] == ["1.0", digest, BUILD_FARM] for line in pretty.splitlines())
+
 
 # -- helpers -----------------------------------------------------------------------------
 

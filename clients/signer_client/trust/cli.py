@@ -347,7 +347,7 @@ def _parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_init)
 
     signer = sub.add_parser("signer", help="manage who can sign tags").add_subparsers(
-        metavar="ACTION"
+        metavar="ACTION", required=True
     )
     c = signer.add_parser("add", help="add a signer (targets/NAME and targets/releases)")
     c.add_argument("name", metavar="NAME")
@@ -384,7 +384,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     c.set_defaults(func=cmd_inspect)
 
-    key = sub.add_parser("key", help="key operations").add_subparsers(metavar="ACTION")
+    key = sub.add_parser("key", help="key operations").add_subparsers(
+        metavar="ACTION", required=True
+    )
     c = key.add_parser("rotate", help="replace a role's key (root: signed by old and new)")
     c.add_argument("role", choices=["root", "targets", "snapshot", "timestamp"])
     c.add_argument("gun", metavar="GUN")
