@@ -206,7 +206,7 @@ class NotaryServerClient:
                         raise NotaryServerError(f"{label}: response larger than {limit} bytes")
                     return data
             except urllib.error.HTTPError as exc:
-                if exc.code == 401 and not retried and self._answer_challenge(exc, url):
+                if exc.code == 401 and not retried and self._answer_challenge(exc, url, label):
                     retried = True
                     continue
                 raise self._http_error(exc, label) from None
@@ -225,7 +225,7 @@ class NotaryServerClient:
     def _scope_for(self, url: str) -> str:
         return url.split("/_trust/", 1)[0]
 
-    def _answer_challenge(self, exc: urllib.error.HTTPError, url: str) -> bool:
+    def _answer_challenge(self, exc: urllib.error.HTTPError, url: str, what: str) -> bool:
         """Get what the 401 asks for; False if we cannot (no credentials, no challenge)."""
         if self.username is None:
             return False
@@ -245,7 +245,7 @@ class NotaryServerClient:
         request = urllib.request.Request(token_url)
         raw = f"{self.username}:{self.password or ''}".encode()
         request.add_header("Authorization", "Basic " + base64.b64encode(raw).decode())
-        label = f"token from {realm}"
+        label = f"{what}: token from {realm} for {self.url}"
         try:
             with urllib.request.urlopen(
                 request, timeout=self.timeout, context=self._context
