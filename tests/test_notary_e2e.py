@@ -11,7 +11,6 @@ server-held keys are objects in the token, and the audit log holds the requests.
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import json
 import os
 import signal
@@ -27,13 +26,11 @@ from typing import Any
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from notary_harness import (
     NOTARY_SERVER_PRINCIPAL,
     NotaryCLI,
     NotaryServer,
+    delegation_key,
     https_get,
     require,
     start_notary_server,
@@ -96,33 +93,6 @@ def deployment(
             except subprocess.TimeoutExpired:
                 server.proc.kill()
                 server.proc.wait()
-
-
-def delegation_key(directory: Path) -> tuple[Path, Path]:
-    """A delegation key (EC PEM, for `notary key import`) and its certificate."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "releases")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=365))
-        .sign(key, hashes.SHA256())
-    )
-    key_path, cert_path = directory / "releases-key.pem", directory / "releases.pem"
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        )
-    )
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return key_path, cert_path
 
 
 # -- verifying what notary-server serves ---------------------------------------------------

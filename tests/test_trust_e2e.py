@@ -24,6 +24,7 @@ from notary_harness import (
     PASSPHRASES,
     NotaryCLI,
     NotaryServer,
+    delegation_key,
     require,
     start_notary_server,
     stop_notary_server,
@@ -232,41 +233,6 @@ def root_cert_id(stack: Stack, gun: str) -> str:
     return str(root["Keys"][0]["ID"])
 
 
-def contributor_key(directory: Path, name: str) -> tuple[Path, Path]:
-    """An outside contributor's own key (PEM private key for the notary CLI) and cert."""
-    import datetime as dt
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=365))
-        .sign(key, hashes.SHA256())
-    )
-    directory.mkdir(parents=True, exist_ok=True)
-    key_path, cert_path = directory / f"{name}-key.pem", directory / f"{name}.pem"
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        )
-    )
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return key_path, cert_path
-
-
 def assert_no_private_keys(*directories: Path) -> None:
     for directory in directories:
         for path in directory.rglob("*"):
@@ -333,7 +299,7 @@ def test_outside_contributor_publishes_with_notary_cli_and_we_publish_after(stac
     stack.push("interop/app", "ours-2")
     stack.trust("init", gun)
     stack.trust("signer", "add", BUILD_FARM, gun, "--create-key")
-    key_path, cert_path = contributor_key(stack.root / "bob-keys", "bob")
+    key_path, cert_path = delegation_key(stack.root / "bob-keys", "bob")
     stack.trust("signer", "add", "bob", gun, "--key", str(cert_path))
     stack.trust("sign", f"{gun}:ours-1", principal=BUILD_FARM, trust_dir="trust-ci")
 
@@ -368,7 +334,7 @@ def test_revoke_and_signer_remove(stack: Stack) -> None:
         stack.push("revoke/app", tag)
     stack.trust("init", gun)
     stack.trust("signer", "add", BUILD_FARM, gun, "--create-key")
-    _, cert_path = contributor_key(stack.root / "carol-keys", "carol")
+    _, cert_path = delegation_key(stack.root / "carol-keys", "carol")
     stack.trust("signer", "add", "carol", gun, "--key", str(cert_path))
     stack.trust("sign", f"{gun}:1", f"{gun}:2", principal=BUILD_FARM, trust_dir="trust-ci")
     assert set(notary_targets(stack.notary("revoke-1"), gun)) == {"1", "2"}
@@ -558,7 +524,7 @@ def test_concurrent_publish_is_refused_whole_and_the_retry_succeeds(stack: Stack
     gun = stack.gun("race/app")
     stack.trust("init", gun)
     stack.trust("signer", "add", BUILD_FARM, gun, "--create-key")
-    key_path, cert_path = contributor_key(stack.root / "race-bob", "bob")
+    key_path, cert_path = delegation_key(stack.root / "race-bob", "bob")
     stack.trust("signer", "add", "bob", gun, "--key", str(cert_path))
     bob = stack.notary("race-bob-trust")
     bob("key", "import", str(key_path), "-r", "targets/bob", "-g", gun)

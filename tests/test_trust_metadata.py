@@ -33,6 +33,7 @@ from notary_harness import (
     NOTARY_SERVER_PRINCIPAL,
     NotaryCLI,
     NotaryServer,
+    delegation_key,
     require,
     start_notary_server,
     stop_notary_server,
@@ -164,32 +165,6 @@ class Repo:
         return self.client.get(GUN, name)
 
 
-def make_delegation_cert(directory: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "releases")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=365))
-        .sign(key, hashes.SHA256())
-    )
-    key_path, cert_path = directory / "releases-key.pem", directory / "releases.pem"
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        )
-    )
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return key_path, cert_path
-
-
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Repo]:
     require("notary-server")
@@ -213,7 +188,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Repo]:
             cli("add", GUN, "v1", str(root / "one.txt"))
             cli("add", GUN, ODD_NAME, str(root / "one.txt"))  # json.Marshal escapes <&>
             cli("publish", GUN)
-            key_path, cert_path = make_delegation_cert(root)
+            key_path, cert_path = delegation_key(root)
             cli("delegation", "add", GUN, "targets/releases", str(cert_path), "--all-paths")
             cli("key", "import", str(key_path), "-r", "targets/releases", "-g", GUN)
             cli("publish", GUN)
