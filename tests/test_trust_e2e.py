@@ -334,8 +334,20 @@ def test_revoke_and_signer_remove(stack: Stack) -> None:
         stack.push("revoke/app", tag)
     stack.trust("init", gun)
     stack.trust("signer", "add", BUILD_FARM, gun, "--create-key")
-    _, cert_path = delegation_key(stack.root / "carol-keys", "carol")
-    stack.trust("signer", "add", "carol", gun, "--key", str(cert_path))
+    # carol brings a bare public key ("PUBLIC KEY" PEM, as `docker trust key generate`)
+    from cryptography.hazmat.primitives import serialization
+
+    key_path, _ = delegation_key(stack.root / "carol-keys", "carol")
+    private = serialization.load_pem_private_key(key_path.read_bytes(), None)
+    public_path = stack.root / "carol-keys" / "carol.pub"
+    public_path.write_bytes(
+        private.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    stack.trust("signer", "add", "carol", gun, "--key", str(public_path))
+    delegation_keys = served(stack, gun, "targets")["signed"]["delegations"]["keys"]
+    assert {k["keytype"] for k in delegation_keys.values()} == {"ecdsa"}
     stack.trust("sign", f"{gun}:1", f"{gun}:2", principal=BUILD_FARM, trust_dir="trust-ci")
     assert set(notary_targets(stack.notary("revoke-1"), gun)) == {"1", "2"}
 
