@@ -35,7 +35,10 @@ from signer_client.repo import (
     collect_files,
     verify,
 )
-from signer_client.repo.repository import TOP_LEVEL
+from signer_client.repo.adopt import adopt
+from signer_client.repo.external import is_uri, key_ref
+from signer_client.repo.offline import export_request, import_signatures, use_uris
+from signer_client.repo.repository import TOP_LEVEL, utc_now
 
 _DURATION = re.compile(r"^(\d+)([smhdw]?)$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "": 86400}
@@ -76,7 +79,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     for role, key_id in _pairs(args.key, "key"):
         if role not in given:
             raise RepositoryError(f"--key {role}=...: not a top-level role")
-        given[role].append(keys.get(key_id, role))
+        given[role].append(key_ref(key_id, role, keys))
     if args.create_keys:
         for role in TOP_LEVEL:
             while len(given[role]) < thresholds.get(role, 1):
@@ -129,6 +132,10 @@ def cmd_delegate(args: argparse.Namespace) -> int:
 
 def cmd_sign(args: argparse.Namespace) -> int:
     repo = _repo(args)
+    if args.uri or args.export or args.import_:
+        done = _sign_offline(args, repo)
+        if done is not None:
+            return done
     errors = repo.sign(args.roles or None, args.key or None)
     for where, error in sorted(errors.items()):
         print(f"could not sign {where}: {error}", file=sys.stderr)
@@ -147,7 +154,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 def cmd_rotate(args: argparse.Namespace) -> int:
     repo = _repo(args)
     keys = _keys(args) if args.add_key or args.create_key else None
-    add = [keys.get(k, args.role) for k in args.add_key] if keys else []
+    add = [key_ref(k, args.role, keys) for k in args.add_key] if keys else []
     if args.create_key and keys is not None:
         role = args.role
         if role not in TOP_LEVEL:
@@ -204,6 +211,59 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sign_offline(args: argparse.Namespace, repo: Repository) -> int | None:
+    """``sign --uri/--import/--export`` (offline.py); None: go on signing as usual."""
+    if args.uri:
+        for key_id in use_uris(repo, args.uri, None):
+            print(f"key {key_id[:8]}: signs with {repo.config.key_uris[key_id]}")
+    for sigfile in args.import_ or []:
+        for item in import_signatures(repo, Path(sigfile)):
+            what = "imported" if item.new else "already had"
+            print(f"{what} signature by {item.key_id[:8]} on {item.role} v{item.version}")
+    if args.export:
+        role, payload = args.export
+        request = export_request(repo, role, Path(payload))
+        print(
+            f"wrote {payload} ({request['payload_length']} bytes to sign, sha256 "
+            f"{request['payload_sha256'][:16]}...) and {payload}.json: {role} v{request['version']}"
+        )
+        for t in request["thresholds"]:
+            waiting = ", ".join(k[:8] for k in t["keys"])
+            print(
+                f"  {t['label']}: {len(t['signed'])}/{t['threshold']}, "
+                f"missing {t['missing']} (from {waiting or 'no one'})"
+            )
+        return 0
+    if args.import_:
+        _print_status(repo, [s for s in repo.status() if s.staged_version is not None], True)
+        return 0
+    return None
+
+
+def cmd_adopt(args: argparse.Namespace) -> int:
+    store = RepoStore(Path(args.repo))
+    daemon = _keys(args) if any(not is_uri(k) for k in args.key) else None
+    refs = [key_ref(k, None, daemon) for k in args.key]
+    report = adopt(Path(args.source), store, refs, args.server or "", utc_now)
+    roots = report.roots
+    others = ", ".join(f"{r} v{report.versions[r]}" for r in ("targets", "snapshot", "timestamp"))
+    delegated = len(report.versions) - 4
+    print(
+        f"adopted {args.source}: root v{roots[0]}..v{roots[-1]}, {others}, "
+        f"{delegated} delegated role(s), {report.targets} target(s)"
+    )
+    print(
+        f"  {report.metadata_files} metadata file(s) and {report.files_copied} target file(s) "
+        f"copied; {len(report.files_missing)} target file(s) not under {args.source}/targets"
+    )
+    if report.key_uris:
+        print(f"  remembered {report.key_uris} private key URI(s)")
+    if report.expired:
+        print(f"  expired: {', '.join(report.expired)} (bump and publish)")
+    print("next: `tuf-repo rotate ROLE --create-key --remove-key OLD_KEY_ID`, then `publish`")
+    return 0
+
+
 # -- helpers -----------------------------------------------------------------------------
 
 _READ_ONLY = (cmd_status, cmd_verify)
@@ -225,7 +285,7 @@ def _keys(args: argparse.Namespace) -> DaemonKeys:
 
 def _delegation_keys(args: argparse.Namespace, repo: Repository, role: str) -> list[KeyRef]:
     keys = _keys(args) if args.key or args.create_key else None
-    refs = [keys.get(k, role) for k in args.key] if keys else []
+    refs = [key_ref(k, role, keys) for k in args.key] if keys else []
     if args.create_key and keys is not None:
         while len(refs) < max(args.threshold, 1) or not refs:
             ref = keys.create(role, args.algorithm, repository=args.name_tag)
@@ -411,7 +471,37 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("sign", help="add signatures to staged roles (threshold signing)")
     c.add_argument("roles", nargs="*", metavar="ROLE", help="default: every staged role")
     c.add_argument("--key", action="append", metavar="KEY_ID", help="sign only with these keys")
+    c.add_argument(
+        "--uri",
+        action="append",
+        metavar="URI",
+        help="private key URI of a key the repository lists (remembered), e.g. file2:PATH",
+    )
+    c.add_argument(
+        "--export",
+        nargs=2,
+        metavar=("ROLE", "FILE"),
+        help="write the bytes to sign to FILE and what is missing to FILE.json (offline keys)",
+    )
+    c.add_argument(
+        "--import",
+        dest="import_",
+        action="append",
+        metavar="SIGFILE",
+        help="add signatures made elsewhere, each verified first",
+    )
     c.set_defaults(func=cmd_sign)
+
+    c = sub.add_parser("adopt", help="take over a python-tuf, go-tuf or RSTUF repository")
+    c.add_argument("source", metavar="DIR", help="its directory (metadata/ and targets/)")
+    c.add_argument(
+        "--key",
+        action="append",
+        default=[],
+        metavar="URI",
+        help="private key URI of one of its keys, e.g. file2:PATH (remembered)",
+    )
+    c.set_defaults(func=cmd_adopt)
 
     c = sub.add_parser("publish", help="bump snapshot and timestamp, sign, write metadata")
     c.add_argument("--role", action="append", help="publish only these staged roles")

@@ -2,6 +2,7 @@
 
 from signer_client.repo.daemon_keys import DaemonKeys
 from signer_client.repo.errors import RepositoryError, UnderSignedError
+from signer_client.repo.external import OfflineSigner  # registers the offline: scheme
 from signer_client.repo.files import collect_files
 from signer_client.repo.model import PublishResult, RoleSpec, RoleStatus, ThresholdCheck
 from signer_client.repo.repository import Repository
@@ -12,6 +13,7 @@ from signer_client.repo.verify import verify
 __all__ = [
     "DaemonKeys",
     "KeyRef",
+    "OfflineSigner",
     "PublishResult",
     "RepoConfig",
     "RepoStore",

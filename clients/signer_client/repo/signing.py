@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from securesystemslib.signer import Key, Signature, Signer
 
+from signer_client.repo.pin import secrets_handler
 from signer_client.tuf_signer import DaemonSigner, sign_many
 
 
@@ -43,9 +44,9 @@ def sign_all(
     batched: list[tuple[int, DaemonSigner, bytes]] = []
     for index, (ref, payload) in enumerate(requests):
         try:
-            signer = Signer.from_priv_key_uri(ref.uri, ref.key)
+            signer = Signer.from_priv_key_uri(ref.uri, ref.key, secrets_handler)
         except Exception as exc:  # any plugin may fail in its own way
-            results[index] = exc
+            results[index] = _explained(exc)
             continue
         if isinstance(signer, DaemonSigner):
             batched.append((index, signer, payload))
@@ -54,7 +55,7 @@ def sign_all(
             results[index] = signer.sign(payload)
             stats.round_trips += 1
         except Exception as exc:
-            results[index] = exc
+            results[index] = _explained(exc)
     if batched:
         outcomes, trips = sign_many([(signer, payload) for _, signer, payload in batched])
         stats.round_trips += trips
@@ -63,3 +64,11 @@ def sign_all(
     done = [r for r in results if r is not None]
     stats.signatures += sum(isinstance(r, Signature) for r in done)
     return done
+
+
+def _explained(exc: Exception) -> Exception:
+    """One line that says what failed: some signer libraries raise bare ``PinIncorrect()``."""
+    lines = str(exc).strip().splitlines()
+    if len(lines) == 1 and type(exc).__module__.startswith(("signer_client", "builtins")):
+        return exc
+    return RuntimeError(f"{type(exc).__name__}: {lines[0] if lines else 'failed'}")
