@@ -45,6 +45,7 @@ from signer_client.tuf_signer import parse_uri, shared_client
 
 OFFLINE = "offline"
 KMS_SCHEMES = ("gcpkms", "awskms", "azurekms")
+SUPPORTED = ("signer", "file2", "hsm", *KMS_SCHEMES, OFFLINE)
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 
 
@@ -89,8 +90,13 @@ def key_ref(spec: str, role: str | None, daemon: DaemonKeys | None) -> KeyRef:
         raise
     except Exception as exc:  # each signer library fails in its own way
         raise ExternalKeyError(f"cannot use key {spec}: {_one_line(exc)}") from None
-    known = ", ".join(sorted({*SIGNER_FOR_URI_SCHEME, OFFLINE}))
-    raise ExternalKeyError(f"cannot use key {spec}: unknown URI scheme {scheme!r} (know {known})")
+    known = ", ".join(f"{s}:" for s in SUPPORTED)
+    what = (
+        "a scheme tuf-repo reads no public key for"
+        if scheme in SIGNER_FOR_URI_SCHEME
+        else ("unknown URI scheme")
+    )
+    raise ExternalKeyError(f"cannot use key {spec}: {what} {scheme!r} (use {known})")
 
 
 def load_public_key(path: Path) -> Key:
