@@ -5,7 +5,11 @@ Starts a real SoftHSM token and signerd (as the tests do), creates the repositor
 changes a few targets and publishes again. ngclient then verifies the result. Prints the
 time of each phase and the signatures and signing round trips publishing needed.
 
-    python bench/bench_repo.py [--targets 10000] [--bins 256] [--size 1024]
+Then, side by side in the same run: a plain python-tuf script doing the same publish with
+its keys in memory (no daemon, no staging), and ``adopt`` of the 10,000-target repository
+that script built, followed by the rotation of every role into the daemon.
+
+    python bench/bench_repo.py [--targets 10000] [--bins 256] [--size 1024] [--no-compare]
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ def main() -> None:
     parser.add_argument("--bins", type=int, default=256, help="hash bins (0: none)")
     parser.add_argument("--size", type=int, default=1024, help="bytes per target file")
     parser.add_argument("--changes", type=int, default=100, help="targets changed afterwards")
+    parser.add_argument("--no-compare", action="store_true", help="skip python-tuf and adopt")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-repo-") as tmp_name:
@@ -50,10 +55,15 @@ def main() -> None:
                 f'key = "{cfg.key}"\ntimeout = 60.0\n'
             )
             os.environ["SIGNER_CLIENT_CONFIG"] = str(conf)
-            run(args, tmp, DaemonKeys(daemon.client("admin", timeout=60.0)))
+            keys = DaemonKeys(daemon.client("admin", timeout=60.0))
+            ours = run(args, tmp, keys)
+            if not args.no_compare and args.bins:
+                from bench_repo_plain import compare
+
+                compare(args, tmp, keys, ours)
 
 
-def run(args: argparse.Namespace, tmp: Path, keys: DaemonKeys) -> None:
+def run(args: argparse.Namespace, tmp: Path, keys: DaemonKeys) -> list[tuple[str, float, str]]:
     files = tmp / "files"
     for i in range(args.targets):
         path = files / f"d{i % 100:02d}" / f"target-{i:05d}.bin"
@@ -112,6 +122,7 @@ def run(args: argparse.Namespace, tmp: Path, keys: DaemonKeys) -> None:
     print(
         f"  metadata on disk: {size / 1e6:.1f} MB in {len(list(store.metadata_dir.iterdir()))} files"
     )
+    return phases
 
 
 def _stats(result: object) -> str:
