@@ -265,3 +265,49 @@ def test_adopt_refusals(
     assert [p for p in after if p.name != ".tuf-repo.lock" and p != Path("repo")] == [
         p for p in before if p.name != ".tuf-repo.lock" and p != Path("repo")
     ]
+
+
+@pytest.mark.usefixtures("client_env")
+def test_adopt_go_tuf_layout_and_no_target_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """go-tuf keeps metadata directly in ``repository/``; RSTUF keeps no target files.
+
+    Both adopt: the metadata is verified and copied, missing target files are counted
+    (they are served from elsewhere), and the repository publishes afterwards.
+    """
+    plain = build_plain_repo(tmp_path / "plain", tmp_path / "keys")
+    go_tuf = tmp_path / "go-tuf" / "repository"
+    shutil.copytree(plain.meta, go_tuf)
+    shutil.copytree(plain.dir / "targets", go_tuf / "targets")
+    repo = tmp_path / "repo"
+    capsys.readouterr()
+    assert run("adopt", str(go_tuf), repo=repo) == 0
+    assert "5 target file(s) copied; 0 target file(s) not under" in capsys.readouterr().out
+    assert run("verify", "--all-targets", repo=repo) == 0
+
+    rstuf = tmp_path / "rstuf"
+    shutil.copytree(plain.meta, rstuf / "metadata")
+    other = tmp_path / "repo2"
+    capsys.readouterr()
+    assert run("adopt", str(rstuf), "--key", plain.uri("targets"), repo=other) == 0
+    assert "0 target file(s) copied; 5 target file(s) not under" in capsys.readouterr().out
+    assert run("bump", "targets", repo=other) == 0
+    assert run("publish", repo=other) == 1  # snapshot/timestamp keys are not given
+    assert run("sign", "--uri", plain.uri("snapshot"), repo=other) == 0
+    assert run("publish", repo=other) == 1  # timestamp v2 key still missing
+    assert "timestamp: 0/1" in capsys.readouterr().err
+    assert run("rotate", "timestamp", "--create-key", "--algorithm", "ed25519", repo=other) == 0
+    assert (
+        run(
+            "rotate",
+            "timestamp",
+            "--remove-key",
+            plain.signers["timestamp"].public_key.keyid,
+            repo=other,
+        )
+        == 0
+    )
+    assert run("sign", "--uri", plain.uri("root"), repo=other) == 0
+    assert run("publish", repo=other) == 0
+    assert Repository(RepoStore(other)).published("root").signed.version == 3  # type: ignore[union-attr]
