@@ -2,25 +2,43 @@
 
 Retries: UNAVAILABLE (the token is healing, a worker restarting) is retried with
 exponential backoff for calls that are safe to repeat (reads and signatures). Creating
-and destroying keys are never retried behind the caller's back.
+and destroying keys are never retried behind the caller's back. RESOURCE_EXHAUSTED (over
+the rate limit: nothing was done) is retried after the delay the daemon names, for the
+same calls, up to ``RATE_LIMIT_WAIT`` seconds in all.
+
+TLS problems are named before dialling (``tls.check_files``) or, after a failed call,
+by repeating the handshake with Python's ``ssl`` (``tls.diagnose``); gRPC's C-core log
+is kept to errors (``GRPC_VERBOSITY``, unless set) so it does not bury the one line.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # read by grpc at import
+
 import grpc
 
 from signer.v1 import signer_pb2 as pb
 from signer.v1 import signer_pb2_grpc as pb_grpc
 from signer_client.config import ClientConfig
-from signer_client.errors import ClientError, UnavailableError, from_code, from_rpc_error
+from signer_client.errors import (
+    ClientError,
+    RateLimitedError,
+    UnavailableError,
+    from_code,
+    from_rpc_error,
+)
+from signer_client.tls import check_files, diagnose
 
 T = TypeVar("T")
+RATE_LIMIT_WAIT = 300.0  # seconds a call may spend waiting out rate limits in all
+_CONNECT_FAILURES = ("failed to connect", "socket closed", "handshake", "connection refused")
 
 ALGORITHMS = {
     "ecdsa-sha2-nistp256": pb.ECDSA_SHA2_NISTP256,
@@ -46,6 +64,7 @@ class BatchResult:
 
 
 def secure_channel(config: ClientConfig) -> grpc.Channel:
+    check_files(config)
     credentials = grpc.ssl_channel_credentials(
         root_certificates=config.ca.read_bytes(),
         private_key=config.key.read_bytes(),
@@ -68,6 +87,7 @@ class SignerClient:
         self.channel = channel or secure_channel(config)
         self.keys = pb_grpc.KeyServiceStub(self.channel)
         self.signing = pb_grpc.SigningServiceStub(self.channel)
+        self.max_batch: int | None = None  # the principal's burst, once the daemon said it
 
     @classmethod
     def from_env(cls, address: str | None = None) -> SignerClient:
@@ -196,16 +216,39 @@ class SignerClient:
     def _call(self, method: Callable[..., T], request: Any, retry: bool = True) -> T:
         attempts = 1 + (self.config.retries if retry else 0)
         delay = 0.1
-        for attempt in range(attempts):
+        attempt = 0
+        waited = 0.0
+        while True:
             try:
                 return method(request, timeout=self.config.timeout)
             except grpc.RpcError as exc:
                 error = from_rpc_error(exc)
-                if not isinstance(error, UnavailableError) or attempt == attempts - 1:
+            if isinstance(error, RateLimitedError) and retry:
+                wait = error.retry_after
+                if wait is None or waited + wait > RATE_LIMIT_WAIT:
                     raise error from None
+                time.sleep(wait + 0.01 + 0.05 * random.random())
+                waited += wait
+                continue
+            attempt += 1
+            if not isinstance(error, UnavailableError) or attempt >= attempts:
+                raise self._explained(error) from None
             time.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 3.0)
-        raise AssertionError("unreachable")
+
+    def _explained(self, error: ClientError) -> ClientError:
+        """A connection failure replaced by what is wrong with it, where that can be told."""
+        if not isinstance(error, UnavailableError) or not any(
+            text in error.message.lower() for text in _CONNECT_FAILURES
+        ):
+            return error
+        try:
+            reason = diagnose(self.config)
+        except Exception:  # the diagnosis is a courtesy; never hide the real error
+            return error
+        if reason is None:
+            return error
+        return UnavailableError(f"cannot use signerd at {self.config.address}: {reason}")
 
 
 def _batch_result(result: pb.SignBatchResult) -> BatchResult:

@@ -16,6 +16,11 @@ import os
 import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
+
+
+class ClientConfigError(ValueError):
+    """A client config that cannot be used; the message names the file and the field."""
 
 
 @dataclass(frozen=True)
@@ -30,21 +35,45 @@ class ClientConfig:
 
     @classmethod
     def from_file(cls, path: Path) -> ClientConfig:
-        data = tomllib.loads(path.read_text())
+        """Read a TOML client config; any mistake raises ClientConfigError naming the file."""
+        try:
+            data = tomllib.loads(path.read_text())
+        except OSError as exc:
+            raise ClientConfigError(f"client config {path}: {exc.strerror or exc}") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ClientConfigError(f"client config {path}: not valid TOML: {exc}") from None
         base = path.parent.resolve()
 
-        def rel(value: str) -> Path:
-            p = Path(value)
+        def field(name: str, kind: type, default: Any = None) -> Any:
+            value = data.get(name, default)
+            if value is None:
+                raise ClientConfigError(f"client config {path}: {name} is missing")
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise ClientConfigError(
+                    f"client config {path}: {name} must be a {kind.__name__}, not {value!r}"
+                )
+            return value
+
+        def rel(name: str) -> Path:
+            p = Path(field(name, str))
             return p if p.is_absolute() else base / p
 
+        unknown = sorted(set(data) - _FIELDS)
+        if unknown:
+            raise ClientConfigError(
+                f"client config {path}: unknown field(s) {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(_FIELDS))}"
+            )
         return cls(
-            address=str(data["address"]),
-            ca=rel(data["ca"]),
-            cert=rel(data["cert"]),
-            key=rel(data["key"]),
-            timeout=float(data.get("timeout", 10.0)),
-            retries=int(data.get("retries", 4)),
-            server_name=data.get("server_name"),
+            address=field("address", str),
+            ca=rel("ca"),
+            cert=rel("cert"),
+            key=rel("key"),
+            timeout=field("timeout", float, 10.0),
+            retries=field("retries", int, 4),
+            server_name=data.get("server_name") and field("server_name", str),
         )
 
     @classmethod
@@ -62,7 +91,10 @@ class ClientConfig:
                 key=Path(os.environ["SIGNER_KEY"]),
             )
         except KeyError as exc:
-            raise ValueError(
+            raise ClientConfigError(
                 f"no client config: set SIGNER_CLIENT_CONFIG or {exc.args[0]} "
                 "(with SIGNER_ADDRESS, SIGNER_CA, SIGNER_CERT, SIGNER_KEY)"
             ) from None
+
+
+_FIELDS = {"address", "ca", "cert", "key", "timeout", "retries", "server_name"}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import grpc
 
 
@@ -45,13 +47,40 @@ class FailedPreconditionError(ClientError):
 
 
 class RateLimitedError(ClientError):
+    """Over the principal's rate limit; nothing was signed, so the request may be repeated.
+
+    The daemon says when in its message ("retry in 0.42s") and, for a batch larger than
+    the principal's burst, how large a batch may be ("exceed the burst of 100").
+    """
+
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    @property
+    def retry_after(self) -> float | None:
+        """Seconds to wait before the same request can pass, if the daemon said."""
+        match = re.search(r"retry in ([0-9.]+)s", self.message)
+        return float(match.group(1)) if match else None
+
+    @property
+    def burst(self) -> int | None:
+        """The largest batch the principal may send, if this batch was larger."""
+        match = re.search(r"exceed the burst of ([0-9.]+)", self.message)
+        return max(1, int(float(match.group(1)))) if match else None
 
 
 class UnavailableError(ClientError):
     """The daemon or its token cannot serve now (retried with backoff before raising)."""
 
     code = grpc.StatusCode.UNAVAILABLE
+
+
+class TlsConfigError(ClientError):
+    """The CA, certificate or key file cannot be used (found before dialling the daemon)."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+    def __str__(self) -> str:
+        return f"TLS: {self.message}"
 
 
 class SignatureMismatchError(ClientError):

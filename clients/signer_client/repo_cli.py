@@ -9,6 +9,7 @@ to the daemon for key lookups and creation, and prints. Signing goes through the
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from collections.abc import Sequence
@@ -38,7 +39,13 @@ from signer_client.repo import (
 from signer_client.repo.adopt import adopt
 from signer_client.repo.external import is_uri, key_ref
 from signer_client.repo.offline import export_request, import_signatures, use_uris
-from signer_client.repo.repository import TOP_LEVEL, utc_now
+from signer_client.repo.repository import (
+    TOP_LEVEL,
+    check_expiry,
+    check_hashes,
+    placeholder_keys,
+    utc_now,
+)
 
 _DURATION = re.compile(r"^(\d+)([smhdw]?)$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "": 86400}
@@ -46,6 +53,22 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "": 86400}
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    fresh = args.func is cmd_init and not Path(args.repo).exists()
+    code = _dispatch(args)
+    if fresh and code != 0:  # a failed init leaves no directory behind
+        _remove_if_empty(Path(args.repo))
+    return code
+
+
+def _remove_if_empty(path: Path) -> None:
+    (path / ".tuf-repo.lock").unlink(missing_ok=True)
+    try:
+        path.rmdir()
+    except OSError:
+        pass
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     try:
         if args.func in _READ_ONLY:
             return int(args.func(args) or 0)
@@ -72,32 +95,86 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    thresholds = {role: int(n) for role, n in _pairs(args.threshold, "threshold")}
+    """All input checked (with placeholder keys) before a key is created; a failure
+    after that destroys the keys created and leaves no files (Repository.init)."""
+    thresholds = {
+        role: _count(n, f"--threshold {role}") for role, n in _pairs(args.threshold, "threshold")
+    }
     expiry = {role: _duration(d) for role, d in _pairs(args.expires, "expires")}
+    for role in thresholds:
+        if role not in TOP_LEVEL:
+            raise RepositoryError(f"--threshold {role}=...: not a top-level role")
+    settings = _hash_settings(args)
+    repo = _repo(args, new=True)
+    repo.check_init({r: RoleSpec(placeholder_keys(1)) for r in TOP_LEVEL}, expiry)
     keys = _keys(args)
     given: dict[str, list[KeyRef]] = {role: [] for role in TOP_LEVEL}
     for role, key_id in _pairs(args.key, "key"):
         if role not in given:
             raise RepositoryError(f"--key {role}=...: not a top-level role")
         given[role].append(key_ref(key_id, role, keys))
-    if args.create_keys:
+    wanted = {
+        r: max(0, thresholds.get(r, 1) - len(given[r])) if args.create_keys else 0
+        for r in TOP_LEVEL
+    }
+    planned = {
+        r: RoleSpec(given[r] + placeholder_keys(wanted[r]), thresholds.get(r, 1)) for r in TOP_LEVEL
+    }
+    repo.check_init(planned, expiry)
+    created: list[tuple[str, KeyRef]] = []
+    try:
         for role in TOP_LEVEL:
-            while len(given[role]) < thresholds.get(role, 1):
+            for _ in range(wanted[role]):
                 ref = keys.create(role, args.algorithm, repository=args.name)
-                print(f"created {role} key {ref.key_id}")
+                created.append((role, ref))
                 given[role].append(ref)
-    roles = {r: RoleSpec(given[r], thresholds.get(r, 1)) for r in TOP_LEVEL}
-    repo = _repo(args, new=True)
-    result = repo.init(roles, expiry, server=keys.address)
+        roles = {r: RoleSpec(given[r], thresholds.get(r, 1)) for r in TOP_LEVEL}
+        result = repo.init(roles, expiry, server=keys.address, settings=settings)
+    except Exception as exc:
+        if repo.store.exists():  # staged, waiting for offline keys: the keys are in use
+            _print_created(created)
+            raise
+        if not created:
+            raise
+        raise RepositoryError(_undo_keys(keys, [ref for _, ref in created], exc)) from None
+    _print_created(created)
     _print_publish(result)
     return 0
+
+
+def _print_created(created: list[tuple[str, KeyRef]]) -> None:
+    for role, ref in created:
+        print(f"created {role} key {ref.key_id}")
+
+
+def _undo_keys(keys: DaemonKeys, created: list[KeyRef], exc: Exception) -> str:
+    """Destroy keys made for a command that failed; the one-line error to show."""
+    if isinstance(exc, UnderSignedError) and exc.errors:
+        reasons = list(dict.fromkeys(exc.errors.values()))
+        why = reasons[0] + (f" (and {len(reasons) - 1} more)" if len(reasons) > 1 else "")
+        text = f"nothing published: {why}"
+    else:
+        text = str(exc)
+    kept = []
+    for ref in created:
+        try:
+            keys.client.destroy_key(ref.key_id, ref.key_id)
+        except ClientError:
+            kept.append(ref.key_id)
+    if kept:
+        return (
+            f"{text}; {len(kept)} key(s) created for it could not be destroyed and remain "
+            f"in the daemon: {', '.join(kept)}"
+        )
+    return f"{text}; the {len(created)} key(s) created for it were destroyed"
 
 
 def cmd_targets_add(args: argparse.Namespace) -> int:
     repo = _repo(args)
     files = collect_files([Path(p) for p in args.paths], args.prefix)
+    custom = _json_object(args.custom, "--custom") if args.custom is not None else None
     bar = None if args.quiet or len(files) < 100 else _ProgressBar(sys.stderr)
-    counts = repo.add_targets(files, args.role, bar)
+    counts = repo.add_targets(files, args.role, bar, hashes=_algorithms(args.hash), custom=custom)
     if bar:
         bar.done()
     _print_counts("added", counts)
@@ -111,10 +188,23 @@ def cmd_targets_remove(args: argparse.Namespace) -> int:
 
 def cmd_delegate(args: argparse.Namespace) -> int:
     repo = _repo(args)
+    if args.create_key:  # refuse bad input before a key is created
+        count = max(len(args.key), args.threshold, 1)
+        with repo.dry_run():
+            _delegate(args, repo, placeholder_keys(count), quiet=True)
     refs = _delegation_keys(args, repo, args.name)
+    _delegate(args, repo, refs)
+    print("staged; run `tuf-repo publish`")
+    return 0
+
+
+def _delegate(
+    args: argparse.Namespace, repo: Repository, refs: list[KeyRef], quiet: bool = False
+) -> None:
     if args.hash_bins:
         bins = repo.delegate_hash_bins(args.name, args.hash_bins, refs, args.threshold, args.source)
-        print(f"{args.source} delegates to {len(bins)} hash bins {bins[0]}..{bins[-1]}")
+        if not quiet:
+            print(f"{args.source} delegates to {len(bins)} hash bins {bins[0]}..{bins[-1]}")
     else:
         repo.delegate(
             args.name,
@@ -125,9 +215,8 @@ def cmd_delegate(args: argparse.Namespace) -> int:
             path_hash_prefixes=args.path_hash_prefixes,
             terminating=args.terminating,
         )
-        print(f"{args.source} delegates to {args.name}")
-    print("staged; run `tuf-repo publish`")
-    return 0
+        if not quiet:
+            print(f"{args.source} delegates to {args.name}")
 
 
 def cmd_sign(args: argparse.Namespace) -> int:
@@ -146,7 +235,24 @@ def cmd_sign(args: argparse.Namespace) -> int:
 
 def cmd_publish(args: argparse.Namespace) -> int:
     repo = _repo(args)
-    result = repo.publish(args.role or None, sign=not args.no_sign)
+    bars: dict[str, _ProgressBar] = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        """A bar per stage ("signing", "writing") once a publish is large enough to wait for."""
+        if args.quiet or total < 50:
+            return
+        if stage not in bars:
+            for bar in bars.values():
+                bar.done()
+            bars.clear()
+            bars[stage] = _ProgressBar(sys.stderr, label=stage)
+        bars[stage](done, total)
+
+    try:
+        result = repo.publish(args.role or None, sign=not args.no_sign, progress=progress)
+    finally:
+        for bar in bars.values():
+            bar.done()
     _print_publish(result)
     return 0
 
@@ -156,6 +262,8 @@ def cmd_rotate(args: argparse.Namespace) -> int:
     keys = _keys(args) if args.add_key or args.create_key else None
     add = [key_ref(k, args.role, keys) for k in args.add_key] if keys else []
     if args.create_key and keys is not None:
+        with repo.dry_run():  # refuse bad input before the key is created
+            repo.rotate(args.role, add + placeholder_keys(1), args.remove_key, args.threshold)
         role = args.role
         if role not in TOP_LEVEL:
             succinct = repo.find_delegation(role)[1]
@@ -187,6 +295,9 @@ def cmd_refresh(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     repo = _repo(args)
+    if args.json:
+        print(json.dumps(_status_json(repo), indent=2))
+        return 0
     _print_status(repo, repo.status(), args.all)
     staged = repo.staged_roles()
     if staged:
@@ -264,6 +375,71 @@ def cmd_adopt(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_undelegate(args: argparse.Namespace) -> int:
+    repo = _repo(args)
+    gone = repo.undelegate(args.role)
+    print(f"no longer delegated: {_short_list(gone)}; staged, run `tuf-repo publish`")
+    return 0
+
+
+def cmd_abort(args: argparse.Namespace) -> int:
+    discarded = _repo(args).abort(args.roles or None, force=args.force)
+    print(f"discarded staged {_short_list(discarded)}; published metadata unchanged")
+    return 0
+
+
+def cmd_expiry_set(args: argparse.Namespace) -> int:
+    seconds = _duration(args.duration)
+    repo = _repo(args)
+    staged = repo.set_expiry(args.role, seconds)
+    if staged:
+        print(f"{args.role} expires {args.duration} after signing; staged {_short_list(staged)}")
+        print("run `tuf-repo publish`")
+    else:
+        print(f"{args.role} expires {args.duration} after signing, from the next publish/refresh")
+    return 0
+
+
+def cmd_expiry_show(args: argparse.Namespace) -> int:
+    repo = _repo(args)
+    for role in TOP_LEVEL:
+        print(f"{role:<10} {_period(int(repo.expiry(role).total_seconds()))}")
+    for role, seconds in sorted(repo.config.expiry_seconds.items()):
+        if role not in TOP_LEVEL:
+            print(f"{role:<10} {_period(seconds)}")
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    old, unlisted = _repo(args).prune(args.keep, dry_run=args.dry_run)
+    size = sum(p.stat().st_size for p in old + unlisted)
+    verb = "would remove" if args.dry_run else "removed"
+    print(
+        f"{verb} {len(old)} old metadata file(s) and {len(unlisted)} unlisted target file(s) "
+        f"({size} bytes); kept every root and the newest {args.keep} snapshot(s)"
+    )
+    if args.dry_run:
+        for path in old + unlisted:
+            print(f"  {path}")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    repo = _repo(args)
+    changes = _hash_settings(args)
+    if changes:
+        for name, value in changes.items():
+            setattr(repo.config, name, value)
+        repo.store.save_config(repo.config)
+    config = repo.config
+    print(f"snapshot/timestamp meta lengths: {'on' if config.meta_length else 'off'}")
+    print(f"snapshot/timestamp meta hashes: {', '.join(config.meta_hashes) or 'none'}")
+    print(f"target hashes: {', '.join(config.target_hashes)}")
+    if changes and (config.meta_length or config.meta_hashes):
+        print("applies from the next publish (`tuf-repo refresh --force` for it now)")
+    return 0
+
+
 # -- helpers -----------------------------------------------------------------------------
 
 _READ_ONLY = (cmd_status, cmd_verify)
@@ -314,10 +490,89 @@ def _pairs(values: Sequence[str] | None, option: str) -> list[tuple[str, str]]:
 
 
 def _duration(text: str) -> int:
+    """Seconds of a duration such as 365d or 12h, within what TUF metadata can use."""
     match = _DURATION.match(text.strip())
     if not match:
         raise RepositoryError(f"bad duration {text!r}: want e.g. 365d, 12h, 30m (days if no unit)")
-    return int(match.group(1)) * _UNITS[match.group(2)]
+    seconds = int(match.group(1)) * _UNITS[match.group(2)]
+    return check_expiry(text.strip(), seconds)
+
+
+def _period(seconds: int) -> str:
+    for unit, size in (("w", 7 * 86400), ("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _count(text: str, option: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise RepositoryError(f"{option}={text!r}: want a whole number, at least 1")
+    return int(text)
+
+
+def _algorithms(values: Sequence[str] | None) -> list[str] | None:
+    """``--hash sha256 --hash sha512`` or ``--hash sha256,sha512``; None if not given."""
+    if not values:
+        return None
+    return [name.strip() for value in values for name in value.split(",") if name.strip()]
+
+
+def _hash_settings(args: argparse.Namespace) -> dict[str, object]:
+    """RepoConfig fields from --meta-length, --meta-hashes and --target-hashes, checked."""
+    out: dict[str, object] = {}
+    if getattr(args, "meta_length", None) is not None:
+        out["meta_length"] = args.meta_length == "on"
+    if getattr(args, "meta_hashes", None) is not None:
+        names = [] if args.meta_hashes == "none" else _algorithms([args.meta_hashes]) or []
+        out["meta_hashes"] = check_hashes(names, "--meta-hashes")
+    if getattr(args, "target_hashes", None) is not None:
+        names = _algorithms([args.target_hashes]) or []
+        if not names:
+            raise RepositoryError("--target-hashes: at least one algorithm")
+        out["target_hashes"] = check_hashes(names, "--target-hashes")
+    return out
+
+
+def _json_object(text: str, option: str) -> dict[str, object]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise RepositoryError(f"{option}: not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise RepositoryError(f'{option}: want a JSON object such as {{"type": "wheel"}}')
+    return value
+
+
+def _status_json(repo: Repository) -> dict[str, object]:
+    """``status --json``: every role (each hash bin too), for scripts and monitoring."""
+    now = repo.now()
+    return {
+        "repository": str(repo.store.path),
+        "now": now.isoformat().replace("+00:00", "Z"),
+        "staged": repo.staged_roles(),
+        "roles": [
+            {
+                "role": s.role,
+                "published_version": s.published_version,
+                "staged_version": s.staged_version,
+                "expires": s.expires.isoformat().replace("+00:00", "Z"),
+                "expired": s.expires <= now,
+                "signed_enough": s.signed_enough,
+                "thresholds": [
+                    {
+                        "label": c.label,
+                        "threshold": c.threshold,
+                        "signed": c.signed,
+                        "unsigned": c.unsigned,
+                        "missing": c.missing,
+                    }
+                    for c in s.checks
+                ],
+            }
+            for s in repo.status()
+        ],
+    }
 
 
 def _print_publish(result: PublishResult) -> None:
@@ -390,10 +645,11 @@ def _short_list(items: Sequence[str]) -> str:
 class _ProgressBar:
     """A one-line progress bar on stderr for large target sets."""
 
-    def __init__(self, out: TextIO, width: int = 40) -> None:
+    def __init__(self, out: TextIO, width: int = 40, label: str = "") -> None:
         self.out = out
         self.width = width
         self.shown = -1
+        self.label = f"{label} " if label else ""
 
     def __call__(self, done: int, total: int) -> None:
         filled = self.width * done // total
@@ -401,7 +657,7 @@ class _ProgressBar:
             return
         self.shown = filled
         bar = "#" * filled + "-" * (self.width - filled)
-        self.out.write(f"\r[{bar}] {done}/{total}")
+        self.out.write(f"\r{self.label}[{bar}] {done}/{total}")
         self.out.flush()
 
     def done(self) -> None:
@@ -417,6 +673,23 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-C", "--repo", default=".", help="repository directory (default: .)")
     p.add_argument("--server", help="signerd HOST:PORT for key lookups (default: from config)")
     sub = p.add_subparsers(required=True, metavar="COMMAND")
+
+    def hash_options(cmd: argparse.ArgumentParser) -> None:
+        cmd.add_argument(
+            "--meta-length",
+            choices=("on", "off"),
+            help="list file lengths in snapshot/timestamp meta (default off)",
+        )
+        cmd.add_argument(
+            "--meta-hashes",
+            metavar="ALG[,ALG]|none",
+            help="list file hashes in snapshot/timestamp meta: sha256, sha512 (default none)",
+        )
+        cmd.add_argument(
+            "--target-hashes",
+            metavar="ALG[,ALG]",
+            help="hashes of new targets: sha256 and/or sha512 (default sha256)",
+        )
 
     def key_options(cmd: argparse.ArgumentParser) -> None:
         cmd.add_argument("--algorithm", default="ecdsa-sha2-nistp256", choices=sorted(ALGORITHMS))
@@ -436,6 +709,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="ROLE=DURATION",
         help="expiry period, e.g. root=365d, timestamp=1d, targets=90d",
     )
+    hash_options(c)
     key_options(c)
     c.set_defaults(func=cmd_init)
 
@@ -447,6 +721,13 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--role", help="targets role to list them in (default: targets, or hash bin)")
     c.add_argument("--prefix", default="", help="prepended to each target path, e.g. 'pkgs/'")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    c.add_argument(
+        "--hash",
+        action="append",
+        metavar="ALG",
+        help="sha256 and/or sha512 (default: the repository's target hashes)",
+    )
+    c.add_argument("--custom", metavar="JSON", help="custom metadata object for these targets")
     c.set_defaults(func=cmd_targets_add)
     c = targets.add_parser("remove", help="stop listing targets")
     c.add_argument("targets", nargs="+", metavar="TARGET_PATH")
@@ -510,6 +791,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="sign only snapshot/timestamp; other roles must already be signed",
     )
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     c.set_defaults(func=cmd_publish)
 
     c = sub.add_parser("rotate", help="change a role's keys or threshold (root N+1 for top-level)")
@@ -539,7 +821,38 @@ def _parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("status", help="versions, expiries and missing signatures")
     c.add_argument("--all", action="store_true", help="list every hash bin")
+    c.add_argument("--json", action="store_true", help="every role as JSON, for scripts")
     c.set_defaults(func=cmd_status)
+
+    c = sub.add_parser("undelegate", help="remove a delegation (a bin prefix: all its bins)")
+    c.add_argument("role")
+    c.set_defaults(func=cmd_undelegate)
+
+    c = sub.add_parser("abort", help="discard staged changes, signed or not")
+    c.add_argument("roles", nargs="*", metavar="ROLE", help="default: everything staged")
+    c.add_argument(
+        "--force", action="store_true", help="also a staged root that carries signatures"
+    )
+    c.set_defaults(func=cmd_abort)
+
+    expiry = sub.add_parser("expiry", help="expiry periods").add_subparsers(
+        required=True, metavar="ACTION"
+    )
+    c = expiry.add_parser("set", help="a new period for a role (staged for re-signing)")
+    c.add_argument("role", help="a role, or a hash-bin prefix")
+    c.add_argument("duration", help="e.g. 30d, 12h (days if no unit)")
+    c.set_defaults(func=cmd_expiry_set)
+    c = expiry.add_parser("show", help="the period of each role")
+    c.set_defaults(func=cmd_expiry_show)
+
+    c = sub.add_parser("prune", help="remove old metadata and unlisted target files")
+    c.add_argument("--keep", type=int, required=True, metavar="N", help="snapshots to keep")
+    c.add_argument("--dry-run", action="store_true", help="list what would go")
+    c.set_defaults(func=cmd_prune)
+
+    c = sub.add_parser("config", help="show or change meta lengths/hashes, target hashes")
+    hash_options(c)
+    c.set_defaults(func=cmd_config)
 
     c = sub.add_parser("verify", help="run python-tuf's ngclient over the published files")
     c.add_argument("--root", help="trusted root to start from (default: metadata/1.root.json)")

@@ -18,7 +18,7 @@ raises ``SignatureMismatchError`` here rather than producing metadata clients re
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -34,7 +34,7 @@ from securesystemslib.signer import (
 
 from signer_client.client import SignerClient
 from signer_client.config import ClientConfig
-from signer_client.errors import ClientError, SignatureMismatchError
+from signer_client.errors import ClientError, RateLimitedError, SignatureMismatchError
 
 SCHEME = "signer"
 
@@ -114,11 +114,17 @@ class DaemonSigner(Signer):
 
 
 def sign_many(
-    items: Sequence[tuple[DaemonSigner, bytes]], max_batch: int = 1024
+    items: Sequence[tuple[DaemonSigner, bytes]],
+    max_batch: int = 1024,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[list[Signature | ClientError], int]:
     """Sign many (signer, payload) pairs with as few SignBatch round trips as possible.
 
     Items going to the same daemon connection share batches (each item names its key).
+    A batch over the principal's rate-limit burst is refused whole by the daemon, which
+    names the burst: the rest goes in batches of that size (remembered per connection),
+    each retried after the delay the daemon gives (``SignerClient._call``). ``progress``
+    hears (signed so far, total) after each batch.
     Returns one Signature or ClientError per item, in order, and the round trips made.
     """
     results: list[Signature | ClientError | None] = [None] * len(items)
@@ -126,12 +132,23 @@ def sign_many(
     for index, (signer, _) in enumerate(items):
         by_client.setdefault(id(signer.client), []).append(index)
     round_trips = 0
+    done = 0
     for indexes in by_client.values():
         client = items[indexes[0]][0].client
-        for start in range(0, len(indexes), max_batch):
-            chunk = indexes[start : start + max_batch]
-            batch = client.sign_batch_items([(items[i][0].key_id, items[i][1]) for i in chunk])
+        start = 0
+        while start < len(indexes):
+            size = min(max_batch, client.max_batch or max_batch)
+            chunk = indexes[start : start + size]
+            try:
+                batch = client.sign_batch_items([(items[i][0].key_id, items[i][1]) for i in chunk])
+            except RateLimitedError as exc:
+                round_trips += 1
+                if exc.burst is None or exc.burst >= len(chunk):
+                    raise
+                client.max_batch = exc.burst
+                continue
             round_trips += 1
+            start += len(chunk)
             for index, outcome in zip(chunk, batch, strict=True):
                 signer, payload = items[index]
                 if outcome.error is not None:
@@ -141,6 +158,9 @@ def sign_many(
                     results[index] = signer._checked(outcome.signature, payload)
                 except SignatureMismatchError as exc:
                     results[index] = exc
+            done += len(chunk)
+            if progress is not None:
+                progress(done, len(items))
     return [r for r in results if r is not None], round_trips
 
 

@@ -7,7 +7,7 @@ keys are sent together in SignBatch calls; other signers sign one at a time.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from securesystemslib.signer import Key, Signature, Signer
@@ -37,9 +37,14 @@ class SigningStats:
 
 
 def sign_all(
-    requests: Sequence[tuple[KeyRef, bytes]], stats: SigningStats
+    requests: Sequence[tuple[KeyRef, bytes]],
+    stats: SigningStats,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[Signature | Exception]:
-    """One result per request, in order: a verified Signature or the error for that key."""
+    """One result per request, in order: a verified Signature or the error for that key.
+
+    ``progress`` hears (daemon signatures so far, total) after each SignBatch.
+    """
     results: list[Signature | Exception | None] = [None] * len(requests)
     batched: list[tuple[int, DaemonSigner, bytes]] = []
     for index, (ref, payload) in enumerate(requests):
@@ -57,7 +62,9 @@ def sign_all(
         except Exception as exc:
             results[index] = _explained(exc)
     if batched:
-        outcomes, trips = sign_many([(signer, payload) for _, signer, payload in batched])
+        outcomes, trips = sign_many(
+            [(signer, payload) for _, signer, payload in batched], progress=progress
+        )
         stats.round_trips += trips
         for (index, _, _), outcome in zip(batched, outcomes, strict=True):
             results[index] = outcome

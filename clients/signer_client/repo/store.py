@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from tuf.api.metadata import Metadata
+from tuf.api.serialization import DeserializationError
 from tuf.api.serialization.json import JSONSerializer
 
 from signer_client.repo.errors import RepositoryError
@@ -48,12 +49,23 @@ class RepoConfig:
     expiry_seconds: dict[str, int] = field(default_factory=dict)
     key_uris: dict[str, str] = field(default_factory=dict)  # key_id -> private key URI
     server: str = ""  # signerd HOST:PORT used for new keys
+    # snapshot/timestamp meta: lengths and hashes of the files listed (TUF: optional)
+    meta_length: bool = False
+    meta_hashes: list[str] = field(default_factory=list)
+    target_hashes: list[str] = field(default_factory=lambda: ["sha256"])
+    # role -> highest version ever staged and then discarded (``abort``): never reused,
+    # as a daemon key may have signed it (it refuses other bytes at a version it signed)
+    version_floor: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "expiry_seconds": self.expiry_seconds,
             "key_uris": self.key_uris,
             "server": self.server,
+            "meta_length": self.meta_length,
+            "meta_hashes": self.meta_hashes,
+            "target_hashes": self.target_hashes,
+            "version_floor": self.version_floor,
         }
 
     @classmethod
@@ -62,6 +74,10 @@ class RepoConfig:
             expiry_seconds={k: int(v) for k, v in data.get("expiry_seconds", {}).items()},
             key_uris=dict(data.get("key_uris", {})),
             server=str(data.get("server", "")),
+            meta_length=bool(data.get("meta_length", False)),
+            meta_hashes=[str(h) for h in data.get("meta_hashes", [])],
+            target_hashes=[str(h) for h in data.get("target_hashes", ["sha256"])],
+            version_floor={k: int(v) for k, v in data.get("version_floor", {}).items()},
         )
 
 
@@ -95,7 +111,10 @@ class RepoStore:
         path = self.path / CONFIG_NAME
         if not path.exists():
             raise RepositoryError(f"{self.path} is not a tuf-repo repository (run `init`)")
-        return RepoConfig.from_dict(json.loads(path.read_text()))
+        try:
+            return RepoConfig.from_dict(json.loads(path.read_text()))
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise RepositoryError(f"{path}: not a valid tuf-repo settings file: {exc}") from None
 
     def save_config(self, config: RepoConfig) -> None:
         for d in (self.metadata_dir, self.targets_dir, self.staging_dir):
@@ -119,14 +138,18 @@ class RepoStore:
 
     def read_published(self, role: str, version: int) -> Metadata[Any] | None:
         path = self.published_path(role, version)
-        return Metadata.from_bytes(path.read_bytes()) if path.exists() else None
+        return read_metadata(path) if path.exists() else None
 
     def write_published(self, role: str, md: Metadata[Any]) -> Path:
         path = self.published_path(role, md.signed.version)
         if role != "timestamp" and path.exists():
             raise RepositoryError(f"{path.name} is already published; versions are never reused")
-        _atomic_write(path, md.to_bytes(self._serializer))
+        _atomic_write(path, self.serialize(md))
         return path
+
+    def serialize(self, md: Metadata[Any]) -> bytes:
+        """The exact bytes published for ``md`` (what snapshot/timestamp hashes cover)."""
+        return md.to_bytes(self._serializer)
 
     # -- staging -----------------------------------------------------------------------
 
@@ -137,7 +160,7 @@ class RepoStore:
 
     def read_staged(self, role: str) -> Metadata[Any] | None:
         path = self.staging_dir / f"{role}.json"
-        return Metadata.from_bytes(path.read_bytes()) if path.exists() else None
+        return read_metadata(path) if path.exists() else None
 
     def write_staged(self, role: str, md: Metadata[Any]) -> None:
         self.staging_dir.mkdir(parents=True, exist_ok=True)
@@ -161,6 +184,56 @@ class RepoStore:
         tmp = dest.with_name(dest.name + ".tmp")
         shutil.copyfile(local, tmp)
         os.replace(tmp, dest)
+
+    def link_target(self, target_path: str, digest: str, other: str) -> None:
+        """Serve the file stored under ``digest`` under ``other`` too (one name per hash)."""
+        source = self.target_file_path(target_path, digest)
+        dest = self.target_file_path(target_path, other)
+        if dest.exists():
+            return
+        tmp = dest.with_name(dest.name + ".tmp")
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, dest)
+
+    # -- housekeeping ------------------------------------------------------------------
+
+    def versioned_files(self) -> list[tuple[str, int, Path]]:
+        """(role, version, path) of every N.ROLE.json in metadata/."""
+        out = []
+        if self.metadata_dir.exists():
+            for path in self.metadata_dir.iterdir():
+                number, _, rest = path.name.partition(".")
+                if number.isdigit() and rest.endswith(".json") and len(rest) > 5:
+                    out.append((rest[: -len(".json")], int(number), path))
+        return sorted(out)
+
+    def target_files(self) -> list[Path]:
+        if not self.targets_dir.exists():
+            return []
+        return sorted(p for p in self.targets_dir.rglob("*") if p.is_file())
+
+    def remove_empty_dirs(self) -> None:
+        for d in sorted(self.targets_dir.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
+
+    def remove_all(self) -> None:
+        """Undo a failed ``init``: the settings and the three folders, nothing else."""
+        (self.path / CONFIG_NAME).unlink(missing_ok=True)
+        for d in (self.metadata_dir, self.targets_dir, self.staging_dir):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def read_metadata(path: Path) -> Metadata[Any]:
+    """Metadata from a file; a file that does not parse is named in the error."""
+    try:
+        return Metadata.from_bytes(path.read_bytes())
+    except DeserializationError as exc:
+        raise RepositoryError(f"{path}: not valid TUF metadata: {exc}") from None
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

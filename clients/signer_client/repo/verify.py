@@ -12,8 +12,10 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
-from tuf.api.exceptions import DownloadHTTPError
+from tuf.api.exceptions import DownloadError, DownloadHTTPError
+from tuf.api.exceptions import RepositoryError as TufRepositoryError
 from tuf.ngclient import FetcherInterface, Updater
 
 from signer_client.repo.errors import RepositoryError
@@ -22,7 +24,12 @@ _LOCAL = "http://tuf-repo.invalid/"
 
 
 class DirectoryFetcher(FetcherInterface):
-    """Serves ``_LOCAL`` URLs from a directory, as a web server over it would."""
+    """Serves ``_LOCAL`` URLs from a directory, as a web server over it would.
+
+    The URL is read as HTTP reads it: query and fragment dropped, the path
+    percent-decoded. So a target whose name does not survive a URL fails here exactly as
+    it would for a client fetching over HTTP, instead of being read straight from disk.
+    """
 
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory).resolve()
@@ -30,10 +37,23 @@ class DirectoryFetcher(FetcherInterface):
     def _fetch(self, url: str) -> Iterator[bytes]:
         if not url.startswith(_LOCAL):
             raise DownloadHTTPError(f"{url} is outside the repository", 404)
-        path = (self.directory / url[len(_LOCAL) :]).resolve()
+        relative = unquote(urlsplit(url).path)[len(urlsplit(_LOCAL).path) :]
+        path = (self.directory / relative).resolve()
         if not path.is_relative_to(self.directory) or not path.is_file():
             raise DownloadHTTPError(f"{url} not found", 404)
         yield path.read_bytes()
+
+
+class TargetCheckError(RepositoryError):
+    """A listed target a client cannot download, or whose bytes do not match; names it.
+
+    ``cause`` is ngclient's own exception (LengthOrHashMismatchError, DownloadHTTPError...).
+    """
+
+    def __init__(self, path: str, cause: Exception) -> None:
+        self.path = path
+        self.cause = cause
+        super().__init__(f"target {path!r}: {type(cause).__name__}: {cause}")
 
 
 @dataclass
@@ -50,8 +70,9 @@ def verify(
 ) -> VerifyReport:
     """Refresh top-level metadata with ngclient, then download and check ``targets``.
 
-    Raises tuf's own exceptions (RepositoryError, LengthOrHashMismatchError, ...) on
-    anything a client would reject, and our RepositoryError for unknown targets.
+    Raises tuf's own exceptions (RepositoryError, ...) on metadata a client would reject,
+    TargetCheckError (naming the target; ngclient's exception as ``cause``) for a target
+    that cannot be downloaded or does not match, RepositoryError for unknown targets.
     """
     if (directory is None) == (url is None):
         raise ValueError("give a directory or a URL")
@@ -74,7 +95,10 @@ def verify(
             info = updater.get_targetinfo(path)
             if info is None:
                 raise RepositoryError(f"target {path!r} is not in the repository")
-            updater.download_target(info)
+            try:
+                updater.download_target(info)
+            except (TufRepositoryError, DownloadError) as exc:
+                raise TargetCheckError(path, exc) from exc
             report.targets.append(path)
         trusted = updater._trusted_set  # the versions the client now trusts, for the report
         report.versions = {
