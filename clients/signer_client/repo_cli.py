@@ -53,19 +53,22 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "": 86400}
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    fresh = args.func is cmd_init and not Path(args.repo).exists()
+    path = Path(args.repo)
+    fresh = args.func is cmd_init and not (path / ".tuf-repo.lock").exists()
+    existed = path.exists()
     code = _dispatch(args)
-    if fresh and code != 0:  # a failed init leaves no directory behind
-        _remove_if_empty(Path(args.repo))
+    if fresh and code != 0 and not RepoStore(path).exists():
+        _remove_new(path, existed)  # a failed init leaves the directory as it found it
     return code
 
 
-def _remove_if_empty(path: Path) -> None:
+def _remove_new(path: Path, existed: bool) -> None:
     (path / ".tuf-repo.lock").unlink(missing_ok=True)
-    try:
-        path.rmdir()
-    except OSError:
-        pass
+    if not existed:
+        try:
+            path.rmdir()
+        except OSError:
+            pass
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -411,15 +414,15 @@ def cmd_expiry_show(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    old, unlisted = _repo(args).prune(args.keep, dry_run=args.dry_run)
-    size = sum(p.stat().st_size for p in old + unlisted)
+    result = _repo(args).prune(args.keep, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
     print(
-        f"{verb} {len(old)} old metadata file(s) and {len(unlisted)} unlisted target file(s) "
-        f"({size} bytes); kept every root and the newest {args.keep} snapshot(s)"
+        f"{verb} {len(result.metadata)} old metadata file(s) and {len(result.targets)} "
+        f"unlisted target file(s) ({result.size} bytes); kept every root and the newest "
+        f"{args.keep} snapshot(s)"
     )
     if args.dry_run:
-        for path in old + unlisted:
+        for path in result.metadata + result.targets:
             print(f"  {path}")
     return 0
 

@@ -20,6 +20,7 @@ import copy
 import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -743,8 +744,8 @@ class Repository:
         self._remember([])
         return [] if role in ONLINE else self.bump([role])
 
-    def prune(self, keep: int, dry_run: bool = False) -> tuple[list[Path], list[Path]]:
-        """Remove metadata and target files no client can still need; returns both lists.
+    def prune(self, keep: int, dry_run: bool = False) -> PruneResult:
+        """Remove metadata and target files no client can still need; returns what went.
 
         Kept: every N.root.json (clients walk the root chain), the ``keep`` newest
         snapshots (and the one timestamp names) with every version they list, and every
@@ -779,11 +780,12 @@ class Repository:
             for digest in info.hashes.values()
         }
         unlisted = [p for p in self.store.target_files() if p not in needed]
+        result = PruneResult(old, unlisted, sum(p.stat().st_size for p in old + unlisted))
         if not dry_run:
             for path in old + unlisted:
                 path.unlink()
             self.store.remove_empty_dirs()
-        return old, unlisted
+        return result
 
     # -- signing and publishing ----------------------------------------------------------
 
@@ -1049,6 +1051,13 @@ class Repository:
                 )
             )
         return out
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    metadata: list[Path]  # old N.ROLE.json files
+    targets: list[Path]  # target files no kept metadata lists
+    size: int  # bytes, both together
 
 
 def _require_targets(name: str, signed: Any) -> None:
