@@ -3,8 +3,8 @@
 Retries: UNAVAILABLE (the token is healing, a worker restarting) is retried with
 exponential backoff for calls that are safe to repeat (reads and signatures). Creating
 and destroying keys are never retried behind the caller's back. RESOURCE_EXHAUSTED (over
-the rate limit: nothing was done) is retried after the delay the daemon names, for the
-same calls, up to ``RATE_LIMIT_WAIT`` seconds in all.
+the rate limit) is raised as RateLimitedError, which carries the delay and burst the
+daemon names (``tuf_signer.sign_many`` waits and splits batches by them).
 
 TLS problems are named before dialling (``tls.check_files``) or, after a failed call,
 by repeating the handshake with Python's ``ssl`` (``tls.diagnose``); gRPC's C-core log
@@ -29,7 +29,6 @@ from signer.v1 import signer_pb2_grpc as pb_grpc
 from signer_client.config import ClientConfig
 from signer_client.errors import (
     ClientError,
-    RateLimitedError,
     UnavailableError,
     from_code,
     from_rpc_error,
@@ -37,7 +36,6 @@ from signer_client.errors import (
 from signer_client.tls import check_files, diagnose
 
 T = TypeVar("T")
-RATE_LIMIT_WAIT = 300.0  # seconds a call may spend waiting out rate limits in all
 _CONNECT_FAILURES = ("failed to connect", "socket closed", "handshake", "connection refused")
 
 ALGORITHMS = {
@@ -217,19 +215,11 @@ class SignerClient:
         attempts = 1 + (self.config.retries if retry else 0)
         delay = 0.1
         attempt = 0
-        waited = 0.0
         while True:
             try:
                 return method(request, timeout=self.config.timeout)
             except grpc.RpcError as exc:
                 error = from_rpc_error(exc)
-            if isinstance(error, RateLimitedError) and retry:
-                wait = error.retry_after
-                if wait is None or waited + wait > RATE_LIMIT_WAIT:
-                    raise error from None
-                time.sleep(wait + 0.01 + 0.05 * random.random())
-                waited += wait
-                continue
             attempt += 1
             if not isinstance(error, UnavailableError) or attempt >= attempts:
                 raise self._explained(error) from None

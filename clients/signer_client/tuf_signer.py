@@ -17,7 +17,9 @@ raises ``SignatureMismatchError`` here rather than producing metadata clients re
 
 from __future__ import annotations
 
+import random
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -117,14 +119,16 @@ def sign_many(
     items: Sequence[tuple[DaemonSigner, bytes]],
     max_batch: int = 1024,
     progress: Callable[[int, int], None] | None = None,
+    rate_limit_wait: float = 300.0,
 ) -> tuple[list[Signature | ClientError], int]:
     """Sign many (signer, payload) pairs with as few SignBatch round trips as possible.
 
     Items going to the same daemon connection share batches (each item names its key).
     A batch over the principal's rate-limit burst is refused whole by the daemon, which
-    names the burst: the rest goes in batches of that size (remembered per connection),
-    each retried after the delay the daemon gives (``SignerClient._call``). ``progress``
-    hears (signed so far, total) after each batch.
+    names the burst: the rest goes in batches of that size (remembered per connection).
+    A batch refused for an empty bucket is sent again after the delay the daemon names,
+    up to ``rate_limit_wait`` seconds in all (nothing was signed, so this is safe).
+    ``progress`` hears (signed so far, total) after each batch.
     Returns one Signature or ClientError per item, in order, and the round trips made.
     """
     results: list[Signature | ClientError | None] = [None] * len(items)
@@ -133,6 +137,7 @@ def sign_many(
         by_client.setdefault(id(signer.client), []).append(index)
     round_trips = 0
     done = 0
+    waited = 0.0
     for indexes in by_client.values():
         client = items[indexes[0]][0].client
         start = 0
@@ -143,9 +148,14 @@ def sign_many(
                 batch = client.sign_batch_items([(items[i][0].key_id, items[i][1]) for i in chunk])
             except RateLimitedError as exc:
                 round_trips += 1
-                if exc.burst is None or exc.burst >= len(chunk):
+                if exc.burst is not None and exc.burst < len(chunk):
+                    client.max_batch = exc.burst
+                    continue
+                wait = exc.retry_after
+                if wait is None or waited + wait > rate_limit_wait:
                     raise
-                client.max_batch = exc.burst
+                time.sleep(wait + 0.01 + 0.05 * random.random())
+                waited += wait
                 continue
             round_trips += 1
             start += len(chunk)

@@ -89,7 +89,13 @@ def verify(
             fetcher=fetcher,
             bootstrap=trusted_root,
         )
-        updater.refresh()
+        try:
+            updater.refresh()
+        except DownloadError as exc:  # ngclient's own text may be empty (no connection)
+            raise RepositoryError(
+                f"cannot fetch metadata from {base}metadata/: {type(exc).__name__}: "
+                f"{str(exc) or str(exc.__cause__ or '') or 'no answer in time'}"
+            ) from exc
         report = VerifyReport()
         for path in targets:
             info = updater.get_targetinfo(path)
