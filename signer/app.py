@@ -14,7 +14,7 @@ from signer.audit import AuditLog
 from signer.audit.checkpoint import Checkpointer, CheckpointSettings
 from signer.audit_key import AuditKey
 from signer.certificates import CertificateIssuer
-from signer.config import SignerConfig
+from signer.config import SignerConfig, open_state
 from signer.keys import KeyManager
 from signer.notary.rules import DIALECT as NOTARY
 from signer.notary.rules import NotaryRules
@@ -26,7 +26,8 @@ from signer.policy.ratelimit import rate_limiter_of
 from signer.policy.tuf import TufRules, VersionStore
 from signer.quorum import QuorumClaim, QuorumGuard, QuorumService, QuorumStore
 from signer.registry import KeyRegistry, KeyState
-from signer.storage.buckets import Buckets, SqliteBuckets
+from signer.storage import Backend
+from signer.storage.interfaces import Buckets
 from signer.token import Token, TokenSettings
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,9 @@ def load_policy(
 
 
 class SignerApp:
-    def __init__(self, config: SignerConfig, token: Token | None = None) -> None:
+    def __init__(
+        self, config: SignerConfig, token: Token | None = None, backend: Backend | None = None
+    ) -> None:
         self.config = config
         identity.configure(config)  # the CRL ([tls] crl): ConfigError if it is unusable
         self.token = token or Token(
@@ -84,13 +87,14 @@ class SignerApp:
             )
         )
         config.state_dir.mkdir(parents=True, exist_ok=True)
-        self.registry = KeyRegistry(config.state_dir / "keys.db")
-        self.audit = AuditLog(config.state_dir / "audit.db")
-        self.buckets = SqliteBuckets(config.state_dir / "ratelimit.db")  # shared by workers
+        self.state = backend or open_state(config)
+        self.registry = KeyRegistry(self.state.keys())
+        self.audit = AuditLog(self.state.audit())
+        self.buckets = self.state.buckets()  # shared by workers (and replicas)
         self.policy: Policy = load_policy(config, self.buckets)
-        self.versions = VersionStore(config.state_dir / "tuf.db")
-        self.requests = QuorumStore(config.state_dir / "quorum.db")
-        self.notary_keys = NotaryKeyStore(config.state_dir / "notary.db")
+        self.versions = VersionStore(self.state.versions())
+        self.requests = QuorumStore(self.state.quorum())
+        self.notary_keys = NotaryKeyStore(self.state.notary())
         self.tuf_rules = TufRules(self.versions)
         current_policy = self.current_policy
         self.recorder = Recorder(self.audit)
@@ -159,6 +163,7 @@ class SignerApp:
         self.notary_keys.close()
         self.buckets.close()
         self.registry.close()
+        self.state.close()
 
     def check(self) -> list[Mismatch]:
         """Compare the registry with the token: the token is the truth for key material."""

@@ -138,18 +138,18 @@ def _keys_destroy(args: argparse.Namespace) -> int:
 @command("notary retire-unused")
 def _notary_retire(args: argparse.Namespace) -> int:
     from signer.audit import AuditLog
-    from signer.config import load_config
+    from signer.config import load_config, open_state
     from signer.notary.retire import Retirer
     from signer.notary.store import NotaryKeyStore
     from signer.pipeline.auditing import Recorder
     from signer.registry import KeyRegistry
 
     config = load_config(Path(args.config))
-    state = config.state_dir
-    registry, store = KeyRegistry(state / "keys.db"), NotaryKeyStore(state / "notary.db")
-    audit = AuditLog(state / "audit.db")
+    state = open_state(config)
+    registry, store = KeyRegistry(state.keys()), NotaryKeyStore(state.notary())
+    audit = AuditLog(state.audit())
     try:
-        retirer = Retirer(registry, store, Recorder(audit), state / "audit.db")
+        retirer = Retirer(registry, store, Recorder(audit), audit)
         found = retirer.candidates(args.days, args.idle_repositories)
         done = found if args.dry_run else retirer.retire(found)
         verb = "would retire" if args.dry_run else "retired"
@@ -161,6 +161,7 @@ def _notary_retire(args: argparse.Namespace) -> int:
         audit.close()
         store.close()
         registry.close()
+        state.close()
     return 0
 
 

@@ -19,6 +19,9 @@ comes from an environment variable or a file named here (``pin_env`` / ``pin_fil
 
     [state]
     dir = "state"                  # SQLite: keys.db, audit.db, ...
+    # url = "postgresql://signer@db.example/signer"   # replicas share one database
+    # password_env = "SIGNER_DB_PASSWORD"             # or: password_file = "/run/secrets/db"
+    # replica = "signer-a"                            # named in each audit entry
 
     [policy]
     file = "policy.toml"           # optional; without it any authenticated client may act
@@ -30,10 +33,13 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from signer.errors import ConfigError
+
+if TYPE_CHECKING:
+    from signer.storage import Backend
 
 DEFAULT_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 # A SignBatch item with a digest: key_id (64 hex), a SHA-384 digest, tags; generously rounded.
@@ -75,6 +81,37 @@ class TokenConfig:
 
 
 @dataclass(frozen=True)
+class StateConfig:
+    """``[state]`` beyond the directory: the shared database of replicas, if any.
+
+    The password is never in the config file (nor in the URL): it comes from a file
+    (mode 0600) or an environment variable, like the token PIN."""
+
+    url: str | None = None
+    password_env: str = "SIGNER_DB_PASSWORD"
+    password_file: Path | None = None
+    replica: str = ""
+
+    def read_password(self) -> str | None:
+        if self.password_file is not None:
+            try:
+                with open(self.password_file) as f:
+                    mode = os.fstat(f.fileno()).st_mode
+                    if mode & 0o077:
+                        raise ConfigError(
+                            f"the database password file {self.password_file} has mode "
+                            f"{mode & 0o777:04o}: it must not be readable or writable by group "
+                            f"or others (chmod 600 {self.password_file})"
+                        )
+                    return f.read().strip()
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot read the database password from {self.password_file}: {exc}"
+                ) from exc
+        return os.environ.get(self.password_env) or None
+
+
+@dataclass(frozen=True)
 class SignerConfig:
     listen: str
     ca: Path
@@ -96,6 +133,7 @@ class SignerConfig:
     # The last policy that loaded, kept by the supervisor: a worker (re)started while the
     # policy file is broken falls back to it instead of refusing to serve.
     policy_fallback: Path | None = None
+    state: StateConfig = field(default_factory=StateConfig)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -199,6 +237,7 @@ def load_config(path: Path) -> SignerConfig:
                 hang_seconds=float(token.get("hang_seconds", 5.0)),
             ),
             state_dir=rel(str(state.get("dir", "state"))),
+            state=_state_config(state, rel),
             policy_file=rel(policy["file"]) if policy.get("file") else None,
             extra={
                 k: v
@@ -210,3 +249,42 @@ def load_config(path: Path) -> SignerConfig:
         raise ConfigError(f"missing setting {exc.args[0]!r} in {path}") from exc
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"invalid setting in {path}: {exc}") from exc
+
+
+def _state_config(state: dict[str, Any], rel: Any) -> StateConfig:
+    url = state.get("url")
+    if url is not None:
+        url = str(url)
+        if not url.startswith(("postgresql://", "postgres://", "sqlite:")):
+            raise ConfigError(f"state.url {url!r}: use postgresql://... or sqlite:///dir")
+        if "password" in state or _url_password(url):
+            raise ConfigError(
+                "no database password in the config file: use state.password_env or "
+                "state.password_file"
+            )
+    elif "password" in state:
+        raise ConfigError("state.password is not allowed: use password_env or password_file")
+    return StateConfig(
+        url=url,
+        password_env=str(state.get("password_env", "SIGNER_DB_PASSWORD")),
+        password_file=rel(state["password_file"]) if state.get("password_file") else None,
+        replica=str(state.get("replica", "")),
+    )
+
+
+def _url_password(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    try:
+        return urlsplit(url).password is not None
+    except ValueError:
+        return False
+
+
+def open_state(config: SignerConfig) -> Backend:
+    """The state backend the config names: SQLite in ``[state] dir`` unless ``url``."""
+    from signer.storage import open_backend
+
+    url = config.state.url
+    password = config.state.read_password() if url and not url.startswith("sqlite:") else None
+    return open_backend(config.state_dir, url, password)

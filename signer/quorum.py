@@ -3,21 +3,18 @@
 The flow is RequestSignature -> Approve (x M) -> Sign(request_id). The requester can
 never approve their own request; each approver names the sha256 of the payload they
 approve, so an approval covers exactly those bytes. A request is open for the policy's
-window; after that it is expired and nothing more happens to it. Requests live in
-SQLite (shared by the worker processes); approvals are read-modify-write under
-BEGIN IMMEDIATE (signer.storage.sqlite.transaction).
+window; after that it is expired and nothing more happens to it. Requests live in the
+shared state (``signer.storage``, used by every worker and replica); an approval and a
+claim are each one transaction there.
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
-import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
-from enum import StrEnum
-from pathlib import Path
+from dataclasses import replace
 from typing import Any
 
 from signer.errors import (
@@ -34,86 +31,29 @@ from signer.pipeline.admission import check_payload, check_usable, resource_of
 from signer.pipeline.guards import SignGuard, SignInput, stricter
 from signer.policy import Operation, Policy, Resource, quorum_of
 from signer.registry import KeyRecord, KeyRegistry
-from signer.storage.sqlite import Database, transaction
+from signer.storage.interfaces import QuorumRequests
+from signer.storage.records import RequestState, SignatureRequest
 
-_SCHEMA = [
-    """CREATE TABLE IF NOT EXISTS signature_requests (
-        request_id TEXT PRIMARY KEY,
-        key_id TEXT NOT NULL,
-        payload BLOB NOT NULL,
-        payload_sha256 TEXT NOT NULL,
-        requester TEXT NOT NULL,
-        reason TEXT NOT NULL,
-        approvals_required INTEGER NOT NULL,
-        state TEXT NOT NULL,
-        created_at REAL NOT NULL,
-        expires_at REAL NOT NULL,
-        fulfilled_at REAL
-    )""",
-    """CREATE TABLE IF NOT EXISTS approvals (
-        request_id TEXT NOT NULL,
-        approver TEXT NOT NULL,
-        time REAL NOT NULL,
-        PRIMARY KEY (request_id, approver)
-    )""",
-]
-
-
-class RequestState(StrEnum):
-    PENDING = "pending"
-    APPROVED = "approved"
-    FULFILLED = "fulfilled"
-    EXPIRED = "expired"
-
-
-@dataclass(frozen=True)
-class SignatureRequest:
-    request_id: str
-    key_id: str
-    payload: bytes
-    payload_sha256: str
-    requester: str
-    reason: str
-    approvals_required: int
-    state: RequestState
-    created_at: float
-    expires_at: float
-    approvers: tuple[str, ...] = ()
+__all__ = ["QuorumService", "QuorumStore", "RequestState", "SignatureRequest"]
 
 
 class QuorumStore:
-    def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
-        self._db = Database(path)
-        with self._db.use() as conn:
-            for statement in _SCHEMA:
-                conn.execute(statement)
+    """Signature requests in a ``QuorumRequests`` store (shared by workers and replicas),
+    seen through this process's clock: an open request past its window is expired."""
+
+    def __init__(self, store: QuorumRequests, clock: Callable[[], float] = time.time) -> None:
+        self._store = store
         self.clock = clock
 
     def close(self) -> None:
-        self._db.close()
+        self._store.close()
 
     def add(self, request: SignatureRequest) -> SignatureRequest:
-        with self._db.use() as conn:
-            conn.execute(
-                "INSERT INTO signature_requests VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
-                (
-                    request.request_id,
-                    request.key_id,
-                    request.payload,
-                    request.payload_sha256,
-                    request.requester,
-                    request.reason,
-                    request.approvals_required,
-                    request.state.value,
-                    request.created_at,
-                    request.expires_at,
-                ),
-            )
+        self._store.add(request)
         return request
 
     def get(self, request_id: str) -> SignatureRequest:
-        with self._db.use() as conn:
-            return self._get(conn, request_id)
+        return self._view(request_id, self._store.get(request_id))
 
     def approve(
         self, request_id: str, approver: str, check: Callable[[SignatureRequest], None]
@@ -123,66 +63,28 @@ class QuorumStore:
         ``check`` runs inside the transaction: if it raises (a refusal, or the audit log
         cannot be written), nothing is approved.
         """
-        with self._db.use() as conn:
-            with transaction(conn):
-                request = self._get(conn, request_id)
-                if approver in request.approvers:
-                    raise AlreadyExists(f"{approver} has already approved request {request_id}")
-                check(request)  # last: it may write the audit entry (then commit or nothing)
-                conn.execute(
-                    "INSERT INTO approvals VALUES (?, ?, ?)", (request_id, approver, self.clock())
-                )
-                if len(request.approvers) + 1 >= request.approvals_required:
-                    conn.execute(
-                        "UPDATE signature_requests SET state = ? WHERE request_id = ?",
-                        (RequestState.APPROVED.value, request_id),
-                    )
-            return self._get(conn, request_id)
+
+        def checked(found: SignatureRequest | None) -> None:
+            request = self._view(request_id, found)
+            if approver in request.approvers:
+                raise AlreadyExists(f"{approver} has already approved request {request_id}")
+            check(request)  # last: it may write the audit entry (then commit or nothing)
+
+        approved = self._store.approve(request_id, approver, self.clock(), checked)
+        return self._view(request_id, approved)
 
     def claim(self, request_id: str) -> bool:
         """Atomically take an approved, unexpired request for signing: true for one caller only.
 
-        Taken before the token signs, so concurrent Sign calls (any worker) cannot both use
-        one approval. If signing then fails, the request stays used: request again.
+        Taken before the token signs, so concurrent Sign calls (any worker, any replica)
+        cannot both use one approval. If signing then fails, the request stays used:
+        request again.
         """
-        with self._db.use() as conn:
-            now = self.clock()
-            cursor = conn.execute(
-                "UPDATE signature_requests SET state = ?, fulfilled_at = ? "
-                "WHERE request_id = ? AND state = ? AND expires_at >= ?",
-                (RequestState.FULFILLED.value, now, request_id, RequestState.APPROVED.value, now),
-            )
-            return cursor.rowcount == 1
+        return self._store.claim(request_id, self.clock())
 
-    def _get(self, conn: sqlite3.Connection, request_id: str) -> SignatureRequest:
-        row = conn.execute(
-            "SELECT request_id, key_id, payload, payload_sha256, requester, reason, "
-            "approvals_required, state, created_at, expires_at "
-            "FROM signature_requests WHERE request_id = ?",
-            (request_id,),
-        ).fetchone()
-        if row is None:
+    def _view(self, request_id: str, request: SignatureRequest | None) -> SignatureRequest:
+        if request is None:
             raise NotFound(f"no signature request {shown(request_id)}")
-        approvers = tuple(
-            r[0]
-            for r in conn.execute(
-                "SELECT approver FROM approvals WHERE request_id = ? ORDER BY time, approver",
-                (request_id,),
-            )
-        )
-        request = SignatureRequest(
-            row[0],
-            row[1],
-            bytes(row[2]),
-            row[3],
-            row[4],
-            row[5],
-            int(row[6]),
-            RequestState(row[7]),
-            float(row[8]),
-            float(row[9]),
-            approvers,
-        )
         if request.state in (RequestState.PENDING, RequestState.APPROVED) and (
             self.clock() > request.expires_at
         ):

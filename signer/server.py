@@ -104,6 +104,8 @@ class Daemon:
         self.app = SignerApp(config)
         self.health = health.aio.HealthServicer()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._state_ok = True  # the shared state reachable (always, for SQLite)
+        self._state_watch: asyncio.Task[None] | None = None
         threads = int(os.environ.get("SIGNER_RPC_THREADS", "8"))
         self.server = grpc.aio.server(
             migration_thread_pool=futures.ThreadPoolExecutor(threads, thread_name_prefix="rpc"),
@@ -145,6 +147,8 @@ class Daemon:
             log.error("%s; serving NOT_SERVING until the token is back", exc)
             self.app.token._mark_broken(exc)  # the healer retries with backoff
         await self._set_health(self.app.token.healthy)
+        if self.app.state.name != "sqlite":  # a shared database can go away: watch it
+            self._state_watch = asyncio.get_running_loop().create_task(self._watch_state())
         await self.server.start()
         log.info("listening on %s (port %d), mutual TLS required", self.config.listen, self.port)
 
@@ -164,8 +168,19 @@ class Daemon:
     def _health_changed(self, healthy: bool) -> None:
         """Called from the token's threads: hand over to the event loop."""
         loop = self._loop
+        healthy = healthy and self._state_ok
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(lambda: loop.create_task(self._set_health(healthy)))
+
+    async def _watch_state(self) -> None:
+        """NOT_SERVING while the shared state is unreachable; SERVING again once it is
+        back (the token permitting): the pool reconnects, nothing restarts."""
+        while True:
+            ok = await asyncio.to_thread(self.app.state.healthy)
+            if ok != self._state_ok:
+                self._state_ok = ok
+                await self._set_health(ok and self.app.token.healthy)
+            await asyncio.sleep(0.5)
 
     async def _set_health(self, healthy: bool) -> None:
         status = (

@@ -26,3 +26,14 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     """One daemon per test module, any authenticated client allowed (no policy file)."""
     with running_daemon(tmp_path_factory.mktemp("signerd"), clients=["admin", "alice"]) as d:
         yield d
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[object]:
+    """A throw-away PostgreSQL cluster for the session (see pg_harness.py)."""
+    import pg_harness
+
+    if not pg_harness.available():
+        pytest.skip("PostgreSQL 15 is not installed: run `make deps`")
+    with pg_harness.running_cluster() as cluster:
+        yield cluster

@@ -59,6 +59,7 @@ class Daemon:
     policy: str | None = None  # policy TOML text, written next to the config
     extra_config: str = ""
     server_options: str = ""  # extra lines for the [server] table
+    state_options: str = ""  # extra lines for the [state] table (a shared database)
     clients: list[str] = field(default_factory=lambda: ["admin"])
     proc: subprocess.Popen[bytes] | None = None
 
@@ -108,6 +109,7 @@ probe_interval = 0.5
 
 [state]
 dir = "state"
+{self.state_options}
 
 {policy_line}
 {self.extra_config}

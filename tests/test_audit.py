@@ -588,7 +588,7 @@ def test_commits_are_fsynced_and_concurrent_callers_share_them(tmp_path: Path) -
 
     audit = AuditLog(tmp_path / "audit.db")
     try:
-        assert audit._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        assert audit.chain._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
         start = threading.Barrier(16)
 
         def caller(n: int) -> None:

@@ -29,7 +29,6 @@ from securesystemslib.formats import encode_canonical
 from signer.audit.anchor import AnchoredCheckpoint, Anchors, CommandAnchor, FileAnchor
 from signer.audit.log import AuditLog
 from signer.errors import ConfigError
-from signer.storage.sqlite import connect, transaction
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +127,7 @@ class Checkpointer:
         self.signer = signer
         self.settings = settings
         self.anchors = settings.anchors()
-        # FULL, like the entries: an anchored checkpoint must never vanish from the log.
-        self._conn = connect(audit.path, synchronous="FULL")
+        self._chain = audit.chain  # checkpoints are stored durably, like the entries
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -163,7 +161,6 @@ class Checkpointer:
             self.checkpoint(force=True)
         except Exception as exc:
             log.warning("final audit checkpoint skipped: %s", exc)
-        self._conn.close()
 
     def _run(self) -> None:
         poll = max(0.05, min(1.0, self.settings.every_seconds / 2))
@@ -181,16 +178,12 @@ class Checkpointer:
         """Sign the tip if it is due; returns the sequence number checkpointed, if any."""
         with self._lock:
             self._retry_anchors()
-            tip = self._conn.execute(
-                "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1"
-            ).fetchone()
+            tip = self._chain.tip()
             if tip is None:
                 return None
-            last = self._conn.execute(
-                "SELECT seq, time FROM audit_checkpoints ORDER BY seq DESC LIMIT 1"
-            ).fetchone()
-            last_seq, last_time = (int(last[0]), float(last[1])) if last else (0, self._since)
-            seq, tip_hash = int(tip[0]), str(tip[1])
+            last = self._chain.last_checkpoint()
+            last_seq, last_time = last if last else (0, self._since)
+            seq, tip_hash = tip
             self._last_seq = last_seq
             if seq <= last_seq:
                 return None
@@ -203,19 +196,12 @@ class Checkpointer:
             if not due:
                 return None
             key_id = self.signer.key_id  # its first use records the key's creation:
-            tip = self._conn.execute(  # so read the tip again, to cover that entry too
-                "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1"
-            ).fetchone()
-            seq, tip_hash = int(tip[0]), str(tip[1])
+            tip = self._chain.tip()  # so read the tip again, to cover that entry too
+            assert tip is not None
+            seq, tip_hash = tip
             body = checkpoint_body(seq, tip_hash, now)
             signature = self.signer.sign(body.encode()).hex()
-            with transaction(self._conn) as conn:
-                cursor = conn.execute(
-                    "INSERT OR IGNORE INTO audit_checkpoints"
-                    " (seq, hash, time, key_id, body, signature) VALUES (?, ?, ?, ?, ?, ?)",
-                    (seq, tip_hash, now, key_id, body, signature),
-                )
-                row_id = cursor.lastrowid if cursor.rowcount == 1 else None
+            row_id = self._chain.add_checkpoint(seq, tip_hash, now, key_id, body, signature)
             self._last_seq = seq
             if row_id is not None:  # not made by another worker at the same moment
                 self._anchor(AnchoredCheckpoint(row_id, seq, tip_hash, key_id, body, signature))

@@ -1,7 +1,8 @@
 """``signerd audit verify|export``: read the audit log straight from the state directory.
 
 These commands open the SQLite files read-only (no daemon, no token, no PIN needed), so
-an auditor can run them on a copy of the state directory.
+an auditor can run them on a copy of the state directory; with a config naming a shared
+database (``[state] url``), they read the one chain of every replica there.
 """
 
 from __future__ import annotations
@@ -10,14 +11,30 @@ import argparse
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from signer.audit.checkpoint import CheckpointSettings
 from signer.cli import COMMANDS, PARSER_EXTENSIONS
 
+if TYPE_CHECKING:
+    from signer.storage import Backend
+    from signer.storage.interfaces import AuditReader
+
 
 def _state_dir(args: argparse.Namespace) -> Path:
     return _where(args)[0]
+
+
+def _shared(args: argparse.Namespace) -> Backend | None:
+    """The shared database the config names (replicas), else None (the SQLite files)."""
+    if args.state_dir:
+        return None
+    from signer.config import load_config, open_state
+
+    config = load_config(Path(args.config))
+    if not config.state.url or config.state.url.startswith("sqlite:"):
+        return None
+    return open_state(config)
 
 
 def _where(args: argparse.Namespace) -> tuple[Path, CheckpointSettings]:
@@ -45,7 +62,14 @@ def _verify(args: argparse.Namespace) -> int:
         anchor = settings.anchor_file  # the daemon's own anchor file, if readable here
     if anchor is not None and not anchor.is_file():
         raise ValueError(f"no anchor file {anchor}")
-    report = verify(state / "audit.db", state / "keys.db", args.audit_key_id, settings, anchor)
+    shared = _shared(args)
+    if shared is not None:
+        try:
+            report = verify(shared.audit_reader(), None, args.audit_key_id, settings, anchor)
+        finally:
+            shared.close()
+    else:
+        report = verify(state / "audit.db", state / "keys.db", args.audit_key_id, settings, anchor)
     for problem in report.problems:
         print(problem)
     print(report.summary())
@@ -56,12 +80,18 @@ def _export(args: argparse.Namespace) -> int:
     from signer.audit.verify import export
 
     state = _state_dir(args)
-    if args.out and args.out != "-":
-        with open(args.out, "w") as out:
-            count = export(state / "audit.db", out, args.since)
-        print(f"{count} entries written to {args.out}", file=sys.stderr)
-    else:
-        export(state / "audit.db", sys.stdout, args.since)
+    shared = _shared(args)
+    source: Path | AuditReader = state / "audit.db" if shared is None else shared.audit_reader()
+    try:
+        if args.out and args.out != "-":
+            with open(args.out, "w") as out:
+                count = export(source, out, args.since)
+            print(f"{count} entries written to {args.out}", file=sys.stderr)
+        else:
+            export(source, sys.stdout, args.since)
+    finally:
+        if shared is not None:
+            shared.close()
     return 0
 
 

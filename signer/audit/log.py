@@ -1,7 +1,7 @@
 """Append-only, hash-chained audit log with group commit.
 
 Fail closed: ``record`` returns only once the entries are committed; if they cannot be,
-it raises ``AuditUnavailable`` and the caller returns no signature. The database runs in
+it raises ``AuditUnavailable`` and the caller returns no signature. SQLite runs in
 WAL mode with ``synchronous=FULL``: every commit is fsync'd before it returns, so no
 signature leaves before its entry would survive a power loss (not merely the writing
 process being killed).
@@ -10,9 +10,9 @@ Many requests arrive at once; one writer thread commits whatever is pending in o
 transaction (group commit), so the log costs one fsync per batch rather than per
 request: callers that arrive while a commit's fsync runs join the next one. Both the
 threaded path (``record``) and the event loop's (``record_async``) feed that one writer,
-so the loop never waits on an fsync. Several worker processes share the chain: each
-transaction takes the write lock (BEGIN IMMEDIATE) and reads the tip of the chain inside
-it.
+so the loop never waits on an fsync. Several worker processes (and replicas) share the
+chain: each append is one transaction of the store that takes its write lock and reads
+the tip of the chain inside it (``signer.storage``).
 
 A full disk refuses writes (``AuditUnavailable``, "the disk ... is full") and the next
 commit after space is freed succeeds: nothing to restart.
@@ -25,7 +25,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -35,50 +34,17 @@ from pathlib import Path
 
 from signer.errors import (
     AuditUnavailable,
-    ConfigError,
     PermissionDenied,
     ResourceExhausted,
     SignerError,
-    StorageUnavailable,
 )
-from signer.storage.sqlite import connect, is_disk_full, transaction
+from signer.storage.interfaces import AuditChain
+from signer.storage.sqlite import is_disk_full
 
 log = logging.getLogger(__name__)
 
 AUDIT_ROLE = "audit"  # the registry role reserved for the audit (checkpoint) key
 GENESIS = "0" * 64
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS audit (
-    seq INTEGER PRIMARY KEY,
-    time REAL NOT NULL,
-    principal TEXT NOT NULL,
-    operation TEXT NOT NULL,
-    key_id TEXT NOT NULL,
-    role TEXT NOT NULL,
-    repository TEXT NOT NULL,
-    payload_sha256 TEXT NOT NULL,
-    outcome TEXT NOT NULL,
-    code TEXT NOT NULL,
-    detail TEXT NOT NULL,
-    request_id TEXT NOT NULL,
-    prev_hash TEXT NOT NULL,
-    hash TEXT NOT NULL
-)
-"""
-
-# Signed (seq, hash) of the chain's tip, written by signer.audit.checkpoint.
-_CHECKPOINT_SCHEMA = """
-CREATE TABLE IF NOT EXISTS audit_checkpoints (
-    id INTEGER PRIMARY KEY,
-    seq INTEGER NOT NULL UNIQUE,
-    hash TEXT NOT NULL,
-    time REAL NOT NULL,
-    key_id TEXT NOT NULL,
-    body TEXT NOT NULL,
-    signature TEXT NOT NULL
-)
-"""
 
 
 class Outcome(StrEnum):
@@ -178,28 +144,27 @@ def _unavailable(error: BaseException) -> AuditUnavailable:
 
 
 class AuditLog:
-    """The chain's writer. ``synchronous``: SQLite's setting for commits (FULL: fsync'd).
+    """The chain's writer over an ``AuditChain`` store (``signer.storage``).
 
-    ``linger_seconds``: how long the writer waits for more callers before a commit when
-    the previous commit carried more than one caller (under load); alone, it never waits.
+    A path opens the SQLite chain there, ``synchronous`` its setting for commits (FULL:
+    fsync'd). ``linger_seconds``: how long the writer waits for more callers before a
+    commit when the previous commit carried more than one caller (under load); alone, it
+    never waits.
     """
 
     def __init__(
-        self, path: Path, *, synchronous: str = "FULL", linger_seconds: float = 0.0002
+        self,
+        chain: AuditChain | Path,
+        *,
+        synchronous: str = "FULL",
+        linger_seconds: float = 0.0002,
     ) -> None:
-        self.path = path
+        if isinstance(chain, Path):
+            from signer.storage.sqlite.audit import SqliteAuditChain
+
+            chain = SqliteAuditChain(chain, synchronous=synchronous)
+        self.chain = chain
         self.linger_seconds = linger_seconds
-        try:
-            self._conn = connect(path, synchronous=synchronous)
-            self._conn.execute(_SCHEMA)
-            self._conn.execute(_CHECKPOINT_SCHEMA)
-        except (StorageUnavailable, sqlite3.DatabaseError) as exc:
-            # Only the daemon's start-up opens the log: a clear message, not a traceback.
-            cause = exc.__cause__ or exc
-            raise ConfigError(
-                f"cannot open the audit log {path}: {cause} (a damaged file, or not a "
-                "database? check the state directory; see `signerd audit verify`)"
-            ) from exc
         self._cv = threading.Condition()
         self._commit_lock = threading.Lock()
         self._queue: list[_Pending] = []
@@ -243,10 +208,8 @@ class AuditLog:
     def exclusive(self) -> Iterator[None]:
         """Hold the audit database's write lock (all workers): e.g. to make the audit key
         exactly once. Nothing may be recorded meanwhile by the holder (it would wait)."""
-        with self._commit_lock:
-            conn = self._conn
-            with transaction(conn):
-                yield
+        with self._commit_lock, self.chain.exclusive():
+            yield
 
     def on_commit(self, listener: Callable[[int], object]) -> None:
         """Call ``listener(last_seq)`` after each commit; it must return at once."""
@@ -257,7 +220,7 @@ class AuditLog:
             self._stopped = True
             self._cv.notify()
         self._writer.join(timeout=10)
-        self._conn.close()
+        self.chain.close()
         if self.commits:
             log.info(
                 "audit log closed: %d entries in %d commits (%.1f per commit)",
@@ -288,7 +251,7 @@ class AuditLog:
                 self._commit(batch)
             except BaseException as exc:
                 if is_disk_full(exc):
-                    log.error("audit write refused, the disk holding %s is full", self.path)
+                    log.error("audit write refused, the disk holding %s is full", self.chain.where)
                 else:
                     log.exception("audit write failed")
                 for pending in batch:
@@ -316,58 +279,45 @@ class AuditLog:
                 log.exception("audit commit listener failed")
 
     def _commit_locked(self, batch: list[_Pending]) -> None:
-        conn = self._conn
+        def build(tip: tuple[int, str] | None) -> list[dict[str, object]]:
+            seq, prev = tip if tip else (0, GENESIS)
+            rows = []
+            for pending in batch:
+                pending.seqs.clear()  # a retried build (serialization failure) starts over
+                for event in pending.events:
+                    seq += 1
+                    body: dict[str, object] = dict(zip(_FIELDS, astuple_flat(event), strict=True))
+                    body["outcome"] = str(event.outcome)
+                    digest = _fields_hash(prev, seq, body)
+                    body["seq"], body["prev_hash"], body["hash"] = seq, prev, digest
+                    rows.append(body)
+                    pending.seqs.append(seq)
+                    prev = digest
+            return rows
+
         try:
-            with transaction(conn):
-                tip = conn.execute(
-                    "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1"
-                ).fetchone()
-                seq, prev = (tip[0], tip[1]) if tip else (0, GENESIS)
-                rows = []
-                for pending in batch:
-                    for event in pending.events:
-                        seq += 1
-                        body: dict[str, object] = dict(
-                            zip(_FIELDS, astuple_flat(event), strict=True)
-                        )
-                        body["outcome"] = str(event.outcome)
-                        digest = _fields_hash(prev, seq, body)
-                        rows.append((*body.values(), seq, prev, digest))
-                        pending.seqs.append(seq)
-                        prev = digest
-                if rows:
-                    conn.executemany(_INSERT, rows)
+            self.chain.append(build)
         except BaseException:
             for pending in batch:
                 pending.seqs.clear()
-            if conn.in_transaction:  # the ROLLBACK failed too (disk full): try once more
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
             raise
         self.commits += 1
         self.committed_callers += len(batch)
         self.committed_entries += sum(len(p.events) for p in batch)
 
 
-_INSERT = (
-    f"INSERT INTO audit ({', '.join((*_FIELDS, 'seq', 'prev_hash', 'hash'))}) "
-    f"VALUES ({', '.join('?' for _ in range(len(_FIELDS) + 3))})"
-)
-
-
-def last_signatures(path: Path) -> dict[str, float]:
+def last_signatures(source: AuditLog | AuditChain | Path) -> dict[str, float]:
     """Key ID -> time of the key's last signature (an allowed sign or sign-raw entry).
 
-    A read on its own connection: what ``signer.notary.retire`` asks "unused since"."""
-    conn = connect(path)
-    try:
-        rows = conn.execute(
-            "SELECT key_id, max(time) FROM audit WHERE outcome = ? AND key_id != '' "
-            "AND operation IN ('sign', 'sign-raw') GROUP BY key_id",
-            (Outcome.ALLOWED.value,),
-        ).fetchall()
-    except sqlite3.Error as exc:
-        raise StorageUnavailable(f"cannot read the audit log {path}: {exc}") from exc
-    finally:
-        conn.close()
-    return {str(key_id): float(when) for key_id, when in rows}
+    What ``signer.notary.retire`` asks "unused since"; a path reads the SQLite chain."""
+    if isinstance(source, AuditLog):
+        return source.chain.last_signatures()
+    if isinstance(source, Path):
+        from signer.storage.sqlite.audit import SqliteAuditChain
+
+        chain = SqliteAuditChain(source, synchronous="NORMAL")
+        try:
+            return chain.last_signatures()
+        finally:
+            chain.close()
+    return source.last_signatures()

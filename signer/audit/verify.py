@@ -1,6 +1,7 @@
 """Re-walk the audit chain and its signed checkpoints; say exactly what was tampered with.
 
-Reads the SQLite files directly (read-only), so it works with the daemon running or not.
+Reads the state read-only (``signer.storage``: the SQLite files, or the shared
+database), so it works with the daemon running or not.
 Every row's hash is recomputed from its contents, its sequence number and the previous
 row's hash. A row whose hash does not match is *edited*; a row whose hash matches only
 under another sequence number was *moved*, which tells an insertion (later rows shifted
@@ -19,7 +20,7 @@ the last checkpoint (within the cadence) can be removed or appended without trac
 can anything if the attacker also controls the audit key's registry entry; pin the
 audit key id (``--audit-key-id``) to guard against the latter.
 
-This module reads the key registry's one table it needs itself (read-only, by path),
+The audit keys come from the key registry's table through the same reader (read-only),
 so the audit package imports no key code.
 """
 
@@ -27,8 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,23 +45,8 @@ from signer.audit.checkpoint import (
 )
 from signer.audit.log import AUDIT_ROLE, GENESIS, entry_hash
 from signer.errors import StorageUnavailable
-
-_COLUMNS = (
-    "seq",
-    "time",
-    "principal",
-    "operation",
-    "key_id",
-    "role",
-    "repository",
-    "payload_sha256",
-    "outcome",
-    "code",
-    "detail",
-    "request_id",
-    "prev_hash",
-    "hash",
-)
+from signer.storage.interfaces import AuditReader
+from signer.storage.sqlite.audit import SqliteAuditReader
 
 
 @dataclass(frozen=True)
@@ -109,21 +94,6 @@ class Report:
         return text
 
 
-def open_readonly(path: Path) -> sqlite3.Connection:
-    if not path.exists():
-        raise FileNotFoundError(f"no such database: {path}")
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    conn.row_factory = sqlite3.Row
-    return conn
-
-
-def damaged(path: Path, exc: sqlite3.Error) -> StorageUnavailable:
-    """One line for a file that is not (or no longer) a readable audit database."""
-    return StorageUnavailable(
-        f"cannot read {path}: {exc} (a damaged file, or not a signerd database)"
-    )
-
-
 class PublicAuditKey:
     """A ``CheckpointVerifier`` for a key registered with role ``audit``."""
 
@@ -136,14 +106,6 @@ class PublicAuditKey:
         except Exception:
             return False
         return True
-
-
-def rows(conn: sqlite3.Connection, since: int = 0) -> Iterator[dict[str, Any]]:
-    cursor = conn.execute(
-        f"SELECT {', '.join(_COLUMNS)} FROM audit WHERE seq > ? ORDER BY seq", (since,)
-    )
-    for row in cursor:
-        yield dict(row)
 
 
 def _body(row: dict[str, Any]) -> dict[str, Any]:
@@ -254,21 +216,14 @@ def _classify_moves(moved: list[tuple[int, int]], present: set[int]) -> list[Pro
 
 
 def verify_checkpoints(
-    conn: sqlite3.Connection,
+    checkpoints: list[dict[str, Any]] | None,
     entries_by_seq: dict[int, dict[str, Any]],
     keys: AuditKeys,
     audit_key_id: str | None = None,
 ) -> tuple[int, int, list[Problem]]:
     """Check each checkpoint's signature and that the chain still holds what it signed."""
     problems: list[Problem] = []
-    try:
-        checkpoints = [
-            dict(r)
-            for r in conn.execute(
-                "SELECT id, seq, hash, key_id, body, signature FROM audit_checkpoints ORDER BY id"
-            )
-        ]
-    except sqlite3.OperationalError:
+    if checkpoints is None:  # a chain from before checkpoints
         return 0, 0, []
     problems += _missing_ids([int(cp["id"]) for cp in checkpoints])
     last_seq = 0
@@ -374,7 +329,7 @@ def verify_tail(
 
 def verify_anchors(
     anchor_file: Path,
-    conn: sqlite3.Connection,
+    checkpoints: list[dict[str, Any]],
     entries_by_seq: dict[int, dict[str, Any]],
     tip_seq: int,
     keys: AuditKeys,
@@ -382,12 +337,7 @@ def verify_anchors(
 ) -> tuple[int, list[Problem]]:
     """Every anchored checkpoint is in the database, unchanged, and the chain reaches it."""
     problems: list[Problem] = []
-    stored = {
-        int(r["id"]): dict(r)
-        for r in conn.execute(
-            "SELECT id, seq, hash, key_id, body, signature FROM audit_checkpoints"
-        )
-    }
+    stored = {int(r["id"]): r for r in checkpoints}
     anchored: list[AnchoredCheckpoint] = []
     for number, item in read_anchor_file(anchor_file):
         if isinstance(item, str):
@@ -435,29 +385,24 @@ def verify_anchors(
     return len(anchored), problems
 
 
-def registered_audit_keys(keys_db: Path | None) -> dict[str, CheckpointVerifier]:
-    """Every key registered with role ``audit`` whose id matches its key (read-only)."""
-    if keys_db is None or not keys_db.exists():
+def registered_audit_keys(
+    source: Path | AuditReader | None,
+) -> dict[str, CheckpointVerifier]:
+    """Every key registered with role ``audit`` whose id matches its key (read-only).
+
+    ``source``: the key registry (SQLite keys.db), or a reader of the shared state."""
+    if source is None:
         return {}
-    conn = open_readonly(keys_db)
-    try:
-        found: dict[str, CheckpointVerifier] = {}
-        for row in conn.execute(
-            "SELECT key_id, tuf_key_json FROM keys WHERE role = ?", (AUDIT_ROLE,)
-        ):
-            if hashlib.sha256(row["tuf_key_json"].encode()).hexdigest() == row["key_id"]:
-                found[row["key_id"]] = PublicAuditKey(
-                    key_from_json(row["key_id"], row["tuf_key_json"])
-                )
-        return found
-    except sqlite3.Error as exc:
-        raise damaged(keys_db, exc) from exc
-    finally:
-        conn.close()
+    reader = SqliteAuditReader(source, source) if isinstance(source, Path) else source
+    found: dict[str, CheckpointVerifier] = {}
+    for key_id, tuf_key_json in reader.audit_keys(AUDIT_ROLE):
+        if hashlib.sha256(tuf_key_json.encode()).hexdigest() == key_id:
+            found[key_id] = PublicAuditKey(key_from_json(key_id, tuf_key_json))
+    return found
 
 
 def verify(
-    audit_db: Path,
+    audit_db: Path | AuditReader,
     keys: Path | AuditKeys | None = None,
     audit_key_id: str | None = None,
     settings: CheckpointSettings | None = None,
@@ -465,47 +410,49 @@ def verify(
 ) -> Report:
     """Check the chain, its checkpoints, their cadence and (if given) the anchors.
 
-    ``keys``: the audit keys that may sign checkpoints, or the key registry (keys.db) to
-    read them from. ``settings``: the daemon's cadence (the defaults if not given).
-    Raises StorageUnavailable (one line) when a database cannot be read at all.
+    ``audit_db``: the SQLite audit.db, or a reader of the shared state. ``keys``: the
+    audit keys that may sign checkpoints, or the key registry (keys.db) to read them from
+    (a reader's own registry if not given). ``settings``: the daemon's cadence (the
+    defaults if not given). Raises StorageUnavailable (one line) when the chain cannot be
+    read at all.
     """
-    verifiers = keys if isinstance(keys, Mapping) else registered_audit_keys(keys)
+    reader = SqliteAuditReader(audit_db) if isinstance(audit_db, Path) else audit_db
+    if isinstance(keys, Mapping):
+        verifiers: AuditKeys = keys
+    else:
+        verifiers = registered_audit_keys(keys if keys is not None else _own_keys(audit_db))
     settings = settings or CheckpointSettings()
-    conn = open_readonly(audit_db)
-    try:
-        conn.execute("BEGIN")  # one consistent snapshot of entries and checkpoints
-        entries = list(rows(conn))
-        by_seq = {r["seq"]: r for r in entries}
-        report = Report(entries=len(entries), tip_seq=entries[-1]["seq"] if entries else 0)
-        report.problems = verify_chain(entries)
-        count, last, problems = verify_checkpoints(conn, by_seq, verifiers, audit_key_id)
-        problems += verify_tail(entries, last, settings)
-        if anchor_file is not None:
-            report.anchors, found = verify_anchors(
-                anchor_file, conn, by_seq, report.tip_seq, verifiers, audit_key_id
+    entries, checkpoints = reader.snapshot()
+    by_seq = {r["seq"]: r for r in entries}
+    report = Report(entries=len(entries), tip_seq=entries[-1]["seq"] if entries else 0)
+    report.problems = verify_chain(entries)
+    count, last, problems = verify_checkpoints(checkpoints, by_seq, verifiers, audit_key_id)
+    problems += verify_tail(entries, last, settings)
+    if anchor_file is not None:
+        if checkpoints is None:
+            raise StorageUnavailable(
+                f"cannot read {reader.where}: no such table: audit_checkpoints (a damaged "
+                "file, or not a signerd database)"
             )
-            problems += found
-        conn.execute("COMMIT")
-    except sqlite3.Error as exc:
-        raise damaged(audit_db, exc) from exc
-    finally:
-        conn.close()
+        report.anchors, found = verify_anchors(
+            anchor_file, checkpoints, by_seq, report.tip_seq, verifiers, audit_key_id
+        )
+        problems += found
     report.checkpoints, report.last_checkpoint_seq = count, last
     seen = {(p.kind, p.seq) for p in report.problems}
     report.problems += [p for p in problems if (p.kind, p.seq) not in seen]
     return report
 
 
-def export(audit_db: Path, out: Any, since: int = 0) -> int:
+def _own_keys(audit_db: Path | AuditReader) -> AuditReader | None:
+    return None if isinstance(audit_db, Path) else audit_db
+
+
+def export(audit_db: Path | AuditReader, out: Any, since: int = 0) -> int:
     """Write entries as JSON lines (one object per entry, in order); returns the count."""
-    conn = open_readonly(audit_db)
+    reader = SqliteAuditReader(audit_db) if isinstance(audit_db, Path) else audit_db
     count = 0
-    try:
-        for row in rows(conn, since):
-            out.write(json.dumps(row, sort_keys=True) + "\n")
-            count += 1
-    except sqlite3.Error as exc:
-        raise damaged(audit_db, exc) from exc
-    finally:
-        conn.close()
+    for row in reader.entries(since):
+        out.write(json.dumps(row, sort_keys=True) + "\n")
+        count += 1
     return count

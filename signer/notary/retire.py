@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from signer.audit.log import last_signatures
+from signer.audit.log import AuditLog, last_signatures
 from signer.errors import ConfigError, SignerError
 from signer.notary.store import NotaryKey, NotaryKeyStore
 from signer.pipeline.admission import resource_of
@@ -129,12 +129,12 @@ class Retirer:
         registry: KeyRegistry,
         store: NotaryKeyStore,
         recorder: Recorder,
-        audit_path: Path,
+        audit: AuditLog | Path,
     ) -> None:
         self.registry = registry
         self.store = store
         self.recorder = recorder
-        self.audit_path = audit_path
+        self.audit = audit  # where the last signatures are read
 
     def candidates(self, unused_days: float, idle_repositories: bool = False) -> list[Candidate]:
         active = []
@@ -146,7 +146,7 @@ class Retirer:
             if record.state is KeyState.ACTIVE:
                 active.append((nkey, record))
         return plan(
-            active, last_signatures(self.audit_path), time.time(), unused_days, idle_repositories
+            active, last_signatures(self.audit), time.time(), unused_days, idle_repositories
         )
 
     def retire(self, candidates: list[Candidate]) -> list[Candidate]:

@@ -260,9 +260,7 @@ def mount(daemon: Any) -> None:
     daemon.notary = core
     settings = RetireSettings.from_config(config.extra)
     if settings.unused_days > 0:
-        retirer = Retirer(
-            app.registry, app.notary_keys, app.recorder, config.state_dir / "audit.db"
-        )
+        retirer = Retirer(app.registry, app.notary_keys, app.recorder, app.audit)
         schedule = RetireSchedule(retirer, settings)
         schedule.start()
         daemon.notary_retire = schedule

@@ -14,9 +14,10 @@ Notary's dialect (``_type`` ``Root``/``Targets``/..., Go canonical JSON) has rul
 own, applied here too: see ``signer.policy.notary``. A role hint (``SignRequest.role``)
 other than the key's role is for notary metadata only.
 
-The last version per (key, role) lives in SQLite, shared by the worker processes. It is
-recorded under BEGIN IMMEDIATE *before* the token signs, so two different payloads at
-one version can never both be signed, even by two workers at the same instant. If the
+The last version per (key, role) lives in the shared state (``signer.storage``), used by
+every worker and replica. It is recorded in one transaction *before* the token signs, so
+two different payloads at one version can never both be signed, even by two workers (or
+replicas) at the same instant. If the
 signature is then not released (token fault, audit down), the version stays taken:
 retrying the same bytes still works.
 """
@@ -26,7 +27,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
-import sqlite3
 import time
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -41,23 +41,11 @@ from signer.identity import Principal
 from signer.payload import NotJson, parse_payload
 from signer.policy import Operation, Policy, tuf_limits_of
 from signer.registry import KeyRecord
-from signer.storage.sqlite import Database, transaction
+from signer.storage.interfaces import VersionClaims
+from signer.storage.records import VersionClaim
 
 TOP_LEVEL_ROLES = frozenset({"root", "targets", "snapshot", "timestamp"})
 _TUF_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS tuf_versions (
-    key_id TEXT NOT NULL,
-    role TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    payload_sha256 TEXT NOT NULL,
-    expires TEXT NOT NULL,
-    signed_by TEXT NOT NULL,
-    time REAL NOT NULL,
-    PRIMARY KEY (key_id, role)
-)
-"""
 
 
 @dataclass(frozen=True)
@@ -150,22 +138,25 @@ def max_expiry_days(policy: Policy, role: str) -> float | None:
 
 
 class VersionStore:
-    """The last version each key signed for its role (SQLite, shared by all workers).
+    """The last version each key signed for its role, in a ``VersionClaims`` store shared
+    by every worker and replica (the claim is one transaction there).
 
-    A database that cannot be read or written (the disk is full, the file vanished)
+    A store that cannot be read or written (the disk is full, the database is down)
     raises StorageUnavailable (UNAVAILABLE, naming the cause): nothing is signed. Inline
     on the event loop, a claim that would wait for another process raises WouldBlock
-    before writing (see ``signer.storage.sqlite.Database``).
+    before writing (see ``signer.storage.sqlite.Database``). A path opens the SQLite
+    store there (one host's ``tuf.db``).
     """
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._db = Database(path)
-        with self._db.use() as conn:
-            conn.execute(_SCHEMA)
+    def __init__(self, store: VersionClaims | Path) -> None:
+        if isinstance(store, Path):
+            from signer.storage.sqlite.versions import SqliteVersions
+
+            store = SqliteVersions(store)
+        self._store = store
 
     def close(self) -> None:
-        self._db.close()
+        self._store.close()
 
     def claim(
         self,
@@ -177,80 +168,27 @@ class VersionStore:
     ) -> None:
         """Record ``payload`` as the latest version the key signed for ``role`` (default:
         its own), or refuse a rollback/fork."""
-        with self._db.use() as conn:
-            try:
-                self._claim(conn, key, role or key.role, payload, payload_sha256, principal)
-            except sqlite3.Error:
-                # After a failed COMMIT (disk full) SQLite may keep the transaction open:
-                # end it, or every later claim fails ("cannot start a transaction ...").
-                if conn.in_transaction:
-                    try:
-                        conn.execute("ROLLBACK")
-                    except sqlite3.Error:
-                        pass
-                raise
-
-    @staticmethod
-    def _claim(
-        conn: sqlite3.Connection,
-        key: KeyRecord,
-        role: str,
-        payload: TufPayload,
-        payload_sha256: str,
-        principal: str,
-    ) -> None:
-        # Re-signing exactly the latest payload changes nothing: a read, no write lock.
-        # (Linearised at this read: a higher version claimed later comes after it.)
-        latest = conn.execute(
-            "SELECT version, payload_sha256 FROM tuf_versions WHERE key_id = ? AND role = ?",
-            (key.key_id, role),
-        ).fetchone()
-        if latest is not None and (int(latest[0]), str(latest[1])) == (
-            payload.version,
-            payload_sha256,
-        ):
+        role = role or key.role
+        claim = VersionClaim(
+            key.key_id, role, payload.version, payload_sha256, payload.expires_text, principal
+        )
+        refused = self._store.claim(claim, time.time())
+        if refused is None:
             return
-        with transaction(conn):
-            row = conn.execute(
-                "SELECT version, payload_sha256 FROM tuf_versions WHERE key_id = ? AND role = ?",
-                (key.key_id, role),
-            ).fetchone()
-            if row is not None:
-                last, last_sha = int(row[0]), str(row[1])
-                if payload.version < last:
-                    raise PermissionDenied(
-                        f"{role} version {payload.version} is lower than version {last}, "
-                        f"already signed with key {key.key_id}: versions never go back"
-                    )
-                if payload.version == last and payload_sha256 != last_sha:
-                    raise PermissionDenied(
-                        f"{role} version {payload.version} was already signed with key "
-                        f"{key.key_id} for different content; a new payload needs a new "
-                        "version"
-                    )
-            conn.execute(
-                "INSERT INTO tuf_versions VALUES (?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (key_id, role) DO UPDATE SET version = excluded.version, "
-                "payload_sha256 = excluded.payload_sha256, expires = excluded.expires, "
-                "signed_by = excluded.signed_by, time = excluded.time",
-                (
-                    key.key_id,
-                    role,
-                    payload.version,
-                    payload_sha256,
-                    payload.expires_text,
-                    principal,
-                    time.time(),
-                ),
+        last = refused[0]
+        if payload.version < last:
+            raise PermissionDenied(
+                f"{role} version {payload.version} is lower than version {last}, "
+                f"already signed with key {key.key_id}: versions never go back"
             )
+        raise PermissionDenied(
+            f"{role} version {payload.version} was already signed with key "
+            f"{key.key_id} for different content; a new payload needs a new "
+            "version"
+        )
 
     def last(self, key_id: str, role: str) -> tuple[int, str] | None:
-        with self._db.use() as conn:
-            row = conn.execute(
-                "SELECT version, payload_sha256 FROM tuf_versions WHERE key_id = ? AND role = ?",
-                (key_id, role),
-            ).fetchone()
-        return (int(row[0]), str(row[1])) if row else None
+        return self._store.last(key_id, role)
 
 
 def _notary(payload: bytes) -> dict[str, Any] | None:

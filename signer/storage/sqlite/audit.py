@@ -1,0 +1,231 @@
+"""The audit chain and its checkpoints in SQLite (``audit.db``).
+
+The writer's connection runs with ``synchronous=FULL`` (every commit fsync'd) and each
+append takes the write lock (BEGIN IMMEDIATE) and reads the tip inside it, so several
+worker processes share one chain. Checkpoints use a second connection, so the
+checkpointer never waits behind the writer's lock in this process. The reader opens the
+file read-only (``signerd audit verify`` works with the daemon running or not).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from signer.errors import ConfigError, StorageUnavailable
+from signer.storage.interfaces import AUDIT_COLUMNS, RowBuilder
+from signer.storage.sqlite import connect, transaction
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY,
+    time REAL NOT NULL,
+    principal TEXT NOT NULL,
+    operation TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    role TEXT NOT NULL,
+    repository TEXT NOT NULL,
+    payload_sha256 TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    code TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+)
+"""
+
+# Signed (seq, hash) of the chain's tip, written by signer.audit.checkpoint.
+_CHECKPOINT_SCHEMA = """
+CREATE TABLE IF NOT EXISTS audit_checkpoints (
+    id INTEGER PRIMARY KEY,
+    seq INTEGER NOT NULL UNIQUE,
+    hash TEXT NOT NULL,
+    time REAL NOT NULL,
+    key_id TEXT NOT NULL,
+    body TEXT NOT NULL,
+    signature TEXT NOT NULL
+)
+"""
+
+_INSERT = (
+    f"INSERT INTO audit ({', '.join(AUDIT_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in AUDIT_COLUMNS)})"
+)
+_TIP = "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1"
+_CHECKPOINT_COLUMNS = "id, seq, hash, key_id, body, signature"
+
+
+class SqliteAuditChain:
+    """The chain's table. ``synchronous``: SQLite's setting for commits (FULL: fsync'd)."""
+
+    def __init__(self, path: Path, synchronous: str = "FULL") -> None:
+        self.path = path
+        self.where = str(path)
+        try:
+            self._conn = connect(path, synchronous=synchronous)
+            self._conn.execute(_SCHEMA)
+            self._conn.execute(_CHECKPOINT_SCHEMA)
+        except (StorageUnavailable, sqlite3.DatabaseError) as exc:
+            # Only the daemon's start-up opens the log: a clear message, not a traceback.
+            cause = exc.__cause__ or exc
+            raise ConfigError(
+                f"cannot open the audit log {path}: {cause} (a damaged file, or not a "
+                "database? check the state directory; see `signerd audit verify`)"
+            ) from exc
+        self._side: sqlite3.Connection | None = None  # the checkpointer's
+        self._side_lock = threading.Lock()
+
+    def append(self, build: RowBuilder) -> None:
+        """Raises the sqlite3 error itself (the log tells a full disk apart)."""
+        conn = self._conn
+        try:
+            with transaction(conn):
+                tip = conn.execute(_TIP).fetchone()
+                rows = build((int(tip[0]), str(tip[1])) if tip else None)
+                if rows:
+                    conn.executemany(_INSERT, [tuple(r[c] for c in AUDIT_COLUMNS) for r in rows])
+        except BaseException:
+            if conn.in_transaction:  # the ROLLBACK failed too (disk full): try once more
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with transaction(self._conn):
+            yield
+
+    @contextlib.contextmanager
+    def _checkpoints(self) -> Iterator[sqlite3.Connection]:
+        with self._side_lock:
+            if self._side is None:
+                # FULL, like the entries: an anchored checkpoint must never vanish.
+                self._side = connect(self.path, synchronous="FULL")
+            yield self._side
+
+    def tip(self) -> tuple[int, str] | None:
+        with self._checkpoints() as conn:
+            row = conn.execute(_TIP).fetchone()
+        return (int(row[0]), str(row[1])) if row else None
+
+    def last_checkpoint(self) -> tuple[int, float] | None:
+        with self._checkpoints() as conn:
+            row = conn.execute(
+                "SELECT seq, time FROM audit_checkpoints ORDER BY seq DESC LIMIT 1"
+            ).fetchone()
+        return (int(row[0]), float(row[1])) if row else None
+
+    def add_checkpoint(
+        self, seq: int, tip_hash: str, when: float, key_id: str, body: str, signature: str
+    ) -> int | None:
+        with self._checkpoints() as conn, transaction(conn):
+            cursor = conn.execute(
+                "INSERT OR IGNORE INTO audit_checkpoints"
+                " (seq, hash, time, key_id, body, signature) VALUES (?, ?, ?, ?, ?, ?)",
+                (seq, tip_hash, when, key_id, body, signature),
+            )
+            return cursor.lastrowid if cursor.rowcount == 1 else None
+
+    def last_signatures(self) -> dict[str, float]:
+        conn = connect(self.path)  # a read on its own connection
+        try:
+            rows = conn.execute(
+                "SELECT key_id, max(time) FROM audit WHERE outcome = 'allowed' AND key_id != '' "
+                "AND operation IN ('sign', 'sign-raw') GROUP BY key_id"
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise StorageUnavailable(f"cannot read the audit log {self.path}: {exc}") from exc
+        finally:
+            conn.close()
+        return {str(key_id): float(when) for key_id, when in rows}
+
+    def close(self) -> None:
+        self._conn.close()
+        with self._side_lock:
+            if self._side is not None:
+                self._side.close()
+                self._side = None
+
+
+def open_readonly(path: Path) -> sqlite3.Connection:
+    if not path.exists():
+        raise FileNotFoundError(f"no such database: {path}")
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def damaged(path: Path, exc: sqlite3.Error) -> StorageUnavailable:
+    """One line for a file that is not (or no longer) a readable audit database."""
+    return StorageUnavailable(
+        f"cannot read {path}: {exc} (a damaged file, or not a signerd database)"
+    )
+
+
+class SqliteAuditReader:
+    """The chain in ``path``, read-only; the audit keys from ``keys_db`` (the registry)."""
+
+    def __init__(self, path: Path, keys_db: Path | None = None) -> None:
+        self.path = path
+        self.where = str(path)
+        self.keys_db = keys_db
+
+    def snapshot(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+        conn = open_readonly(self.path)
+        try:
+            conn.execute("BEGIN")  # one consistent snapshot of entries and checkpoints
+            entries = list(_rows(conn))
+            checkpoints: list[dict[str, Any]] | None
+            try:
+                checkpoints = [
+                    dict(r)
+                    for r in conn.execute(
+                        f"SELECT {_CHECKPOINT_COLUMNS} FROM audit_checkpoints ORDER BY id"
+                    )
+                ]
+            except sqlite3.OperationalError:
+                checkpoints = None
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise damaged(self.path, exc) from exc
+        finally:
+            conn.close()
+        return entries, checkpoints
+
+    def entries(self, since: int = 0) -> Iterator[dict[str, Any]]:
+        conn = open_readonly(self.path)
+        try:
+            yield from _rows(conn, since)
+        except sqlite3.Error as exc:
+            raise damaged(self.path, exc) from exc
+        finally:
+            conn.close()
+
+    def audit_keys(self, role: str) -> list[tuple[str, str]]:
+        if self.keys_db is None or not self.keys_db.exists():
+            return []
+        conn = open_readonly(self.keys_db)
+        try:
+            return [
+                (str(r["key_id"]), str(r["tuf_key_json"]))
+                for r in conn.execute(
+                    "SELECT key_id, tuf_key_json FROM keys WHERE role = ?", (role,)
+                )
+            ]
+        except sqlite3.Error as exc:
+            raise damaged(self.keys_db, exc) from exc
+        finally:
+            conn.close()
+
+
+def _rows(conn: sqlite3.Connection, since: int = 0) -> Iterator[dict[str, Any]]:
+    cursor = conn.execute(
+        f"SELECT {', '.join(AUDIT_COLUMNS)} FROM audit WHERE seq > ? ORDER BY seq", (since,)
+    )
+    for row in cursor:
+        yield dict(row)

@@ -1,0 +1,244 @@
+"""The storage contract, run against both backends: SQLite files and a real PostgreSQL."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from signer.audit.log import AuditEvent, AuditLog, Outcome
+from signer.audit.verify import verify
+from signer.errors import AlreadyExists, StorageUnavailable
+from signer.storage import Backend, open_backend
+from signer.storage.records import (
+    KeyRecord,
+    KeyState,
+    NotaryKey,
+    RequestState,
+    SignatureRequest,
+    VersionClaim,
+)
+
+_names = itertools.count()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    if request.param == "sqlite":
+        made = open_backend(tmp_path)
+    else:
+        cluster = request.getfixturevalue("pg_cluster")
+        url = cluster.fresh_database(f"t{next(_names)}_{int(time.time() * 1000)}")
+        made = open_backend(tmp_path, url, cluster.password)
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+@pytest.fixture
+def pg(pg_cluster, tmp_path: Path) -> Iterator[tuple[str, str]]:  # type: ignore[no-untyped-def]
+    url = pg_cluster.fresh_database(f"r{next(_names)}_{int(time.time() * 1000)}")
+    yield url, pg_cluster.password
+
+
+def _key(n: int, role: str = "targets") -> KeyRecord:
+    return KeyRecord(
+        key_id=f"{n:064x}",
+        object_id=f"obj{n}",
+        algorithm_name="ecdsa-sha2-nistp256",
+        label=f"k{n}",
+        role=role,
+        repository="repo",
+        public_key_pem="PEM",
+        tuf_key_json="{}",
+        created_at=float(n),
+    )
+
+
+def test_keys(backend: Backend) -> None:
+    keys = backend.keys()
+    try:
+        keys.add(_key(1))
+        keys.add(_key(2, "root"))
+        with pytest.raises(AlreadyExists):
+            keys.add(_key(1))
+        assert keys.get(_key(1).key_id) == _key(1)
+        assert keys.get("nope") is None
+        assert [k.key_id for k in keys.find(role="root")] == [_key(2).key_id]
+        keys.set_state(_key(1).key_id, KeyState.RETIRED, 5.0, None)
+        got = keys.get(_key(1).key_id)
+        assert got is not None and got.state is KeyState.RETIRED and got.retired_at == 5.0
+        keys.set_certificate(_key(2).key_id, "CERT")
+        assert keys.get(_key(2).key_id).certificate_pem == "CERT"  # type: ignore[union-attr]
+        assert [k.key_id for k in keys.find(state="active")] == [_key(2).key_id]
+    finally:
+        keys.close()
+
+
+def test_a_change_elsewhere_shows_in_changed(backend: Backend, tmp_path: Path) -> None:
+    mine, theirs = backend.keys(), backend.keys()
+    try:
+        mine.changed()
+        assert not mine.changed()
+        theirs.add(_key(3))
+        deadline = time.monotonic() + 1.0
+        while not mine.changed():
+            assert time.monotonic() < deadline, "a change elsewhere did not show within 1 s"
+            time.sleep(0.01)
+    finally:
+        mine.close()
+        theirs.close()
+
+
+def test_versions(backend: Backend) -> None:
+    versions = backend.versions()
+    claim = VersionClaim("k", "targets", 2, "a" * 64, "2030-01-01T00:00:00Z", "alice")
+    assert versions.claim(claim, 1.0) is None
+    assert versions.claim(claim, 2.0) is None  # the same bytes again
+    rollback = VersionClaim("k", "targets", 1, "b" * 64, "2030-01-01T00:00:00Z", "alice")
+    assert versions.claim(rollback, 3.0) == (2, "a" * 64)
+    fork = VersionClaim("k", "targets", 2, "c" * 64, "2030-01-01T00:00:00Z", "alice")
+    assert versions.claim(fork, 3.0) == (2, "a" * 64)
+    assert versions.last("k", "targets") == (2, "a" * 64)
+    assert versions.last("k", "root") is None
+    versions.close()
+
+
+def test_concurrent_claims_of_one_version_sign_one_payload(backend: Backend) -> None:
+    stores = [backend.versions() for _ in range(4)]
+    won: list[str] = []
+
+    def claim(i: int) -> None:
+        digest = f"{i}" * 64
+        c = VersionClaim("k", "snapshot", 7, digest, "2030-01-01T00:00:00Z", f"p{i}")
+        if stores[i].claim(c, time.time()) is None:
+            won.append(digest)
+
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(won) == 1
+
+
+def test_quorum(backend: Backend) -> None:
+    quorum = backend.quorum()
+    request = SignatureRequest(
+        "r1", "k", b"payload", "d" * 64, "alice", "why", 2, RequestState.PENDING, 1.0, 1e12
+    )
+    quorum.add(request)
+    assert quorum.get("r1") == request
+    assert quorum.get("nope") is None
+    seen: list[SignatureRequest | None] = []
+    after = quorum.approve("r1", "bob", 2.0, seen.append)
+    assert after is not None and after.approvers == ("bob",) and after.state is RequestState.PENDING
+    with pytest.raises(PermissionError):
+        quorum.approve("r1", "carol", 3.0, _refuse)
+    assert quorum.get("r1").approvers == ("bob",)  # type: ignore[union-attr]
+    after = quorum.approve("r1", "carol", 3.0, lambda r: None)
+    assert after is not None and after.state is RequestState.APPROVED
+    assert quorum.claim("r1", 4.0)
+    assert not quorum.claim("r1", 4.0)
+    assert quorum.get("r1").state is RequestState.FULFILLED  # type: ignore[union-attr]
+
+
+def _refuse(request: SignatureRequest | None) -> None:
+    raise PermissionError("no")
+
+
+def test_notary_keys(backend: Backend) -> None:
+    notary = backend.notary()
+    key = NotaryKey("n1", "k1", "ecdsa", b"\x00\x01", "targets", "docker.io/x")
+    notary.add(key, 1.0)
+    assert notary.get("n1") == key
+    assert notary.get("n2") is None
+    assert notary.all() == [key]
+
+
+def test_buckets(backend: Backend) -> None:
+    buckets = backend.buckets()
+    assert buckets.take("p", 1.0, 3, 2) == 0.0
+    assert buckets.take("p", 1.0, 3, 1) == 0.0
+    assert buckets.take("p", 1.0, 3, 1) > 0.5
+    buckets.close()
+
+
+def test_audit_chain_verifies(backend: Backend) -> None:
+    audit = AuditLog(backend.audit())
+    try:
+        for i in range(5):
+            audit.record(AuditEvent("alice", "sign", Outcome.ALLOWED, key_id=f"k{i}"))
+        assert audit.chain.tip() is not None and audit.chain.tip()[0] == 5  # type: ignore[index]
+        assert audit.chain.add_checkpoint(5, audit.chain.tip()[1], 1.0, "a", "{}", "00") == 1  # type: ignore[index]
+        assert audit.chain.add_checkpoint(5, "x", 1.0, "a", "{}", "00") is None
+        assert audit.chain.last_checkpoint() == (5, 1.0)
+        assert set(audit.chain.last_signatures()) == {f"k{i}" for i in range(5)}
+    finally:
+        audit.close()
+    entries, _ = backend.audit_reader().snapshot()
+    assert [e["seq"] for e in entries] == [1, 2, 3, 4, 5]
+    report = verify(backend.audit_reader(), {})
+    assert report.entries == 5
+    assert "edited" not in report.kinds() and "deleted" not in report.kinds()
+
+
+def test_replicas_append_one_chain(pg: tuple[str, str], tmp_path: Path) -> None:
+    url, password = pg
+    a, b = open_backend(tmp_path, url, password), open_backend(tmp_path, url, password)
+    logs = [AuditLog(a.audit()), AuditLog(b.audit())]
+    try:
+
+        def hammer(log: AuditLog, who: str) -> None:
+            for i in range(40):
+                log.record(AuditEvent(who, "sign", Outcome.ALLOWED, key_id=f"{who}{i}"))
+
+        threads = [
+            threading.Thread(target=hammer, args=(log, f"r{n}{t}"))
+            for n, log in enumerate(logs)
+            for t in range(2)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        for log in logs:
+            log.close()
+    entries, _ = a.audit_reader().snapshot()
+    assert [e["seq"] for e in entries] == list(range(1, 161))
+    assert not verify(a.audit_reader(), {}).kinds() & {"edited", "deleted", "inserted"}
+    a.close()
+    b.close()
+
+
+def test_database_down_is_unavailable_then_recovers(
+    pg_cluster,
+    pg: tuple[str, str],
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    url, password = pg
+    state = open_backend(tmp_path, url, password)
+    versions = state.versions()
+    try:
+        claim = VersionClaim("k", "targets", 1, "a" * 64, "2030-01-01T00:00:00Z", "alice")
+        assert versions.claim(claim, 1.0) is None
+        pg_cluster.stop()
+        try:
+            with pytest.raises(StorageUnavailable):
+                versions.claim(claim, 2.0)
+            assert not state.healthy()
+        finally:
+            pg_cluster.start()
+        deadline = time.monotonic() + 10
+        while not state.healthy():
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert versions.last("k", "targets") == (1, "a" * 64)
+    finally:
+        state.close()
