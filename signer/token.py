@@ -79,6 +79,7 @@ _STALE_HANDLE: tuple[type[Exception], ...] = (p11.ObjectHandleInvalid, p11.KeyHa
 
 # The token refused the PIN: never retried behind the operator's back.
 _PIN_REFUSED: tuple[type[Exception], ...] = (p11.PinIncorrect, p11.PinLocked, p11.PinExpired)
+_FIND_ATTEMPTS = 5  # looks for the token by label before it counts as gone
 
 _ED25519_OID = "1.3.101.112"
 # An object still missing after a re-open is not re-opened for again for this long (per
@@ -554,7 +555,7 @@ class Token:
         kwargs: dict[str, str] = {"token_label": self.settings.label}
         if self.settings.serial:
             kwargs["token_serial"] = self.settings.serial
-        token = self._lib.get_token(**kwargs)
+        token = self._find_token(kwargs)
         self.login_attempts += 1
         try:
             self._session = token.open(rw=True, user_pin=self.settings.pin)
@@ -568,6 +569,22 @@ class Token:
             raise TokenUnavailable(self._pin_refused) from exc
         self._missing.clear()
         self._set_health(None)
+
+    def _find_token(self, kwargs: dict[str, str]) -> Any:
+        """The token by label. SoftHSM rescans its token directory on C_Initialize; while
+        another process (a second worker creating a key) rewrites the token's files, the
+        token can be missing from that scan for a moment: look again before giving up."""
+        assert self._lib is not None
+        for attempt in range(_FIND_ATTEMPTS):
+            try:
+                return self._lib.get_token(**kwargs)
+            except p11.NoSuchToken:
+                if attempt == _FIND_ATTEMPTS - 1:
+                    raise
+            time.sleep(0.02)
+            with contextlib.suppress(p11.PKCS11Error):
+                self._lib.reinitialize()
+        raise AssertionError("unreachable")
 
     def _mark_broken(self, exc: BaseException) -> None:
         self._session = None
