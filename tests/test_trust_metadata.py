@@ -51,14 +51,12 @@ from signer_client.trust.metadata import (
     Snapshot,
     Targets,
     Timestamp,
-    TrustPinning,
     VerificationError,
     certificate_key,
     ecdsa_key,
     ed25519_key,
     go_time,
     parse_go_time,
-    verify_repository,
     verify_role,
 )
 from signer_client.trust.notary_server import (
@@ -69,6 +67,7 @@ from signer_client.trust.notary_server import (
     ServerUnavailableError,
     UnauthorizedError,
 )
+from signer_client.trust.verify import TrustPinning, verify_repository
 
 GUN = "example.com/trust-model"
 MODEL_GUN = "example.com/built-by-model"

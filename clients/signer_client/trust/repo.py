@@ -36,12 +36,11 @@ from signer_client.trust.metadata import (
     Snapshot,
     Targets,
     Timestamp,
-    TrustPinning,
     VerificationError,
-    verify_repository,
 )
 from signer_client.trust.notary_server import NotaryServerClient, RepositoryNotFoundError
 from signer_client.trust.state import PendingCeremony, TrustDir
+from signer_client.trust.verify import TrustPinning, verify_repository
 
 ROOT, TARGETS, SNAPSHOT, TIMESTAMP = "root", "targets", "snapshot", "timestamp"
 RELEASES = "targets/releases"
@@ -735,7 +734,3 @@ def _pending_lines(gun: str, operation: str, requests: dict[str, str]) -> tuple[
         f"--payload-sha256 ...`; then `signer-trust ceremony finish {gun}`."
     )
     return tuple(lines)
-
-
-def _old_root_notary_id(ceremony: PendingCeremony, key_id: str) -> str:
-    raise TrustError(f"key {key_id} of the pending ceremony is no longer in its root")
