@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import hashlib
+import json
+import secrets
 import shutil
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from securesystemslib.formats import encode_canonical
 
 from harness import Daemon, create_token, free_port
+from signer.v1 import signer_pb2 as pb
 from signer_client.errors import ClientError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,16 +40,37 @@ def _tuf(version: int, note: str = "") -> bytes:
     return str(encode_canonical(signed)).encode()
 
 
-@pytest.fixture
-def replicas(tmp_path: Path, pg_cluster) -> Iterator[tuple[Daemon, Daemon]]:  # type: ignore[no-untyped-def]
-    url = pg_cluster.fresh_database(f"replicas_{int(time.time() * 1000)}")
+def _tuf_root(version: int) -> bytes:
+    """A root role's ``signed`` (no keys: the daemon checks the version and expiry)."""
+    signed = {
+        "_type": "root",
+        "spec_version": "1.0.31",
+        "version": version,
+        "expires": "2030-01-01T00:00:00Z",
+        "consistent_snapshot": True,
+        "keys": {},
+        "roles": {},
+    }
+    return str(encode_canonical(signed)).encode()
+
+
+@contextlib.contextmanager
+def serving(
+    tmp_path: Path,
+    pg_cluster: Any,
+    names: Sequence[str] = ("a", "b"),
+    policy: str | None = None,
+    clients: Sequence[str] = ("admin", "alice"),
+) -> Iterator[list[Daemon]]:
+    """Replicas ``names``: one token, one PKI, one fresh database; stopped afterwards."""
+    url = pg_cluster.fresh_database(f"replicas_{secrets.token_hex(6)}")
     password = tmp_path / "db-password"
     password.write_text(pg_cluster.password)
     password.chmod(0o600)
-    env = create_token(tmp_path / "hsm")  # one token for both (a network HSM in production)
-    daemons = []
+    env = create_token(tmp_path / "hsm")  # one token for all (a network HSM in production)
+    daemons: list[Daemon] = []
     try:
-        for name in ("a", "b"):
+        for name in names:
             root = tmp_path / name
             root.mkdir()
             if daemons:  # one PKI: a client's certificate works on every replica
@@ -50,19 +79,44 @@ def replicas(tmp_path: Path, pg_cluster) -> Iterator[tuple[Daemon, Daemon]]:  # 
                 root=root,
                 port=free_port(),
                 env=env,
-                clients=["admin", "alice"],
+                clients=list(clients),
+                policy=policy,
                 state_options=f'url = "{url}"\npassword_file = "{password}"\nreplica = "{name}"',
             )
             daemon.start()
             daemons.append(daemon)
-        yield daemons[0], daemons[1]
+        yield daemons
     finally:
         for daemon in daemons:
-            daemon.stop()
+            if daemon.proc is not None and daemon.proc.poll() is None:
+                daemon.stop()
+
+
+@pytest.fixture
+def replicas(tmp_path: Path, pg_cluster: Any) -> Iterator[tuple[Daemon, Daemon]]:
+    with serving(tmp_path, pg_cluster) as (a, b):
+        yield a, b
+
+
+def signerd(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
+    """``signerd ARGS --config`` the daemon's config (e.g. ``audit verify``)."""
+    return subprocess.run(
+        [sys.executable, "-m", "signer.cli", *args, "--config", str(daemon.config_path)],
+        capture_output=True,
+        text=True,
+        env=dict(daemon.env, PYTHONPATH=f"{ROOT}:{ROOT / 'clients'}"),
+        timeout=60,
+    )
+
+
+def refused(call: Callable[[], object]) -> ClientError:
+    with pytest.raises(ClientError) as info:
+        call()
+    return info.value
 
 
 def test_replicas_share_keys_versions_and_the_audit_chain(
-    replicas: tuple[Daemon, Daemon], tmp_path: Path
+    replicas: tuple[Daemon, Daemon],
 ) -> None:
     a, b = replicas
     with a.client("admin") as admin_a, b.client("admin") as admin_b:
@@ -89,12 +143,171 @@ def test_replicas_share_keys_versions_and_the_audit_chain(
             assert time.monotonic() - retired < 1.0, "B still signs with a key retired on A"
             time.sleep(0.02)
     # One audit chain for both, verifiable with `signerd audit verify`.
-    done = subprocess.run(
-        [sys.executable, "-m", "signer.cli", "audit", "verify", "--config", str(a.config_path)],
-        capture_output=True,
-        text=True,
-        env=dict(a.env, PYTHONPATH=f"{ROOT}:{ROOT / 'clients'}"),
-        timeout=60,
-    )
+    done = signerd(a, "audit", "verify")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "OK:" in done.stdout, done.stdout
+
+
+QUORUM_POLICY = """
+[[rules]]
+principals = ["admin"]
+operations = ["create", "read"]
+
+[[rules]]
+principals = ["alice"]
+operations = ["sign", "read"]
+keys = { roles = ["root"] }
+
+[[rules]]
+principals = ["carol", "dave"]
+operations = ["approve"]
+keys = { roles = ["root"] }
+
+[quorum]
+approvals = 2
+window_seconds = 3600
+"""
+
+
+def test_quorum_request_on_a_approved_through_b_and_c_signs_once(
+    tmp_path: Path, pg_cluster: Any
+) -> None:
+    with serving(
+        tmp_path, pg_cluster, ("a", "b", "c"), QUORUM_POLICY, ("admin", "alice", "carol", "dave")
+    ) as (a, b, c):
+        with a.client("admin") as admin:
+            key = admin.create_key("root-1", "ecdsa-sha2-nistp256", role="root", quorum=True)
+        payload = _tuf_root(1)
+        digest = hashlib.sha256(payload).hexdigest()
+        with (
+            a.client("alice") as alice_a,
+            b.client("alice") as alice_b,
+            b.client("carol") as carol_b,
+            c.client("dave") as dave_c,
+        ):
+            rid = alice_a.request_signature(key.key_id, payload, "root rotation").request_id
+            assert list(carol_b.approve(rid, digest).approvers) == ["carol"]
+            # One approval (made on B) is not enough, on A or on B.
+            for alice in (alice_a, alice_b):
+                error = refused(functools.partial(alice.sign, key.key_id, payload, request_id=rid))
+                assert error.code == grpc.StatusCode.FAILED_PRECONDITION
+                assert error.message == f"signature request {rid} has 1 of 2 approvals"
+            assert refused(lambda: dave_c.approve(rid, "0" * 64)).code == (
+                grpc.StatusCode.FAILED_PRECONDITION
+            )
+            approved = dave_c.approve(rid, digest)
+            assert approved.state == pb.APPROVED
+            assert sorted(approved.approvers) == ["carol", "dave"]
+            assert alice_b.get_signature_request(rid).state == pb.APPROVED
+
+            # Sign through A and B at the same instant: exactly one signature.
+            start = threading.Barrier(2)
+            results: dict[str, object] = {}
+
+            def sign(name: str, client: Any) -> None:
+                start.wait()
+                try:
+                    results[name] = client.sign(key.key_id, payload, request_id=rid)
+                except ClientError as exc:
+                    results[name] = exc
+
+            threads = [
+                threading.Thread(target=sign, args=(n, cl))
+                for n, cl in (("a", alice_a), ("b", alice_b))
+            ]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=30)
+            signed = {n: r for n, r in results.items() if isinstance(r, pb.SignResponse)}
+            errors = [r for r in results.values() if isinstance(r, ClientError)]
+            assert len(signed) == 1 and len(errors) == 1, results
+            assert errors[0].code == grpc.StatusCode.FAILED_PRECONDITION, errors[0]
+            assert "already signed" in errors[0].message, errors[0].message
+            # And once fulfilled, no replica signs it again.
+            for alice in (alice_a, alice_b):
+                error = refused(functools.partial(alice.sign, key.key_id, payload, request_id=rid))
+                assert error.code == grpc.StatusCode.FAILED_PRECONDITION
+                assert "already signed" in error.message
+            assert alice_a.get_signature_request(rid).state == pb.FULFILLED
+        done = signerd(a, "audit", "export")
+        assert done.returncode == 0, done.stderr
+        rows = [json.loads(line) for line in done.stdout.splitlines()]
+        signs = [r for r in rows if r["request_id"] == rid and r["operation"] == "sign"]
+        assert [r["outcome"] for r in signs].count("allowed") == 1, signs
+
+
+RATE, BURST = 10.0, 10
+RATE_POLICY = f"""
+[[rules]]
+principals = ["admin"]
+operations = ["create", "read"]
+
+[[rules]]
+principals = ["ci"]
+operations = ["sign-raw", "read"]
+
+[rate_limits]
+ci = {{ rate = {RATE}, burst = {BURST} }}
+"""
+
+
+def test_a_rate_limit_holds_across_replicas(tmp_path: Path, pg_cluster: Any) -> None:
+    with serving(tmp_path, pg_cluster, ("a", "b"), RATE_POLICY, ("admin", "ci")) as (a, b):
+        with a.client("admin") as admin:
+            key = admin.create_key("raw", "ecdsa-sha2-nistp256", role="targets")
+        counts = {"a": 0, "b": 0}
+        refusals = 0
+        other: list[BaseException] = []
+        lock = threading.Lock()
+        clients = {
+            (name, i): daemon.client("ci")
+            for name, daemon in (("a", a), ("b", b))
+            for i in range(3)
+        }
+        start = threading.Barrier(len(clients) + 1)
+        seconds = 3.0
+
+        def hammer(name: str, client: Any) -> None:
+            nonlocal refusals
+            start.wait()
+            deadline = time.monotonic() + seconds
+            i = 0
+            while time.monotonic() < deadline:
+                i += 1
+                try:
+                    client.sign(key.key_id, f"{name} {threading.get_ident()} {i}".encode())
+                    with lock:
+                        counts[name] += 1
+                except ClientError as exc:
+                    if exc.code != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                        with lock:
+                            other.append(exc)
+                        return
+                    with lock:
+                        refusals += 1
+                    time.sleep(0.002)
+
+        threads = [
+            threading.Thread(target=hammer, args=(name, client))
+            for (name, _), client in clients.items()
+        ]
+        try:
+            for t in threads:
+                t.start()
+            start.wait()
+            began = time.monotonic()
+            for t in threads:
+                t.join(timeout=30)
+            elapsed = time.monotonic() - began
+        finally:
+            for client in clients.values():
+                client.close()
+        assert not other, other
+        signed = counts["a"] + counts["b"]
+        limit = BURST + RATE * elapsed  # what one signer allows the principal meanwhile
+        assert counts["a"] > 0 and counts["b"] > 0 and refusals > 0, (counts, refusals)
+        assert abs(signed - limit) <= 0.1 * limit, (
+            f"{counts} signatures in {elapsed:.2f}s through two replicas; one limit allows "
+            f"{limit:.0f}"
+        )
