@@ -89,7 +89,7 @@ class SignerApp:
         config.state_dir.mkdir(parents=True, exist_ok=True)
         self.state = backend or open_state(config)
         self.registry = KeyRegistry(self.state.keys())
-        self.audit = AuditLog(self.state.audit())
+        self.audit = AuditLog(self.state.audit(), replica=config.state.replica_name)
         self.buckets = self.state.buckets()  # shared by workers (and replicas)
         self.policy: Policy = load_policy(config, self.buckets)
         self.versions = VersionStore(self.state.versions())

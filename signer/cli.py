@@ -147,7 +147,7 @@ def _notary_retire(args: argparse.Namespace) -> int:
     config = load_config(Path(args.config))
     state = open_state(config)
     registry, store = KeyRegistry(state.keys()), NotaryKeyStore(state.notary())
-    audit = AuditLog(state.audit())
+    audit = AuditLog(state.audit(), replica=config.state.replica_name)
     try:
         retirer = Retirer(registry, store, Recorder(audit), audit)
         found = retirer.candidates(args.days, args.idle_repositories)

@@ -92,6 +92,16 @@ class StateConfig:
     password_file: Path | None = None
     replica: str = ""
 
+    @property
+    def replica_name(self) -> str:
+        """The name each audit entry records: ``replica``, else (a shared database) the
+        host's name; empty for SQLite without one (entries hash as they always did)."""
+        if self.replica or not self.url or self.url.startswith("sqlite:"):
+            return self.replica
+        import socket
+
+        return socket.gethostname()
+
     def read_password(self) -> str | None:
         if self.password_file is not None:
             try:

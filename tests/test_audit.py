@@ -291,8 +291,10 @@ def test_cli_verify_and_export(
     assert lines[: len(rows)] == rows[: len(lines)] and len(lines) >= 32
     assert set(lines[0]) == {
         "seq", "time", "principal", "operation", "key_id", "role", "repository",
-        "payload_sha256", "outcome", "code", "detail", "request_id", "prev_hash", "hash",
+        "payload_sha256", "outcome", "code", "detail", "request_id", "replica", "prev_hash",
+        "hash",
     }  # fmt: skip
+    assert lines[0]["replica"] == ""  # one host without [state] replica: nobody to name
     buffer = io.StringIO()
     assert export(served.state / "audit.db", buffer, since=30) == len(audit_rows(served.state)) - 30
     state = _copy_state(served, tmp_path / "copy")

@@ -143,9 +143,20 @@ def test_replicas_share_keys_versions_and_the_audit_chain(
             assert time.monotonic() - retired < 1.0, "B still signs with a key retired on A"
             time.sleep(0.02)
     # One audit chain for both, verifiable with `signerd audit verify`.
-    done = signerd(a, "audit", "verify")
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "OK:" in done.stdout, done.stdout
+    for replica in (a, b):
+        done = signerd(replica, "audit", "verify")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "OK:" in done.stdout, done.stdout
+    # Each entry names the replica that wrote it.
+    done = signerd(b, "audit", "export")
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    assert {r["replica"] for r in rows} == {"a", "b"}, rows
+    mine = [(r["operation"], r["outcome"], r["replica"]) for r in rows if r["key_id"] == key.key_id]
+    assert mine[0] == ("create", "allowed", "a"), mine
+    assert ("retire", "allowed", "a") in mine
+    assert mine.count(("sign", "denied", "b")) == 2  # the rollback and the fork
+    assert ("sign-raw", "allowed", "b") in mine and mine[-1] == ("sign-raw", "failed", "b")
 
 
 QUORUM_POLICY = """

@@ -86,15 +86,23 @@ def astuple_flat(event: AuditEvent) -> tuple[object, ...]:
 # One encoder, made once: ``json.dumps`` with options builds a new encoder per call.
 _ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
 _NOT_HASHED = frozenset(("seq", "prev_hash", "hash"))
+# Fields added after the first release: part of the hashed material only when non-empty,
+# so a chain written before them (or by a daemon that leaves them empty) hashes as it did.
+OPTIONAL_FIELDS = frozenset(("replica",))
 
 
 def entry_hash(prev_hash: str, seq: int, event: dict[str, object]) -> str:
     """The chain link: sha256 over the previous hash, the sequence and the entry's fields.
 
     The material is ``json.dumps([prev_hash, seq, fields], sort_keys=True,
-    separators=(",", ":"))``; the verifier recomputes exactly that.
+    separators=(",", ":"))``, where ``fields`` leaves out an empty ``replica`` (entries
+    from before replicas were named); the verifier recomputes exactly that.
     """
-    body = {k: v for k, v in event.items() if k not in _NOT_HASHED}
+    body = {
+        k: v
+        for k, v in event.items()
+        if k not in _NOT_HASHED and not (k in OPTIONAL_FIELDS and not v)
+    }
     return hashlib.sha256(_ENCODER.encode([prev_hash, seq, body]).encode()).hexdigest()
 
 
@@ -149,7 +157,8 @@ class AuditLog:
     A path opens the SQLite chain there, ``synchronous`` its setting for commits (FULL:
     fsync'd). ``linger_seconds``: how long the writer waits for more callers before a
     commit when the previous commit carried more than one caller (under load); alone, it
-    never waits.
+    never waits. ``replica``: the name each entry records (``[state] replica``: which
+    replica of a shared chain wrote it); empty, entries hash as before replicas.
     """
 
     def __init__(
@@ -158,6 +167,7 @@ class AuditLog:
         *,
         synchronous: str = "FULL",
         linger_seconds: float = 0.0002,
+        replica: str = "",
     ) -> None:
         if isinstance(chain, Path):
             from signer.storage.sqlite.audit import SqliteAuditChain
@@ -165,6 +175,7 @@ class AuditLog:
             chain = SqliteAuditChain(chain, synchronous=synchronous)
         self.chain = chain
         self.linger_seconds = linger_seconds
+        self.replica = replica
         self._cv = threading.Condition()
         self._commit_lock = threading.Lock()
         self._queue: list[_Pending] = []
@@ -279,6 +290,8 @@ class AuditLog:
                 log.exception("audit commit listener failed")
 
     def _commit_locked(self, batch: list[_Pending]) -> None:
+        replica = self.replica
+
         def build(tip: tuple[int, str] | None) -> list[dict[str, object]]:
             seq, prev = tip if tip else (0, GENESIS)
             rows = []
@@ -288,7 +301,11 @@ class AuditLog:
                     seq += 1
                     body: dict[str, object] = dict(zip(_FIELDS, astuple_flat(event), strict=True))
                     body["outcome"] = str(event.outcome)
+                    if replica:  # hashed only when named (see entry_hash)
+                        body["replica"] = replica
                     digest = _fields_hash(prev, seq, body)
+                    if not replica:
+                        body["replica"] = ""
                     body["seq"], body["prev_hash"], body["hash"] = seq, prev, digest
                     rows.append(body)
                     pending.seqs.append(seq)

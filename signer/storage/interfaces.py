@@ -23,6 +23,9 @@ from signer.storage.records import (
 )
 
 # The audit table's columns, in the order ``signerd audit export`` and the verifier use.
+# ``replica``: the replica that wrote the entry (``[state] replica``), added after the
+# first release: hashed only when non-empty (``signer.audit.log.entry_hash``), and read
+# as "" from a chain made before it.
 AUDIT_COLUMNS = (
     "seq",
     "time",
@@ -36,6 +39,7 @@ AUDIT_COLUMNS = (
     "code",
     "detail",
     "request_id",
+    "replica",
     "prev_hash",
     "hash",
 )

@@ -14,6 +14,7 @@ from typing import Any
 
 import psycopg
 
+from signer.errors import ConfigError
 from signer.storage.interfaces import AUDIT_COLUMNS, RowBuilder
 from signer.storage.postgresql.db import Database
 
@@ -25,12 +26,17 @@ _INSERT = (
     f"VALUES ({', '.join('%s' for _ in AUDIT_COLUMNS)})"
 )
 _CHECKPOINTS = "SELECT id, seq, hash, key_id, body, signature FROM audit_checkpoints"
+# Columns added after the first release: the chain adds them when it opens (one replica
+# at a time, under the chain's lock); a database not yet opened by a daemon that knows
+# them reads them as "" (which the hash leaves out).
+_ADDED_COLUMNS = {"replica": "TEXT NOT NULL DEFAULT ''"}
 
 
 class PostgresAuditChain:
     def __init__(self, db: Database) -> None:
         self._db = db
         self.where = db.where
+        db.run(_add_missing_columns)
 
     def append(self, build: RowBuilder) -> None:
         def work(conn: psycopg.Connection[Any]) -> None:
@@ -106,7 +112,7 @@ class PostgresAuditReader:
             conn: psycopg.Connection[Any],
         ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            entries = _dicts(conn, f"SELECT {', '.join(AUDIT_COLUMNS)} FROM audit ORDER BY seq")
+            entries = _dicts(conn, f"SELECT {_selected(conn)} FROM audit ORDER BY seq")
             return entries, _dicts(conn, _CHECKPOINTS + " ORDER BY id")
 
         return self._db.run(work)
@@ -115,7 +121,7 @@ class PostgresAuditReader:
         yield from self._db.run(
             lambda conn: _dicts(
                 conn,
-                f"SELECT {', '.join(AUDIT_COLUMNS)} FROM audit WHERE seq > %s ORDER BY seq",
+                f"SELECT {_selected(conn)} FROM audit WHERE seq > %s ORDER BY seq",
                 (since,),
             ),
             transaction=False,
@@ -129,6 +135,40 @@ class PostgresAuditReader:
             transaction=False,
         )
         return [(str(r[0]), str(r[1])) for r in rows]
+
+
+def _present(conn: psycopg.Connection[Any]) -> set[str]:
+    return {
+        str(row[0])
+        for row in conn.execute(
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_schema = current_schema() AND table_name = 'audit'"
+        ).fetchall()
+    }
+
+
+def _add_missing_columns(conn: psycopg.Connection[Any]) -> None:
+    if all(name in _present(conn) for name in _ADDED_COLUMNS):
+        return  # the usual case: no lock taken, no DDL
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (_CHAIN_LOCK,))
+    present = _present(conn)  # another replica may have added them meanwhile
+    for name, kind in _ADDED_COLUMNS.items():
+        if name not in present:
+            try:
+                conn.execute(f"ALTER TABLE audit ADD COLUMN {name} {kind}")
+            except psycopg.errors.InsufficientPrivilege as exc:
+                raise ConfigError(
+                    f"the audit table in {conn.info.dbname} lacks its {name} column and this "
+                    f"role may not add it: run `ALTER TABLE audit ADD COLUMN {name} {kind}` "
+                    "as the table's owner"
+                ) from exc
+
+
+def _selected(conn: psycopg.Connection[Any]) -> str:
+    present = _present(conn)
+    return ", ".join(
+        c if c in present or c not in _ADDED_COLUMNS else f"'' AS {c}" for c in AUDIT_COLUMNS
+    )
 
 
 def _dicts(

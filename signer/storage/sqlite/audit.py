@@ -34,10 +34,14 @@ CREATE TABLE IF NOT EXISTS audit (
     code TEXT NOT NULL,
     detail TEXT NOT NULL,
     request_id TEXT NOT NULL,
+    replica TEXT NOT NULL DEFAULT '',
     prev_hash TEXT NOT NULL,
     hash TEXT NOT NULL
 )
 """
+# Columns added after the first release: a chain made before them gains them on open
+# (its entries read as "", which the hash leaves out: they verify as they did).
+_ADDED_COLUMNS = {"replica": "TEXT NOT NULL DEFAULT ''"}
 
 # Signed (seq, hash) of the chain's tip, written by signer.audit.checkpoint.
 _CHECKPOINT_SCHEMA = """
@@ -70,6 +74,7 @@ class SqliteAuditChain:
             self._conn = connect(path, synchronous=synchronous)
             self._conn.execute(_SCHEMA)
             self._conn.execute(_CHECKPOINT_SCHEMA)
+            _add_missing_columns(self._conn)
         except (StorageUnavailable, sqlite3.DatabaseError) as exc:
             # Only the daemon's start-up opens the log: a clear message, not a traceback.
             cause = exc.__cause__ or exc
@@ -223,9 +228,29 @@ class SqliteAuditReader:
             conn.close()
 
 
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    present = {row[1] for row in conn.execute("PRAGMA table_info(audit)")}
+    if all(name in present for name in _ADDED_COLUMNS):
+        return
+    with transaction(conn):
+        present = {row[1] for row in conn.execute("PRAGMA table_info(audit)")}
+        for name, kind in _ADDED_COLUMNS.items():
+            if name not in present:  # another worker may have added it meanwhile
+                conn.execute(f"ALTER TABLE audit ADD COLUMN {name} {kind}")
+
+
+def _selected(conn: sqlite3.Connection) -> str:
+    """The columns to read: a column added since reads as "" from a file made before it
+    (opened read-only: the reader never adds it)."""
+    present = {row[1] for row in conn.execute("PRAGMA table_info(audit)")}
+    return ", ".join(
+        c if c in present or c not in _ADDED_COLUMNS else f"'' AS {c}" for c in AUDIT_COLUMNS
+    )
+
+
 def _rows(conn: sqlite3.Connection, since: int = 0) -> Iterator[dict[str, Any]]:
     cursor = conn.execute(
-        f"SELECT {', '.join(AUDIT_COLUMNS)} FROM audit WHERE seq > ? ORDER BY seq", (since,)
+        f"SELECT {_selected(conn)} FROM audit WHERE seq > ? ORDER BY seq", (since,)
     )
     for row in cursor:
         yield dict(row)
