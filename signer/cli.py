@@ -165,6 +165,33 @@ def _notary_retire(args: argparse.Namespace) -> int:
     return 0
 
 
+def _state_url(args: argparse.Namespace, url: str | None) -> tuple[str, str | None]:
+    """The state a ``state`` command works on and its database password: ``url`` (the
+    password from --password-file or $SIGNER_DB_PASSWORD), else the config's ``[state]``."""
+    from signer.config import StateConfig, _url_password, load_config
+
+    if url is None:
+        config = load_config(Path(args.config))
+        if not config.state.url:
+            return f"sqlite://{config.state_dir.resolve()}", None
+        state = config.state
+    else:
+        if _url_password(url):
+            raise ConfigError("no password in the URL: use --password-file or $SIGNER_DB_PASSWORD")
+        pw_file = Path(args.password_file) if args.password_file else None
+        state = StateConfig(url=url, password_file=pw_file)
+    assert state.url is not None
+    return state.url, state.read_password() if not state.url.startswith("sqlite:") else None
+
+
+@command("state migrate")
+def _state_migrate(args: argparse.Namespace) -> int:
+    from signer.storage.migrations import migrate_state
+
+    print("\n".join(migrate_state(*_state_url(args, args.url)).lines()))
+    return 0
+
+
 def _state(value: int) -> str:
     from signer.v1 import signer_pb2 as pb
 
@@ -234,6 +261,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="also every key of a GUN none of whose keys signed for --days",
     )
     retire.add_argument("--dry-run", action="store_true", help="list, change nothing")
+    state = sub.add_parser("state", help="schema migrations and copies of the state")
+    state_sub = state.add_subparsers(dest="state_command", required=True)
+    migrate = state_sub.add_parser("migrate", help="apply pending schema migrations")
+    migrate_where = migrate.add_mutually_exclusive_group(required=True)
+    migrate_where.add_argument("--config", help="the daemon's config (its [state])")
+    migrate_where.add_argument("--url", help="sqlite:///STATE_DIR or postgresql://USER@HOST/DB")
+    migrate.add_argument("--password-file", help="the database password (else $SIGNER_DB_PASSWORD)")
     for extend in PARSER_EXTENSIONS:
         extend(sub)
     return parser
@@ -247,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     _load_extensions()
     args = build_parser().parse_args(argv)
     name = args.command + (f" {args.keys_command}" if args.command == "keys" else "")
-    for attr in ("audit_command", "request_command", "notary_command"):
+    for attr in ("audit_command", "request_command", "notary_command", "state_command"):
         if getattr(args, attr, None):
             name = f"{args.command} {getattr(args, attr)}"
     try:

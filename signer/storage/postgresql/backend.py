@@ -16,14 +16,18 @@ from signer.storage.postgresql.stores import (
 
 
 class PostgresBackend:
-    """Replicas share this state; the schema is created on first use (under a lock)."""
+    """Replicas share this state; the schema is created on first use and migrated when
+    older (under a lock); NewerSchema for a database a newer signerd migrated."""
 
     name = "postgresql"
 
     def __init__(self, url: str, password: str | None = None) -> None:
         self.db = Database(url, password)
         try:
-            self.db.run(schema.create)
+            self.migration = self.db.run(lambda conn: schema.prepare(conn, self.db.where))
+        except ConfigError:
+            self.db.close()
+            raise
         except StorageUnavailable as exc:
             self.db.close()
             raise ConfigError(f"cannot open the state database: {exc}") from exc

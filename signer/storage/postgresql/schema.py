@@ -1,13 +1,23 @@
-"""The PostgreSQL schema: the SQLite tables' columns, created once (under a lock)."""
+"""The PostgreSQL schema: the SQLite tables' columns, and the steps between its versions.
+
+``schema_version`` holds the version reached; the steps are numbered as in
+``signer.storage.migrations`` (version 1: ``STATEMENTS``). Every replica opening the
+database runs ``prepare``: nothing when the version is current, else the pending steps
+in one transaction under an advisory lock (DDL is transactional in PostgreSQL: all the
+steps or none), so replicas starting together migrate once.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 import psycopg
+from psycopg import errors
 
-VERSION = 1
-_LOCK = 0x5169_6E65_7200  # pg_advisory_xact_lock: one replica creates the schema at a time
+from signer.errors import ConfigError
+from signer.storage.migrations import VERSION, NewerSchema, Report, describe
+
+_LOCK = 0x5169_6E65_7200  # pg_advisory_xact_lock: one replica migrates the schema at a time
 
 STATEMENTS = [
     """CREATE TABLE IF NOT EXISTS keys (
@@ -102,11 +112,53 @@ STATEMENTS = [
 ]
 
 
-def create(conn: psycopg.Connection[Any]) -> None:
-    """Create what is missing (in a transaction of the caller's), recording the version."""
-    conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
-    for statement in STATEMENTS:
-        conn.execute(statement)
+# The steps after version 1, numbered as in signer.storage.migrations.
+STEPS: dict[int, list[str]] = {
+    1: STATEMENTS,
+    2: [
+        "CREATE INDEX IF NOT EXISTS audit_signatures ON audit (key_id, time) "
+        "WHERE outcome = 'allowed' AND operation IN ('sign', 'sign-raw') AND key_id != ''"
+    ],
+    3: ["ALTER TABLE audit ADD COLUMN IF NOT EXISTS replica TEXT NOT NULL DEFAULT ''"],
+}
+assert max(STEPS) == VERSION, "a schema step for every version"
+
+
+def version(conn: psycopg.Connection[Any]) -> int:
+    """The version the database is at: 0 for an empty one."""
+    row = conn.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()
+    if not row or not row[0]:
+        return 0
     row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
-    if row is None or row[0] is None:
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+def prepare(conn: psycopg.Connection[Any], where: str) -> Report:
+    """Apply the pending steps (in a transaction of the caller's); what was done.
+
+    NewerSchema for a database a newer signerd migrated; a ConfigError naming
+    ``signerd state migrate`` when this role may not change the schema."""
+    found = version(conn)
+    if found > VERSION:
+        raise NewerSchema(where, found)
+    report = Report(where, found, VERSION)
+    if found == VERSION:
+        return report
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
+    found = report.before = version(conn)  # another replica may have done it meanwhile
+    if found > VERSION:
+        raise NewerSchema(where, found)
+    try:
+        for step in range(found + 1, VERSION + 1):
+            for statement in STEPS[step]:
+                conn.execute(statement)
+            report.applied.append(describe(step))
+        conn.execute("DELETE FROM schema_version")
         conn.execute("INSERT INTO schema_version VALUES (%s)", (VERSION,))
+    except errors.InsufficientPrivilege as exc:
+        raise ConfigError(
+            f"the state at {where} is at schema version {found}, this signerd needs "
+            f"{VERSION}, and its database role may not change the schema "
+            f"({str(exc).strip().splitlines()[0]}): run `signerd state migrate` as one that may"
+        ) from exc
+    return report

@@ -9,19 +9,22 @@ from signer.storage.sqlite.buckets import SqliteBuckets
 from signer.storage.sqlite.keys import SqliteKeys
 from signer.storage.sqlite.notary import SqliteNotaryKeys
 from signer.storage.sqlite.quorum import SqliteQuorum
+from signer.storage.sqlite.schema import FILES, prepare
 from signer.storage.sqlite.versions import SqliteVersions
 
-FILES = ("keys.db", "tuf.db", "quorum.db", "notary.db", "ratelimit.db", "audit.db")
+__all__ = ["FILES", "SqliteBackend"]
 
 
 class SqliteBackend:
     """Opens each store on its own file (``keys.db``, ``audit.db``, ...) under ``state_dir``:
-    shared by the worker processes of one host, never by two hosts."""
+    shared by the worker processes of one host, never by two hosts. Opening migrates the
+    files to the latest schema version (NewerSchema for a state a newer signerd made)."""
 
     name = "sqlite"
 
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
+        self.migration = prepare(state_dir)
 
     def keys(self) -> SqliteKeys:
         return SqliteKeys(self.state_dir / "keys.db")
