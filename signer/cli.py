@@ -192,6 +192,18 @@ def _state_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("state copy")
+def _state_copy(args: argparse.Namespace) -> int:
+    from signer.storage.copy import copy_state, source_dir
+
+    url, password = _state_url(args, args.to)
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(f"--to {url!r}: copy into a postgresql://... database")
+    report = copy_state(source_dir(args.source), url, password, lambda line: print(line))
+    print("\n".join(report.lines()))
+    return 0
+
+
 def _state(value: int) -> str:
     from signer.v1 import signer_pb2 as pb
 
@@ -267,7 +279,11 @@ def build_parser() -> argparse.ArgumentParser:
     migrate_where = migrate.add_mutually_exclusive_group(required=True)
     migrate_where.add_argument("--config", help="the daemon's config (its [state])")
     migrate_where.add_argument("--url", help="sqlite:///STATE_DIR or postgresql://USER@HOST/DB")
-    migrate.add_argument("--password-file", help="the database password (else $SIGNER_DB_PASSWORD)")
+    copy = state_sub.add_parser("copy", help="copy a host's SQLite state into PostgreSQL")
+    copy.add_argument("--from", dest="source", required=True, help="sqlite:///STATE_DIR")
+    copy.add_argument("--to", required=True, help="postgresql://USER@HOST/DB (empty)")
+    for p in (migrate, copy):
+        p.add_argument("--password-file", help="the database password (else $SIGNER_DB_PASSWORD)")
     for extend in PARSER_EXTENSIONS:
         extend(sub)
     return parser
