@@ -8,6 +8,7 @@ import hashlib
 import json
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -18,6 +19,7 @@ from typing import Any
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2
 from securesystemslib.formats import encode_canonical
 
 from harness import Daemon, create_token, free_port
@@ -322,3 +324,141 @@ def test_a_rate_limit_holds_across_replicas(tmp_path: Path, pg_cluster: Any) -> 
             f"{counts} signatures in {elapsed:.2f}s through two replicas; one limit allows "
             f"{limit:.0f}"
         )
+
+
+# -- faults ----------------------------------------------------------------------------------
+
+
+def _allowed_signatures(daemon: Daemon) -> set[tuple[str, str]]:
+    """(key_id, payload_sha256) of every allowed sign/sign-raw entry of the shared chain."""
+    done = signerd(daemon, "audit", "export")
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    return {
+        (r["key_id"], r["payload_sha256"])
+        for r in rows
+        if r["outcome"] == "allowed" and r["operation"] in ("sign", "sign-raw")
+    }
+
+
+def _verified(daemon: Daemon) -> str:
+    done = signerd(daemon, "audit", "verify")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines()[-1].startswith("OK:"), done.stdout
+    return done.stdout
+
+
+def _digest(payload: bytes) -> str:
+    return hashlib.sha256(payload).hexdigest()
+
+
+def test_postgresql_stopped_and_restarted_while_two_replicas_serve(
+    tmp_path: Path, pg_cluster: Any
+) -> None:
+    with serving(tmp_path, pg_cluster) as (a, b):
+        received: list[tuple[str, str]] = []
+        with a.client("admin") as admin_a, b.client("admin") as admin_b:
+            key = admin_a.create_key("repo", "ecdsa-sha2-nistp256", role="targets")
+            for n, client in enumerate((admin_a, admin_b, admin_a, admin_b), start=1):
+                assert client.sign(key.key_id, _tuf(n)).signature  # both cached, both warm
+                received.append((key.key_id, _digest(_tuf(n))))
+            pg_cluster.stop()
+            try:
+                stopped = time.monotonic()
+                for daemon in (a, b):
+                    daemon.wait_serving(timeout=10, want=health_pb2.HealthCheckResponse.NOT_SERVING)
+                noticed = time.monotonic() - stopped
+                # Fail closed: no signature while the audit chain cannot be written.
+                for n, client in enumerate((admin_a, admin_b), start=100):
+                    for payload in (_tuf(n), f"raw {n}".encode()):
+                        error = refused(functools.partial(client.sign, key.key_id, payload))
+                        assert error.code == grpc.StatusCode.UNAVAILABLE, error
+                        assert "unavailable" in error.message, error.message
+            finally:
+                pg_cluster.start()
+            # Both recover without a restart, and sign again (the same processes).
+            pids = [a.proc.pid, b.proc.pid]  # type: ignore[union-attr]
+            for daemon in (a, b):
+                daemon.wait_serving(timeout=20)
+            assert [a.proc.pid, b.proc.pid] == pids  # type: ignore[union-attr]
+            for n, client in enumerate((admin_a, admin_b, admin_b, admin_a), start=200):
+                payload = _tuf(n) if n % 2 else f"raw after {n}".encode()
+                assert client.sign(key.key_id, payload).signature
+                received.append((key.key_id, _digest(payload)))
+            # The anti-rollback claims survived the outage: still refused through either.
+            for client in (admin_a, admin_b):
+                assert refused(functools.partial(client.sign, key.key_id, _tuf(150))).code == (
+                    grpc.StatusCode.PERMISSION_DENIED
+                )
+        assert noticed < 5.0, f"health said NOT_SERVING {noticed:.1f}s after the outage"
+        assert set(received) <= _allowed_signatures(b)
+        _verified(a)
+
+
+def test_a_replica_killed_under_signing_load(tmp_path: Path, pg_cluster: Any) -> None:
+    with serving(tmp_path, pg_cluster) as (a, b):
+        with a.client("admin") as admin:
+            key = admin.create_key("repo", "ecdsa-sha2-nistp256", role="targets")
+        received: dict[str, list[str]] = {"a": [], "b": []}  # payload sha256 of each signature
+        failures: dict[str, list[ClientError]] = {"a": [], "b": []}
+        lock = threading.Lock()
+        stop = threading.Event()
+        killed = threading.Event()
+        after_kill = {"b": 0}
+
+        def load(name: str, daemon: Daemon, worker: int) -> None:
+            with daemon.client("alice", timeout=5.0) as client:
+                n = 0
+                while not stop.is_set():
+                    n += 1
+                    payload = f"{name} {worker} {n}".encode()
+                    try:
+                        client.sign(key.key_id, payload)
+                    except ClientError as exc:
+                        with lock:
+                            failures[name].append(exc)
+                        if name == "a" and killed.is_set():
+                            return  # A is gone: its clients give up
+                        continue
+                    with lock:
+                        received[name].append(_digest(payload))
+                        if name == "b" and killed.is_set():
+                            after_kill["b"] += 1
+
+        threads = [
+            threading.Thread(target=load, args=(name, daemon, worker))
+            for name, daemon in (("a", a), ("b", b))
+            for worker in range(4)
+        ]
+        for t in threads:
+            t.start()
+        try:
+            deadline = time.monotonic() + 10
+            while len(received["a"]) < 50 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            a.proc.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
+            killed.set()
+            a.proc.wait(timeout=10)  # type: ignore[union-attr]
+            time.sleep(1.5)  # B keeps signing meanwhile
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(timeout=30)
+        assert len(received["a"]) >= 50, received["a"]
+        assert not failures["b"], failures["b"][:3]
+        assert after_kill["b"] > 10, after_kill
+        # A's clients saw A go away, nothing else.
+        assert {e.code for e in failures["a"]} <= {
+            grpc.StatusCode.UNAVAILABLE,
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            grpc.StatusCode.CANCELLED,
+        }, failures["a"][:3]
+        # Every signature a client received has its entry in the shared chain.
+        logged = {digest for key_id, digest in _allowed_signatures(b) if key_id == key.key_id}
+        for name in ("a", "b"):
+            missing = set(received[name]) - logged
+            assert not missing, f"{len(missing)} signatures from {name} without an audit entry"
+        b.wait_serving(timeout=5)
+        with b.client("alice") as client:
+            assert client.sign(key.key_id, b"after the kill").signature
+        _verified(b)

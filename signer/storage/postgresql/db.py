@@ -3,8 +3,12 @@
 A database that cannot be reached (down, restarted, the network gone) raises
 StorageUnavailable (UNAVAILABLE): nothing is signed. The pool checks each connection
 before handing it out, so after a restart the next request reconnects: nothing to
-restart. Inline on the event loop every query would wait on the network, so a store
-raises WouldBlock there and the stage runs in a thread (``inline_or_thread``).
+restart. ``healthy`` probes the database on a connection of its own (the daemon's state
+watcher asks twice a second), so health says NOT_SERVING within a second of an outage
+even when no request comes; while the probe fails, requests wait for a connection only
+``OUTAGE_TIMEOUT`` seconds before answering UNAVAILABLE. Inline on the event loop every
+query would wait on the network, so a store raises WouldBlock there and the stage runs
+in a thread (``inline_or_thread``).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 CONNECT_TIMEOUT = 5.0
+OUTAGE_TIMEOUT = 1.0  # the wait for a pooled connection while the probe fails
 # Serialization failures and deadlocks are the database asking us to try again.
 _RETRY = (errors.SerializationFailure, errors.DeadlockDetected)
 
@@ -39,21 +44,37 @@ class Database:
         self.where = _shown(url)
         self._healthy = True
         self._lock = threading.Lock()
+        self._probe: psycopg.Connection[Any] | None = None
+        self._probe_lock = threading.Lock()
         kwargs: dict[str, Any] = {"autocommit": True, "connect_timeout": int(CONNECT_TIMEOUT)}
         if password is not None:
             kwargs["password"] = password
         self.kwargs = kwargs
-        self.pool = psycopg_pool.ConnectionPool(
-            url,
-            kwargs=kwargs,
+        self.max_size = max_size
+        self.pool = self._new_pool()
+
+    def _new_pool(self) -> psycopg_pool.ConnectionPool[Any]:
+        pool: psycopg_pool.ConnectionPool[Any] = psycopg_pool.ConnectionPool(
+            self.url,
+            kwargs=self.kwargs,
             min_size=1,
-            max_size=max_size,
+            max_size=self.max_size,
             open=False,
             timeout=CONNECT_TIMEOUT,
             check=psycopg_pool.ConnectionPool.check_connection,
             name="signer-state",
         )
-        self.pool.open(wait=False)
+        pool.open(wait=False)
+        return pool
+
+    def _renew_pool(self) -> None:
+        """A fresh pool once the database is back: the old one may be waiting out its
+        reconnection backoff (seconds) though the database answers. Requests holding
+        its connections finish on them; the ones waiting on it move to the new pool."""
+        old, self.pool = self.pool, self._new_pool()
+        threading.Thread(
+            target=old.close, kwargs={"timeout": CONNECT_TIMEOUT}, name="old-pool", daemon=True
+        ).start()
 
     def connect(self) -> psycopg.Connection[Any]:
         """A connection of its own, outside the pool (LISTEN, long locks)."""
@@ -64,13 +85,26 @@ class Database:
         if waiting_forbidden():
             raise WouldBlock
         for attempt in range(5):
+            pool = self.pool
             try:
-                with self.pool.connection() as conn:
-                    if transaction:
-                        with conn.transaction():
-                            result = work(conn)
-                    else:
+                conn = pool.getconn(timeout=None if self._healthy else OUTAGE_TIMEOUT)
+            except psycopg_pool.PoolTimeout as exc:
+                if pool is not self.pool:  # renewed meanwhile: nothing ran, try the new one
+                    continue
+                self._set_healthy(False)
+                raise StorageUnavailable(
+                    f"state database {self.where} is unavailable: {_first_line(exc)}"
+                ) from exc
+            except psycopg_pool.PoolClosed:
+                if pool is not self.pool:
+                    continue
+                raise StorageUnavailable(f"state database {self.where} is closed") from None
+            try:
+                if transaction:
+                    with conn.transaction():
                         result = work(conn)
+                else:
+                    result = work(conn)
                 self._set_healthy(True)
                 return result
             except _RETRY:
@@ -79,17 +113,19 @@ class Database:
                         f"state database {self.where} is busy (serialization conflicts)"
                     ) from None
                 time.sleep(0.01 * (attempt + 1))
-            except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
+            except (
+                psycopg.OperationalError,
+                psycopg.InterfaceError,
+                psycopg.errors.AdminShutdown,
+            ) as exc:
+                # The work may have run (a COMMIT whose answer was lost): never retried.
                 self._set_healthy(False)
                 raise StorageUnavailable(
                     f"state database {self.where} is unavailable: {_first_line(exc)}"
                 ) from exc
-            except (psycopg.InterfaceError, psycopg.errors.AdminShutdown) as exc:
-                self._set_healthy(False)
-                raise StorageUnavailable(
-                    f"state database {self.where} is unavailable: {_first_line(exc)}"
-                ) from exc
-        raise AssertionError("unreachable")
+            finally:
+                pool.putconn(conn)
+        raise StorageUnavailable(f"state database {self.where} is unavailable (pool renewed)")
 
     def _set_healthy(self, healthy: bool) -> None:
         if healthy != self._healthy:
@@ -98,19 +134,36 @@ class Database:
                     self._healthy = healthy
                     if healthy:
                         log.info("state database %s reachable again", self.where)
+                        self._renew_pool()
                     else:
                         log.error("state database %s unreachable", self.where)
 
     def healthy(self) -> bool:
-        """False after a failure until a query succeeds again (probed here if needed)."""
-        if not self._healthy:
+        """Probe the database (``SELECT 1`` on a connection of its own, reconnected when
+        it was lost): False while it cannot be reached. Not for the event loop."""
+        with self._probe_lock:
             try:
-                self.run(lambda conn: conn.execute("SELECT 1").fetchone(), transaction=False)
-            except StorageUnavailable:
-                return False
-        return self._healthy
+                if self._probe is None or self._probe.closed:
+                    self._probe = self.connect()
+                self._probe.execute("SELECT 1").fetchone()
+                ok = True
+            except psycopg.Error:
+                self._close_probe()
+                ok = False
+        self._set_healthy(ok)
+        return ok
+
+    def _close_probe(self) -> None:
+        probe, self._probe = self._probe, None
+        if probe is not None:
+            try:
+                probe.close()
+            except psycopg.Error:
+                pass
 
     def close(self) -> None:
+        with self._probe_lock:
+            self._close_probe()
         self.pool.close()
 
 
