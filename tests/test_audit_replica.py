@@ -129,7 +129,7 @@ def test_the_replica_is_covered_by_the_hash(tmp_path: Path) -> None:
 
 def test_a_shared_chain_from_before_the_column(tmp_path: Path, pg_cluster: Any) -> None:
     """PostgreSQL: a database whose audit table lacks the column reads it as "" and
-    verifies; the next replica to open the chain adds it, and names itself."""
+    verifies; the next replica to open it migrates it, and names itself."""
     url = pg_cluster.fresh_database(f"replica_col_{secrets.token_hex(4)}")
     backend = open_backend(tmp_path, url, pg_cluster.password)
     try:
@@ -138,11 +138,18 @@ def test_a_shared_chain_from_before_the_column(tmp_path: Path, pg_cluster: Any) 
             log.record(_event(1), _event(2))
         finally:
             log.close()
-        pg_cluster.psql("ALTER TABLE audit DROP COLUMN replica", url.rsplit("/", 1)[1])
+        # What a database at schema version 2 (before the column) looks like.
+        database = url.rsplit("/", 1)[1]
+        pg_cluster.psql("ALTER TABLE audit DROP COLUMN replica", database)
+        pg_cluster.psql("UPDATE schema_version SET version = 2", database)
         report = verify(backend.audit_reader())
         assert report.ok and report.entries == 2, [str(p) for p in report.problems]
         assert [r["replica"] for r in backend.audit_reader().entries()] == ["", ""]
-        log = AuditLog(backend.audit(), replica="signer-b")  # adds the column back
+    finally:
+        backend.close()
+    backend = open_backend(tmp_path, url, pg_cluster.password)  # migrates: the column is back
+    try:
+        log = AuditLog(backend.audit(), replica="signer-b")
         try:
             log.record(_event(3))
         finally:

@@ -14,7 +14,6 @@ from typing import Any
 
 import psycopg
 
-from signer.errors import ConfigError
 from signer.storage.interfaces import AUDIT_COLUMNS, RowBuilder
 from signer.storage.postgresql.db import Database
 
@@ -26,17 +25,16 @@ _INSERT = (
     f"VALUES ({', '.join('%s' for _ in AUDIT_COLUMNS)})"
 )
 _CHECKPOINTS = "SELECT id, seq, hash, key_id, body, signature FROM audit_checkpoints"
-# Columns added after the first release: the chain adds them when it opens (one replica
-# at a time, under the chain's lock); a database not yet opened by a daemon that knows
-# them reads them as "" (which the hash leaves out).
-_ADDED_COLUMNS = {"replica": "TEXT NOT NULL DEFAULT ''"}
+# Columns added after the first release (by a schema step, ``signer.storage.migrations``):
+# a database not yet migrated reads them as "" (which the hash leaves out), so
+# ``signerd audit verify`` checks it as it is.
+_ADDED_COLUMNS = ("replica",)
 
 
 class PostgresAuditChain:
     def __init__(self, db: Database) -> None:
         self._db = db
         self.where = db.where
-        db.run(_add_missing_columns)
 
     def append(self, build: RowBuilder) -> None:
         def work(conn: psycopg.Connection[Any]) -> None:
@@ -145,23 +143,6 @@ def _present(conn: psycopg.Connection[Any]) -> set[str]:
             "WHERE table_schema = current_schema() AND table_name = 'audit'"
         ).fetchall()
     }
-
-
-def _add_missing_columns(conn: psycopg.Connection[Any]) -> None:
-    if all(name in _present(conn) for name in _ADDED_COLUMNS):
-        return  # the usual case: no lock taken, no DDL
-    conn.execute("SELECT pg_advisory_xact_lock(%s)", (_CHAIN_LOCK,))
-    present = _present(conn)  # another replica may have added them meanwhile
-    for name, kind in _ADDED_COLUMNS.items():
-        if name not in present:
-            try:
-                conn.execute(f"ALTER TABLE audit ADD COLUMN {name} {kind}")
-            except psycopg.errors.InsufficientPrivilege as exc:
-                raise ConfigError(
-                    f"the audit table in {conn.info.dbname} lacks its {name} column and this "
-                    f"role may not add it: run `ALTER TABLE audit ADD COLUMN {name} {kind}` "
-                    "as the table's owner"
-                ) from exc
 
 
 def _selected(conn: psycopg.Connection[Any]) -> str:
