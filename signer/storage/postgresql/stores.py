@@ -157,6 +157,9 @@ class PostgresVersions:
 
     def claim(self, claim: VersionClaim, now: float) -> tuple[int, str] | None:
         def work(conn: psycopg.Connection[Any]) -> tuple[int, str] | None:
+            # No fsync of its own: the signature is released only after its audit entry
+            # commits (synchronously), which flushes the WAL up to and past this claim.
+            conn.execute("SET LOCAL synchronous_commit = off")
             args = (claim.key_id, claim.role)
             row = conn.execute(_LAST + " FOR UPDATE", args).fetchone()
             if row is None:
