@@ -111,6 +111,31 @@ def run(*argv: str, repo: Path) -> int:
     return main(["-C", str(repo), *argv])
 
 
+def repo_files(repo: Path) -> dict[str, bytes]:
+    """Every file of a repository directory (not its lock), by relative path."""
+    if not repo.exists():
+        return {}
+    return {
+        str(p.relative_to(repo)): p.read_bytes()
+        for p in repo.rglob("*")
+        if p.is_file() and p.suffix != ".lock"
+    }
+
+
+def refused(capsys: pytest.CaptureFixture[str], repo: Path, *argv: str) -> str:
+    """A refusal: exit 1, one stderr line, no traceback, no file of the repository
+    changed (and no directory left behind); returns the line."""
+    before, existed = repo_files(repo), repo.exists()
+    capsys.readouterr()
+    assert run(*argv, repo=repo) == 1, argv
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("tuf-repo: error: "), err
+    assert "Traceback" not in err
+    assert repo_files(repo) == before, argv
+    assert repo.exists() == existed, "a refused command leaves no directory behind"
+    return err
+
+
 def make_files(directory: Path, count: int, stem: str = "file") -> dict[str, bytes]:
     directory.mkdir(parents=True, exist_ok=True)
     contents = {}

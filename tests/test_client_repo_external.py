@@ -20,7 +20,16 @@ from pathlib import Path
 
 import pytest
 from securesystemslib.signer import CryptoSigner
-from test_client_repo import Served, client_env, fetch, make_files, published, run
+from test_client_repo import (
+    Served,
+    client_env,
+    fetch,
+    make_files,
+    published,
+    refused,
+    repo_files,
+    run,
+)
 
 from harness import MODULE, PIN, ROOT, Daemon, create_token
 
@@ -49,24 +58,6 @@ def file_key(directory: Path, name: str) -> tuple[str, str]:
 
 def config(repo: Path) -> dict[str, str]:
     return dict(json.loads((repo / "tuf-repo.json").read_text())["key_uris"])
-
-
-def state(repo: Path) -> dict[str, bytes]:
-    if not repo.exists():
-        return {}
-    return {str(p): p.read_bytes() for p in repo.rglob("*") if p.is_file() and p.suffix != ".lock"}
-
-
-def refused(capsys: pytest.CaptureFixture[str], repo: Path, *argv: str) -> str:
-    """exit 1, one stderr line, no traceback, no file in the repository changed."""
-    before = state(repo)
-    capsys.readouterr()
-    assert run(*argv, repo=repo) == 1
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("tuf-repo: error:"), err
-    assert "Traceback" not in err
-    assert state(repo) == before
-    return err
 
 
 @pytest.mark.usefixtures("client_env")
@@ -216,7 +207,7 @@ def test_hsm_key_in_a_separate_token(tmp_path: Path, capsys: pytest.CaptureFixtu
     repo = tmp_path / "repo"
     assert run("init", "--create-keys", "--algorithm", "ed25519", repo=repo) == 0
 
-    before = state(repo)
+    before = repo_files(repo)
     assert "Multiple PKCS#11 tokens found" in one_line_error(
         cli(repo, "rotate", "root", "--add-key", "hsm:2", env=env)
     )
@@ -226,7 +217,7 @@ def test_hsm_key_in_a_separate_token(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "could not find ECDSA key" in one_line_error(
         cli(repo, "rotate", "root", "--add-key", "hsm:7?label=hsm-b", env=env)
     )
-    assert state(repo) == before
+    assert repo_files(repo) == before
 
     uri = "hsm:2?label=hsm-b"
     proc = cli(repo, "rotate", "root", "--add-key", uri, "--threshold", "2", env=env)

@@ -17,7 +17,15 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from securesystemslib.signer import SSlibKey
-from test_client_repo import Served, client_env, fetch, make_files, published, run
+from test_client_repo import (
+    Served,
+    client_env,
+    fetch,
+    make_files,
+    published,
+    refused,
+    run,
+)
 
 from signer_client.repo import Repository, RepoStore
 
@@ -54,22 +62,6 @@ def sign_exported(key: OfflineKey, payload: Path, out: Path) -> Path:
     request["signatures"].append(key.sign(payload.read_bytes()))
     out.write_text(json.dumps(request))
     return out
-
-
-def snapshot_state(repo: Path) -> dict[str, bytes]:
-    files = [*(repo / "staging").glob("*.json"), *(repo / "metadata").glob("*.json")]
-    return {str(p): p.read_bytes() for p in [*files, repo / "tuf-repo.json"]}
-
-
-def refused(capsys: pytest.CaptureFixture[str], repo: Path, *argv: str) -> str:
-    before = snapshot_state(repo)
-    capsys.readouterr()
-    assert run(*argv, repo=repo) == 1
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("tuf-repo: error:"), err
-    assert "Traceback" not in err
-    assert snapshot_state(repo) == before
-    return err
 
 
 def status(capsys: pytest.CaptureFixture[str], repo: Path) -> str:
