@@ -54,11 +54,15 @@ def _dev_pki(args: argparse.Namespace) -> int:
     from signer.devpki import make_dev_pki
 
     out = Path(args.out)
-    make_dev_pki(out, args.client or ["admin"], tuple(args.server_name or ["localhost"]))
-    print(
-        f"dev PKI in {out}: ca.pem, server.pem, "
-        + ", ".join(f"client-{n}.pem" for n in (args.client or ["admin"]))
+    done = make_dev_pki(
+        out,
+        args.client or ["admin"],
+        tuple(args.server_name or ["localhost"]),
+        reissue_server=bool(args.server_name),
     )
+    print(f"dev PKI in {out}:")
+    for line in done:
+        print(f"  {line}")
     return 0
 
 
@@ -219,8 +223,19 @@ def client_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    """The installed distribution's version (what `pip show tuf-hsm-signer` says)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tuf-hsm-signer")
+    except PackageNotFoundError:
+        return "unknown (not installed; running from a source tree)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="signerd", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"signerd {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the daemon")

@@ -131,11 +131,48 @@ def make_dev_pki(
     clients: list[str],
     server_names: tuple[str, ...] = ("localhost",),
     server_ips: tuple[str, ...] = ("127.0.0.1", "::1"),
-) -> None:
-    """Create (or extend) a dev PKI in ``out``: an existing CA is reused."""
-    ca = load_ca(out) if (out / "ca.pem").exists() else make_ca(out)
-    if not (out / "server.pem").exists():
+    reissue_server: bool = False,
+) -> list[str]:
+    """Create (or extend) a dev PKI in ``out``: an existing CA is reused.
+
+    Returns what was done, one line each, so the CLI never changes (or skips) a file
+    silently. ``reissue_server``: names were asked for explicitly; a server certificate
+    that does not carry exactly them is issued again (same CA, so clients keep working).
+    """
+    done: list[str] = []
+    if (out / "ca.pem").exists():
+        ca = load_ca(out)
+        done.append(f"kept the CA in {out / 'ca.pem'}")
+    else:
+        ca = make_ca(out)
+        done.append(f"created a CA: {out / 'ca.pem'}")
+    server = out / "server.pem"
+    if not server.exists():
         issue(out, "server", server_names[0], ca, server=True, dns=server_names, ips=server_ips)
+        done.append(f"issued server.pem for {', '.join(server_names)}")
+    else:
+        have = _dns_names(server)
+        if reissue_server and sorted(have) != sorted(server_names):
+            issue(out, "server", server_names[0], ca, server=True, dns=server_names, ips=server_ips)
+            done.append(
+                f"issued server.pem again for {', '.join(server_names)} "
+                f"(it was for {', '.join(have) or 'no DNS name'}); restart the daemon"
+            )
+        else:
+            done.append(f"kept server.pem (for {', '.join(have) or 'no DNS name'})")
     for name in clients:
         if not (out / f"client-{file_stem(name)}.pem").exists():
             issue_client(out, name, ca)
+            done.append(f"issued client-{file_stem(name)}.pem for {name}")
+        else:
+            done.append(f"kept client-{file_stem(name)}.pem")
+    return done
+
+
+def _dns_names(cert_path: Path) -> list[str]:
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return list(san.get_values_for_type(x509.DNSName))
