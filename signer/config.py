@@ -135,7 +135,6 @@ class SignerConfig:
     max_payload_bytes: int = 16 * 1024 * 1024
     max_batch_items: int = 1024
     grace_seconds: float = 10.0
-    notary_listen: str | None = None
     max_concurrent_rpcs: int = 128
     max_concurrent_streams: int = 100
     idle_timeout_seconds: float = 300.0
@@ -212,6 +211,7 @@ def load_config(path: Path) -> SignerConfig:
             raise ConfigError(f"[{name}] must be a table")
         return value
 
+    _check_known(data, path)
     server, tls, token, state, policy = (
         section(n) for n in ("server", "tls", "token", "state", "policy")
     )
@@ -232,7 +232,6 @@ def load_config(path: Path) -> SignerConfig:
             max_concurrent_streams=_positive(server, "max_concurrent_streams", 100),
             idle_timeout_seconds=_positive(server, "idle_timeout_seconds", 300.0),
             handshake_timeout_seconds=_positive(server, "handshake_timeout_seconds", 10.0),
-            notary_listen=server.get("notary_listen"),
             ca=rel(tls["ca"]),
             cert=rel(tls["cert"]),
             key=rel(tls["key"]),
@@ -259,6 +258,53 @@ def load_config(path: Path) -> SignerConfig:
         raise ConfigError(f"missing setting {exc.args[0]!r} in {path}") from exc
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"invalid setting in {path}: {exc}") from exc
+
+
+# Every section and key the daemon reads. Anything else is a typo or a setting of another
+# version, which would otherwise be ignored without a word ("pin_fille", "[tsl]").
+KNOWN_SETTINGS: dict[str, frozenset[str]] = {
+    "server": frozenset(
+        {
+            "listen",
+            "workers",
+            "max_payload_bytes",
+            "max_batch_items",
+            "grace_seconds",
+            "max_concurrent_rpcs",
+            "max_concurrent_streams",
+            "idle_timeout_seconds",
+            "handshake_timeout_seconds",
+        }
+    ),
+    "tls": frozenset({"ca", "cert", "key", "crl"}),
+    "token": frozenset(
+        {"module", "uri", "label", "serial", "pin_env", "pin_file", "probe_interval"}
+        | {"hang_seconds", "pin"}  # pin: refused below with its own message
+    ),
+    "state": frozenset({"dir", "url", "password_env", "password_file", "replica", "password"}),
+    "policy": frozenset({"file"}),
+    "audit": frozenset({"checkpoint_entries", "checkpoint_seconds", "anchor_file"})
+    | {"anchor_command"},
+    "notary": frozenset(
+        {"enabled", "roles", "retire_unused_days", "retire_idle_repositories"}
+        | {"retire_interval_seconds"}
+    ),
+}
+
+
+def _check_known(data: dict[str, Any], path: Path) -> None:
+    """Unknown sections and keys are errors that name the file and the key."""
+    for name, value in data.items():
+        known = KNOWN_SETTINGS.get(name)
+        if known is None:
+            sections = ", ".join(f"[{n}]" for n in KNOWN_SETTINGS)
+            raise ConfigError(f"{path}: unknown section [{name}] (known: {sections})")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: [{name}] must be a table")
+        for key in value:
+            if key not in known:
+                keys = ", ".join(sorted(k for k in known if k not in ("pin", "password")))
+                raise ConfigError(f"{path}: unknown setting {name}.{key} (known: {keys})")
 
 
 def _state_config(state: dict[str, Any], rel: Any) -> StateConfig:
