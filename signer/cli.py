@@ -312,7 +312,13 @@ def main(argv: list[str] | None = None) -> int:
     _load_extensions()
     args = build_parser().parse_args(argv)
     name = args.command + (f" {args.keys_command}" if args.command == "keys" else "")
-    for attr in ("audit_command", "request_command", "notary_command", "state_command"):
+    for attr in (
+        "audit_command",
+        "request_command",
+        "notary_command",
+        "state_command",
+        "policy_command",
+    ):
         if getattr(args, attr, None):
             name = f"{args.command} {getattr(args, attr)}"
     try:
@@ -333,7 +339,7 @@ def _load_extensions() -> None:
     """Import optional command modules so they can register themselves."""
     import importlib
 
-    for module in ("signer.audit.cli", "signer.quorum_cli"):
+    for module in ("signer.audit.cli", "signer.quorum_cli", "signer.policy.cli"):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:
