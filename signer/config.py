@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from signer.errors import ConfigError
+from signer.logs import LogConfig
 
 if TYPE_CHECKING:
     from signer.storage import Backend
@@ -143,6 +144,7 @@ class SignerConfig:
     # policy file is broken falls back to it instead of refusing to serve.
     policy_fallback: Path | None = None
     state: StateConfig = field(default_factory=StateConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -212,8 +214,8 @@ def load_config(path: Path) -> SignerConfig:
         return value
 
     _check_known(data, path)
-    server, tls, token, state, policy = (
-        section(n) for n in ("server", "tls", "token", "state", "policy")
+    server, tls, token, state, policy, log_section = (
+        section(n) for n in ("server", "tls", "token", "state", "policy", "log")
     )
     if "pin" in token:
         raise ConfigError("token.pin is not allowed: use pin_env or pin_file")
@@ -248,10 +250,11 @@ def load_config(path: Path) -> SignerConfig:
             state_dir=rel(str(state.get("dir", "state"))),
             state=_state_config(state, rel),
             policy_file=rel(policy["file"]) if policy.get("file") else None,
+            log=_log_config(log_section, path),
             extra={
                 k: v
                 for k, v in data.items()
-                if k not in ("server", "tls", "token", "state", "policy")
+                if k not in ("server", "tls", "token", "state", "policy", "log")
             },
         )
     except KeyError as exc:
@@ -283,6 +286,7 @@ KNOWN_SETTINGS: dict[str, frozenset[str]] = {
     ),
     "state": frozenset({"dir", "url", "password_env", "password_file", "replica", "password"}),
     "policy": frozenset({"file"}),
+    "log": frozenset({"format", "requests"}),
     "audit": frozenset({"checkpoint_entries", "checkpoint_seconds", "anchor_file"})
     | {"anchor_command"},
     "notary": frozenset(
@@ -305,6 +309,16 @@ def _check_known(data: dict[str, Any], path: Path) -> None:
             if key not in known:
                 keys = ", ".join(sorted(k for k in known if k not in ("pin", "password")))
                 raise ConfigError(f"{path}: unknown setting {name}.{key} (known: {keys})")
+
+
+def _log_config(section: dict[str, Any], path: Path) -> LogConfig:
+    fmt = section.get("format", "text")
+    if fmt not in ("text", "json"):
+        raise ConfigError(f'{path}: log.format {fmt!r}: "text" or "json"')
+    requests = section.get("requests")
+    if requests is not None and not isinstance(requests, bool):
+        raise ConfigError(f"{path}: log.requests must be true or false")
+    return LogConfig(format=fmt, requests=requests)
 
 
 def _state_config(state: dict[str, Any], rel: Any) -> StateConfig:

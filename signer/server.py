@@ -204,14 +204,20 @@ def extensions() -> list:
     return found
 
 
-def _configure_logging(worker: int | None) -> None:
+def _configure_logging(worker: int | None, config_path: str | Path | None = None) -> None:
+    """Text or JSON lines ([log]); the level from SIGNER_LOG_LEVEL in any case."""
+    from signer.logs import LogConfig, configure
+
     tag = f"worker {worker}" if worker is not None else "signerd"
     wanted = os.environ.get("SIGNER_LOG_LEVEL", "INFO").strip().upper()  # `info` works too
     level = logging.getLevelName(wanted)
-    logging.basicConfig(
-        level=level if isinstance(level, int) else logging.INFO,
-        format=f"%(asctime)s {tag} %(levelname)s %(name)s: %(message)s",
-    )
+    settings = LogConfig()
+    if config_path is not None:
+        try:
+            settings = load_config(Path(config_path)).log
+        except ConfigError:
+            pass  # reported, in plain text, where the config is loaded for real
+    configure(tag, level if isinstance(level, int) else logging.INFO, settings)
     if not isinstance(level, int):
         log.warning("SIGNER_LOG_LEVEL=%s is not a level; logging at INFO", wanted)
 
@@ -270,7 +276,7 @@ def run_worker(
     policy_fallback: str | None = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT. Runs in its own (spawned) process, or in the parent."""
-    _configure_logging(index if reuse_port else None)
+    _configure_logging(index if reuse_port else None, config_path)
     if parent_pid is not None:
         die_with_parent(parent_pid)
     raise_open_files_limit()
@@ -470,5 +476,5 @@ def serve(config_path: Path) -> int:
     if config.workers <= 1:
         run_worker(str(config_path), 0, reuse_port=False)
         return 0
-    _configure_logging(None)
+    _configure_logging(None, config_path)
     return Supervisor(config_path, config).run()

@@ -12,11 +12,13 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from signer.errors import ServiceError, SignerError
 from signer.identity import principal_from_context
+from signer.logs import REQUESTS, log_request, new_request_id
 from signer.pipeline.auditing import Recorder, is_audited
 from signer.policy import Resource
 from signer.service.errors import check_request, status_message
@@ -49,6 +51,19 @@ def _unexpected(method: str, exc: Exception) -> ServiceError:
     return error
 
 
+def _request_line(rpc_name: str, request: Any, context: Any, code: str, started: float) -> None:
+    """The structured request line ([log] requests); a cheap level check when it is off."""
+    if REQUESTS.isEnabledFor(logging.INFO):
+        log_request(
+            new_request_id(),
+            _caller(context),
+            rpc_name,
+            _resource(request).key_id,
+            code,
+            started,
+        )
+
+
 def rpc(operation: str) -> Callable[[F], F]:
     """Decorate a servicer method: audit any unrecorded error, then map it to a status."""
 
@@ -58,9 +73,12 @@ def rpc(operation: str) -> Callable[[F], F]:
             @functools.wraps(method)
             async def async_method(self: Any, request: Any, context: Any) -> Any:
                 recorder: Recorder = self.recorder
+                started = time.perf_counter()
                 try:
                     check_request(request)
-                    return await method(self, request, context)
+                    response = await method(self, request, context)
+                    _request_line(method.__name__, request, context, "OK", started)
+                    return response
                 except SignerError as exc:
                     error = exc
                 except Exception as exc:
@@ -69,6 +87,7 @@ def rpc(operation: str) -> Callable[[F], F]:
                     await recorder.refuse_async(
                         _caller(context), operation, _resource(request), error
                     )
+                _request_line(method.__name__, request, context, error.code.name, started)
                 await context.abort(error.code, status_message(error.message))
 
             return async_method  # type: ignore[return-value]
@@ -76,15 +95,19 @@ def rpc(operation: str) -> Callable[[F], F]:
         @functools.wraps(method)
         def sync_method(self: Any, request: Any, context: Any) -> Any:
             recorder: Recorder = self.recorder
+            started = time.perf_counter()
             try:
                 check_request(request)
-                return method(self, request, context)
+                response = method(self, request, context)
+                _request_line(method.__name__, request, context, "OK", started)
+                return response
             except SignerError as exc:
                 error = exc
             except Exception as exc:
                 error = _unexpected(method.__name__, exc)
             if not is_audited(error):
                 recorder.refuse(_caller(context), operation, _resource(request), error)
+            _request_line(method.__name__, request, context, error.code.name, started)
             context.abort(error.code, status_message(error.message))
 
         return sync_method  # type: ignore[return-value]
