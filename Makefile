@@ -8,7 +8,7 @@ APT_PACKAGES := softhsm2 notary docker-registry skopeo postgresql
 empty :=
 space := $(empty) $(empty)
 comma := ,
-PY_IMPORTS := pkcs11 grpc grpc_tools grpc_health grpc_reflection google.protobuf cryptography sqlite_utils tuf securesystemslib uvloop pytest pytest_timeout psycopg psycopg_pool
+PY_IMPORTS := pkcs11 grpc grpc_tools grpc_health grpc_reflection grpc_status google.protobuf cryptography sqlite_utils tuf securesystemslib uvloop pytest pytest_timeout psycopg psycopg_pool
 
 .PHONY: help deps run demo stop test lint typecheck proto proto-check pytest bench clean
 

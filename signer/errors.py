@@ -12,13 +12,33 @@ import grpc
 
 
 class SignerError(Exception):
-    """Base of every error the daemon reports to a caller."""
+    """Base of every error the daemon reports to a caller.
+
+    ``reason`` is the stable, machine-readable cause sent as ``google.rpc.ErrorInfo``
+    (messages may be reworded; reasons are not); ``retry_after`` becomes
+    ``google.rpc.RetryInfo``; ``metadata`` goes into ErrorInfo as well.
+    """
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    reason: str = ""  # default: the status code's name
 
-    def __init__(self, message: str) -> None:
+    def __init__(
+        self,
+        message: str,
+        reason: str = "",
+        retry_after: float | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
+        if reason:
+            self.reason = reason
+        self.retry_after = retry_after
+        self.metadata = metadata or {}
+
+    @property
+    def error_reason(self) -> str:
+        return self.reason or self.code.name
 
 
 class RequestError(SignerError):

@@ -17,6 +17,11 @@ class ClientError(Exception):
         self.message = message
         if code is not None:
             self.code = code
+        # From the google.rpc.Status details, when the daemon sent them: ErrorInfo's
+        # stable reason and metadata, RetryInfo's delay (seconds).
+        self.reason = ""
+        self.metadata: dict[str, str] = {}
+        self.retry_delay: float | None = None
 
     def __str__(self) -> str:
         return f"{self.code.name}: {self.message}"
@@ -57,13 +62,18 @@ class RateLimitedError(ClientError):
 
     @property
     def retry_after(self) -> float | None:
-        """Seconds to wait before the same request can pass, if the daemon said."""
+        """Seconds to wait before the same request can pass: RetryInfo, else the message
+        (a daemon before status details)."""
+        if self.retry_delay is not None:
+            return self.retry_delay
         match = re.search(r"retry in ([0-9.]+)s", self.message)
         return float(match.group(1)) if match else None
 
     @property
     def burst(self) -> int | None:
         """The largest batch the principal may send, if this batch was larger."""
+        if self.reason == "BATCH_OVER_BURST" and "burst" in self.metadata:
+            return max(1, int(float(self.metadata["burst"])))
         match = re.search(r"exceed the burst of ([0-9.]+)", self.message)
         return max(1, int(float(match.group(1)))) if match else None
 
@@ -112,4 +122,33 @@ def from_code(code: grpc.StatusCode, message: str) -> ClientError:
 def from_rpc_error(exc: grpc.RpcError) -> ClientError:
     code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
     details = exc.details() if hasattr(exc, "details") else str(exc)
-    return from_code(code, details or "")
+    error = from_code(code, details or "")
+    _read_status_details(exc, error)
+    return error
+
+
+_STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+
+def _read_status_details(exc: grpc.RpcError, error: ClientError) -> None:
+    """ErrorInfo and RetryInfo from the ``google.rpc.Status`` trailer, if any (a bad or
+    missing trailer leaves the error as the status code and message made it)."""
+    trailers = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
+    raw = next((v for k, v in trailers or () if k == _STATUS_DETAILS_KEY), None)
+    if not isinstance(raw, bytes):
+        return
+    try:
+        from google.rpc import error_details_pb2, status_pb2
+
+        status = status_pb2.Status.FromString(raw)
+        for detail in status.details:
+            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                detail.Unpack(info)
+                error.reason, error.metadata = info.reason, dict(info.metadata)
+            elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                retry = error_details_pb2.RetryInfo()
+                detail.Unpack(retry)
+                error.retry_delay = retry.retry_delay.ToNanoseconds() / 1e9
+    except Exception:
+        return

@@ -207,7 +207,8 @@ class NotaryDialectRules:
         ):
             raise PermissionDenied(
                 f"{role} version {payload.version} is not above version {last[0]}, already "
-                f"signed with key {key.key_id}: versions never go back"
+                f"signed with key {key.key_id}: versions never go back",
+                reason="VERSION_ROLLBACK",
             )
 
     @staticmethod

@@ -46,13 +46,18 @@ class RateLimiter:
         if n > limit.burst:
             raise ResourceExhausted(
                 f"rate limit for {name}: {n} signatures in one request exceed the burst "
-                f"of {limit.burst:g}; split the batch"
+                f"of {limit.burst:g}; split the batch",
+                reason="BATCH_OVER_BURST",
+                metadata={"burst": f"{limit.burst:g}"},
             )
         wait = self.buckets.take(name, limit.rate, limit.burst, n)
         if wait > 0:
             raise ResourceExhausted(
                 f"rate limit for {name}: {limit.rate:g}/s, burst {limit.burst:g}; "
-                f"retry in {wait:.2f}s"
+                f"retry in {wait:.2f}s",
+                reason="RATE_LIMITED",
+                retry_after=wait,
+                metadata={"burst": f"{limit.burst:g}"},
             )
 
     def adopt(self, old: RateLimiter | None) -> None:

@@ -179,12 +179,14 @@ class VersionStore:
         if payload.version < last:
             raise PermissionDenied(
                 f"{role} version {payload.version} is lower than version {last}, "
-                f"already signed with key {key.key_id}: versions never go back"
+                f"already signed with key {key.key_id}: versions never go back",
+                reason="VERSION_ROLLBACK",
             )
         raise PermissionDenied(
             f"{role} version {payload.version} was already signed with key "
             f"{key.key_id} for different content; a new payload needs a new "
-            "version"
+            "version",
+            reason="VERSION_ALREADY_SIGNED",
         )
 
     def last(self, key_id: str, role: str) -> tuple[int, str] | None:
@@ -275,13 +277,15 @@ class TufRules:
         if last is not None and payload.version < last[0]:
             raise PermissionDenied(
                 f"{key.role} version {payload.version} is lower than version {last[0]}, "
-                f"already signed with key {key.key_id}: versions never go back"
+                f"already signed with key {key.key_id}: versions never go back",
+                reason="VERSION_ROLLBACK",
             )
         digest = hashlib.sha256(item.payload).hexdigest()
         if last is not None and payload.version == last[0] and digest != last[1]:
             raise PermissionDenied(
                 f"{key.role} version {payload.version} was already signed with key "
-                f"{key.key_id} for different bytes: bump the version"
+                f"{key.key_id} for different bytes: bump the version",
+                reason="VERSION_ALREADY_SIGNED",
             )
 
     def signed(self, principal: Principal, key: KeyRecord, item: Any) -> None:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from signer.errors import InvalidArgument
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import error_details_pb2, status_pb2
+
+from signer.errors import InvalidArgument, SignerError
 
 # A status message travels in the grpc-message trailer, whose size is limited (8 KiB by
 # default: a longer one turns the status into RESOURCE_EXHAUSTED "metadata size exceeds
@@ -25,6 +28,32 @@ def status_message(message: str) -> str:
     if len(raw) > MAX_MESSAGE_BYTES:
         text = raw[: MAX_MESSAGE_BYTES - 3].decode("utf-8", "ignore") + "..."
     return text
+
+
+DOMAIN = "signerd"
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+
+def status_details(error: SignerError, message: str) -> tuple[tuple[str, bytes], ...]:
+    """The ``google.rpc.Status`` trailer: ErrorInfo (a stable reason; messages may be
+    reworded) and, when the caller should wait, RetryInfo. Read by grpcio-status, the
+    Go and Java libraries, and our client."""
+    info = error_details_pb2.ErrorInfo(
+        reason=error.error_reason, domain=DOMAIN, metadata=error.metadata
+    )
+    details = [_packed(info)]
+    if error.retry_after is not None:
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(max(0, int(error.retry_after * 1e9)))
+        details.append(_packed(error_details_pb2.RetryInfo(retry_delay=delay)))
+    status = status_pb2.Status(code=error.code.value[0], message=message, details=details)
+    return ((STATUS_DETAILS_KEY, status.SerializeToString()),)
+
+
+def _packed(message: Any) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
 
 
 class Malformed:

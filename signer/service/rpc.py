@@ -21,7 +21,7 @@ from signer.identity import principal_from_context
 from signer.logs import REQUESTS, log_request, new_request_id
 from signer.pipeline.auditing import Recorder, is_audited
 from signer.policy import Resource
-from signer.service.errors import check_request, status_message
+from signer.service.errors import check_request, status_details, status_message
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,8 @@ def rpc(operation: str) -> Callable[[F], F]:
                         _caller(context), operation, _resource(request), error
                     )
                 _request_line(method.__name__, request, context, error.code.name, started)
-                await context.abort(error.code, status_message(error.message))
+                message = status_message(error.message)
+                await context.abort(error.code, message, status_details(error, message))
 
             return async_method  # type: ignore[return-value]
 
@@ -108,7 +109,8 @@ def rpc(operation: str) -> Callable[[F], F]:
             if not is_audited(error):
                 recorder.refuse(_caller(context), operation, _resource(request), error)
             _request_line(method.__name__, request, context, error.code.name, started)
-            context.abort(error.code, status_message(error.message))
+            message = status_message(error.message)
+            context.abort(error.code, message, status_details(error, message))
 
         return sync_method  # type: ignore[return-value]
 

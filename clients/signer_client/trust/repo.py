@@ -672,7 +672,7 @@ class TrustRepository:
                 except PermissionDeniedError as exc:
                     # An earlier publish that notary-server refused (a race) left this
                     # version signed by the daemon with other content: take the next.
-                    if "already signed" not in str(exc):
+                    if exc.reason != "VERSION_ALREADY_SIGNED" and "already signed" not in str(exc):
                         raise
                     meta.version += 1
             else:
