@@ -1,14 +1,20 @@
 # signerd: `make run` sets everything up and runs the demo; `make test` runs every check.
 SHELL := /bin/bash
-PYTHON ?= python3
+# Everything runs in the project's own virtual environment: the system Python is never
+# installed into (PEP 668 systems refuse it), and the tests run against the installed
+# (editable) package, not a PYTHONPATH.
+VENV ?= .venv
+BASE_PYTHON ?= python3
+PYTHON := $(CURDIR)/$(VENV)/bin/python
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+unexport PYTHONPATH
 RUN_DIR ?= .run
-export PYTHONPATH := $(CURDIR):$(CURDIR)/clients$(if $(PYTHONPATH),:$(PYTHONPATH))
 
 APT_PACKAGES := softhsm2 notary docker-registry skopeo postgresql
 empty :=
 space := $(empty) $(empty)
 comma := ,
-PY_IMPORTS := pkcs11 grpc grpc_tools grpc_health grpc_reflection grpc_status google.protobuf cryptography sqlite_utils tuf securesystemslib uvloop pytest pytest_timeout psycopg psycopg_pool
+PY_IMPORTS := signer signer_client pkcs11 grpc grpc_tools grpc_health grpc_reflection grpc_status google.protobuf cryptography sqlite_utils tuf securesystemslib uvloop pytest pytest_timeout psycopg psycopg_pool
 
 .PHONY: help deps run demo stop test lint typecheck proto proto-check pytest bench clean
 
@@ -26,8 +32,9 @@ deps:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
-	@if ! $(PYTHON) -c 'import $(subst $(space),$(comma),$(PY_IMPORTS))' 2>/dev/null || ! command -v ruff >/dev/null || ! $(PYTHON) -m mypy --version >/dev/null 2>&1; then \
-	  echo "installing Python packages"; \
+	@if [ ! -x $(PYTHON) ]; then echo "creating $(VENV)"; $(BASE_PYTHON) -m venv $(VENV); fi
+	@if ! $(PYTHON) -c 'import $(subst $(space),$(comma),$(PY_IMPORTS))' 2>/dev/null || [ ! -x $(VENV)/bin/ruff ] || ! $(PYTHON) -m mypy --version >/dev/null 2>&1; then \
+	  echo "installing Python packages into $(VENV)"; \
 	  $(PYTHON) -m pip install -q -e '.[dev]'; \
 	fi
 
