@@ -133,7 +133,8 @@ KMS_URIS = [
         "gcpkms:projects/p/locations/global/keyRings/tuf/cryptoKeys/root/cryptoKeyVersions/1",
         "google-cloud-kms",
     ),
-    ("awskms:alias/tuf-root", "region"),
+    # boto3 installed: it wants a region; not installed: securesystemslib says what to add
+    ("awskms:alias/tuf-root", "region|requires aws-kms"),
     ("azurekms://tufvault.vault.azure.net/keys/root/1", "azure-identity"),
     ("azurekms://tufvault/elsewhere", "want azurekms://VAULT.vault.azure.net/keys/NAME"),
 ]
@@ -157,13 +158,13 @@ def test_kms_uris_are_routed_and_refused_in_one_line(
     count = len(daemon.client().list_keys())
     repo = tmp_path / "repo"
     err = refused(capsys, repo, "init", "--key", f"root={uri}", "--create-keys")
-    assert f"cannot use key {uri}" in err and why in err
+    assert f"cannot use key {uri}" in err and any(w in err for w in why.split("|")), err
     assert not (repo / "tuf-repo.json").exists()
     assert len(daemon.client().list_keys()) == count  # refused before any key was created
 
     assert run("init", "--create-keys", "--algorithm", "ed25519", repo=repo) == 0
     err = refused(capsys, repo, "rotate", "root", "--add-key", uri)
-    assert why in err
+    assert any(w in err for w in why.split("|")), err
     assert not list((repo / "staging").glob("*.json"))
 
 
