@@ -89,7 +89,8 @@ def main() -> int:
         )
     print(
         "\nThe private keys never left the SoftHSM token (sensitive, non-extractable).\n"
-        f"Try:  python -m signer.cli keys list --client-config {args.run_dir}/client-admin.toml\n"
+        f"Try:  {Path(sys.executable).parent / 'signerd'} keys list "
+        f"--client-config {args.run_dir}/client-admin.toml\n"
         "Stop: make stop"
     )
     return 0
