@@ -111,6 +111,16 @@ def run(*argv: str, repo: Path) -> int:
     return main(["-C", str(repo), *argv])
 
 
+def fetches_first(repo: Path, tmp_path: Path, files: dict[str, bytes]) -> None:
+    """A fresh ngclient, over HTTP, downloads the first of ``files`` with its bytes."""
+    served = Served(repo)
+    try:
+        name, data = next(iter(files.items()))
+        assert fetch(served, repo, tmp_path, name) == data
+    finally:
+        served.close()
+
+
 def repo_files(repo: Path) -> dict[str, bytes]:
     """Every file of a repository directory (not its lock), by relative path."""
     if not repo.exists():

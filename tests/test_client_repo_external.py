@@ -21,9 +21,8 @@ from pathlib import Path
 import pytest
 from securesystemslib.signer import CryptoSigner
 from test_client_repo import (
-    Served,
     client_env,
-    fetch,
+    fetches_first,
     make_files,
     published,
     refused,
@@ -97,12 +96,7 @@ def test_file_keys_beside_daemon_keys(
     assert f"key {new_id[:8]}: signs with file2:" in capsys.readouterr().out
     assert run("publish", repo=repo) == 0
 
-    served = Served(repo)
-    try:
-        name, data = next(iter(files.items()))
-        assert fetch(served, repo, tmp_path, name) == data
-    finally:
-        served.close()
+    fetches_first(repo, tmp_path, files)
 
     # refusals: one line, nothing written, no daemon key created
     stranger, _ = file_key(tmp_path, "stranger")
@@ -241,9 +235,4 @@ def test_hsm_key_in_a_separate_token(tmp_path: Path, capsys: pytest.CaptureFixtu
     files = make_files(tmp_path / "in", 2)
     assert run("targets", "add", str(tmp_path / "in"), repo=repo) == 0
     assert run("publish", repo=repo) == 0
-    served = Served(repo)
-    try:
-        name, data = next(iter(files.items()))
-        assert fetch(served, repo, tmp_path, name) == data
-    finally:
-        served.close()
+    fetches_first(repo, tmp_path, files)

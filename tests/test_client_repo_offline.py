@@ -18,9 +18,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from securesystemslib.signer import SSlibKey
 from test_client_repo import (
-    Served,
     client_env,
-    fetch,
+    fetches_first,
     make_files,
     published,
     refused,
@@ -95,12 +94,7 @@ def test_root_ceremony_at_init(tmp_path: Path, capsys: pytest.CaptureFixture[str
     files = make_files(tmp_path / "in", 2)
     assert run("targets", "add", str(tmp_path / "in"), repo=repo) == 0
     assert run("publish", repo=repo) == 0  # targets, snapshot, timestamp: daemon keys only
-    served = Served(repo)
-    try:
-        name, data = next(iter(files.items()))
-        assert fetch(served, repo, tmp_path, name) == data
-    finally:
-        served.close()
+    fetches_first(repo, tmp_path, files)
 
 
 @pytest.mark.usefixtures("client_env")
@@ -170,12 +164,7 @@ def test_offline_root_key_threshold_two(tmp_path: Path, capsys: pytest.CaptureFi
     files = make_files(tmp_path / "in", 2)
     assert run("targets", "add", str(tmp_path / "in"), repo=repo) == 0
     assert run("publish", repo=repo) == 0
-    served = Served(repo)
-    try:
-        name, data = next(iter(files.items()))
-        assert fetch(served, repo, tmp_path, name) == data
-    finally:
-        served.close()
+    fetches_first(repo, tmp_path, files)
 
     # root v3 without the offline key must still carry its signature (old threshold)
     assert run("rotate", "root", "--remove-key", key.key_id, "--threshold", "1", repo=repo) == 0
@@ -189,9 +178,5 @@ def test_offline_root_key_threshold_two(tmp_path: Path, capsys: pytest.CaptureFi
     )
     assert run("publish", repo=repo) == 0
     assert published(repo, "root").signed.version == 3
-    served = Served(repo)
-    try:
-        assert fetch(served, repo, tmp_path, name) == data
-    finally:
-        served.close()
+    fetches_first(repo, tmp_path, files)
     assert os.listdir(repo / "staging") == []
