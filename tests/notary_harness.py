@@ -84,7 +84,11 @@ def notary_server_config(root: Path, daemon: Daemon, port: int, algorithm: str) 
     return path
 
 
-def start_notary_server(root: Path, daemon: Daemon, algorithm: str) -> NotaryServer:
+def start_notary_server(
+    root: Path, daemon: Daemon, algorithm: str, extra: dict[str, Any] | None = None
+) -> NotaryServer:
+    """notary-server on loopback, signing through ``daemon``; ``extra`` config sections
+    (e.g. ``"auth"``) are added to notary_server_config's. Waits until it is healthy."""
     binary = require("notary-server")
     issue(
         daemon.pki,
@@ -97,6 +101,8 @@ def start_notary_server(root: Path, daemon: Daemon, algorithm: str) -> NotarySer
     )
     port = free_port()
     config = notary_server_config(root, daemon, port, algorithm)
+    if extra:
+        config.write_text(json.dumps({**json.loads(config.read_text()), **extra}, indent=2))
     log_path = root / "notary-server.log"
     proc = subprocess.Popen(
         [binary, "-config", str(config), "-logf", "logfmt"],

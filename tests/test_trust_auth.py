@@ -16,7 +16,6 @@ import os
 import ssl
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -32,9 +31,8 @@ from notary_harness import (
     NOTARY_SERVER_PRINCIPAL,
     PASSPHRASES,
     NotaryServer,
-    https_get,
-    notary_server_config,
     require,
+    start_notary_server,
     stop_notary_server,
 )
 from registry_harness import (
@@ -45,8 +43,7 @@ from registry_harness import (
     start_registry,
 )
 
-from harness import Daemon, free_port, running_daemon
-from signer.devpki import issue, load_ca
+from harness import Daemon, running_daemon
 
 NOTARY_USER = "build-bot"
 NOTARY_PASSWORD = "notary s3cret"
@@ -209,21 +206,8 @@ class Stack:
 
 
 def start_auth_notary_server(root: Path, daemon: Daemon, tokens: TokenServer) -> NotaryServer:
-    """notary-server with token auth: notary_server_config's config plus an "auth" section."""
-    binary = require("notary-server")
-    issue(
-        daemon.pki,
-        "notary-server-tls",
-        "localhost",
-        load_ca(daemon.pki),
-        server=True,
-        dns=("localhost",),
-        ips=("127.0.0.1",),
-    )
-    port = free_port()
-    path = notary_server_config(root, daemon, port, "ecdsa")
-    config = json.loads(path.read_text())
-    config["auth"] = {
+    """notary-server with token auth (its health endpoint is not behind auth)."""
+    auth = {
         "type": "token",
         "options": {
             "realm": tokens.realm,
@@ -232,28 +216,7 @@ def start_auth_notary_server(root: Path, daemon: Daemon, tokens: TokenServer) ->
             "rootcertbundle": str(tokens.bundle),
         },
     }
-    path.write_text(json.dumps(config, indent=2))
-    log_path = root / "notary-server.log"
-    proc = subprocess.Popen(
-        [binary, "-config", str(path), "-logf", "logfmt"],
-        stdout=log_path.open("ab"),
-        stderr=subprocess.STDOUT,
-        cwd=root,
-    )
-    server = NotaryServer(root, port, proc, log_path)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"notary-server exited ({proc.returncode}):\n{server.log()}")
-        try:
-            with https_get(server, "/_notary_server/health") as resp:  # not behind auth
-                if resp.status == 200:
-                    return server
-        except OSError:
-            pass
-        time.sleep(0.2)
-    stop_notary_server(server)
-    raise TimeoutError(f"notary-server not healthy after 30s:\n{server.log()}")
+    return start_notary_server(root, daemon, "ecdsa", extra={"auth": auth})
 
 
 @pytest.fixture(scope="module")
