@@ -206,6 +206,19 @@ dir = "state"
             self.proc.wait()
 
 
+def signerd(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``signerd ARGS`` as an operator types it (this interpreter, the source tree)."""
+    return subprocess.run(
+        [sys.executable, "-m", "signer.cli", *args],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=f"{ROOT}:{ROOT / 'clients'}", **(env or {})),
+        cwd=ROOT,
+        timeout=120,
+        check=False,
+    )
+
+
 @contextmanager
 def running_daemon(root: Path, **kwargs: Any) -> Iterator[Daemon]:
     """Token + PKI + daemon under ``root``; stopped (and its log kept) afterwards."""

@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 from cryptography import x509
 
+from harness import signerd
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def signerd(*args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=f"{ROOT}:{ROOT / 'clients'}")
-    return subprocess.run(
-        [sys.executable, "-m", "signer.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-        check=False,
-    )
 
 
 def dns_names(path: Path) -> list[str]:

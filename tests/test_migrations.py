@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import secrets
 import sqlite3
-import subprocess
-import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -14,7 +11,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from harness import ROOT, Daemon, create_token, free_port
+from harness import Daemon, create_token, free_port, signerd
 from signer.storage import open_backend
 from signer.storage.migrations import VERSION, NewerSchema
 from signer.storage.postgresql import schema as pg_schema
@@ -28,17 +25,6 @@ _AUDIT_V1 = """CREATE TABLE audit (
     code TEXT NOT NULL, detail TEXT NOT NULL, request_id TEXT NOT NULL,
     prev_hash TEXT NOT NULL, hash TEXT NOT NULL)"""
 _ENTRY = (1, 1.0, "alice", "sign", "k1", "targets", "", "00", "allowed", "OK", "", "", "", "h1")
-
-
-def signerd(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "signer.cli", *args],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, **(env or {})),
-        cwd=ROOT,
-        timeout=120,
-    )
 
 
 def _columns(conn: Any, table: str) -> set[str]:

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-from harness import running_daemon
+from harness import running_daemon, signerd
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,17 +41,6 @@ keys = { roles = ["Root", "tagrets"] }
 principals = ["*"]
 operations = ["sign-raw", "destroy"]
 """
-
-
-def signerd(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "signer.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env=dict(os.environ, PYTHONPATH=f"{ROOT}:{ROOT / 'clients'}", **(env or {})),
-    )
 
 
 def test_check_a_clean_policy(tmp_path: Path) -> None:

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import secrets
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +14,7 @@ import psycopg
 import pytest
 from securesystemslib.formats import encode_canonical
 
-from harness import ROOT, Daemon, create_token, free_port
+from harness import Daemon, create_token, free_port, signerd
 from signer.audit.log import AuditEvent, AuditLog, Outcome
 from signer.storage import open_backend
 from signer.storage.copy import TABLES, copy_state
@@ -29,17 +26,6 @@ from signer.storage.records import (
     VersionClaim,
 )
 from signer_client.errors import ClientError
-
-
-def signerd(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "signer.cli", *args],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, PYTHONPATH=f"{ROOT}:{ROOT / 'clients'}", **(env or {})),
-        cwd=ROOT,
-        timeout=120,
-    )
 
 
 @pytest.fixture

@@ -14,16 +14,18 @@ import re
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
+from signer.audit import AUDIT_ROLE
 from signer.identity import Principal
 from signer.policy import Operation, Resource
 from signer.policy.file import FilePolicy
 from signer.policy.rules import Rule, split_source
+from signer.policy.tuf import TOP_LEVEL_ROLES
 
 # Roles a key can be bound to: the top-level ones, delegations (targets/... for notary,
 # any name for TUF), and the daemon's own audit key.
-_TOP_LEVEL = ("root", "targets", "snapshot", "timestamp", "audit")
+_TOP_LEVEL = (*sorted(TOP_LEVEL_ROLES), AUDIT_ROLE)
 _ROLE_NAME = re.compile(r"[A-Za-z0-9*?\[\]][A-Za-z0-9_.*?\[\]/-]*")
-_RAW_IS_WIDE = frozenset({"root", "targets", "snapshot", "timestamp"})
+_RAW_IS_WIDE = TOP_LEVEL_ROLES
 
 
 @dataclass(frozen=True)
