@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from signer import identity
 from signer.audit import AuditLog
-from signer.audit.checkpoint import Checkpointer, CheckpointSettings
+from signer.audit.checkpoint import Checkpointer
 from signer.audit_key import AuditKey
 from signer.certificates import CertificateIssuer
 from signer.config import SignerConfig, open_state
@@ -55,13 +55,13 @@ def load_policy(
     A worker (re)started while the file is broken falls back to the last good policy the
     supervisor kept (``config.policy_fallback``), so it enforces what its siblings do;
     a reload passes ``fallback=False`` and keeps the policy it has instead."""
-    if config.policy_file is None:
+    if config.policy.file is None:
         return AllowAuthenticated()
     from signer.errors import ConfigError
     from signer.policy.file import FilePolicy  # issue: policy files
 
     try:
-        return FilePolicy.load(config.policy_file, buckets)
+        return FilePolicy.load(config.policy.file, buckets)
     except ConfigError as exc:
         kept = config.policy_fallback
         if not fallback or kept is None or not kept.exists():
@@ -75,7 +75,7 @@ class SignerApp:
         self, config: SignerConfig, token: Token | None = None, backend: Backend | None = None
     ) -> None:
         self.config = config
-        identity.configure(config)  # the CRL ([tls] crl): ConfigError if it is unusable
+        identity.configure(config.tls)  # the CRL ([tls] crl): ConfigError if it is unusable
         self.token = token or Token(
             TokenSettings(
                 module=config.token.module,
@@ -86,7 +86,7 @@ class SignerApp:
                 hang_seconds=config.token.hang_seconds,
             )
         )
-        config.state_dir.mkdir(parents=True, exist_ok=True)
+        config.state.dir.mkdir(parents=True, exist_ok=True)
         self.state = backend or open_state(config)
         self.registry = KeyRegistry(self.state.keys())
         self.audit = AuditLog(self.state.audit(), replica=config.state.replica_name)
@@ -110,7 +110,7 @@ class SignerApp:
             self.registry,
             self.recorder,
             current_policy,
-            config.max_payload_bytes,
+            config.server.max_payload_bytes,
             guards=[
                 ForDialect(NOTARY, NotaryRules()),
                 QuorumGuard(self.requests),
@@ -119,12 +119,16 @@ class SignerApp:
             ],
         )
         self.quorum = QuorumService(
-            self.requests, self.registry, self.admin, [self.tuf_rules], config.max_payload_bytes
+            self.requests,
+            self.registry,
+            self.admin,
+            [self.tuf_rules],
+            config.server.max_payload_bytes,
         )
         self.checkpointer = Checkpointer(
             self.audit,
             AuditKey(self.token, self.registry, self.audit),
-            CheckpointSettings.from_config(config.extra),
+            config.audit,
         )
 
     def current_policy(self) -> Policy:
@@ -140,7 +144,7 @@ class SignerApp:
     def reload(self) -> None:
         """Re-read the policy (SIGHUP). A policy that fails to load leaves the old one."""
         self.token.reset_lockout(self.config.token.read_pin)  # a refused PIN: try again
-        identity.reload(self.config)  # the CRL, likewise: a bad one leaves the old one
+        identity.reload(self.config.tls)  # the CRL, likewise: a bad one leaves the old one
         try:
             policy = load_policy(self.config, self.buckets, fallback=False)
         except Exception as exc:

@@ -177,7 +177,7 @@ def _state_url(args: argparse.Namespace, url: str | None) -> tuple[str, str | No
     if url is None:
         config = load_config(Path(args.config))
         if not config.state.url:
-            return f"sqlite://{config.state_dir.resolve()}", None
+            return f"sqlite://{config.state.dir.resolve()}", None
         state = config.state
     else:
         if _url_password(url):
@@ -209,9 +209,9 @@ def _state_copy(args: argparse.Namespace) -> int:
 
 
 def _state(value: int) -> str:
-    from signer_api.v1 import signer_pb2 as pb
+    from signer.v1 import signer_pb2 as pb
 
-    return pb.KeyState.Name(value).removeprefix("KEY_STATE_").lower()  # type: ignore[arg-type]
+    return pb.KeyState.Name(value).lower()  # type: ignore[arg-type]
 
 
 def client_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

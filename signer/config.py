@@ -1,4 +1,9 @@
-"""The daemon's configuration: one small TOML file, one frozen object.
+"""The daemon's configuration: one small TOML file, one frozen tree of typed sections.
+
+Every section is a frozen dataclass below (``[server]`` is ``ServerConfig``, ...), read
+and type-checked here, once, at load time: modules receive their own section and never
+see the file. An unknown section or key, a wrong type or a value out of range is a
+``ConfigError`` naming the file, the section and key, and what was expected.
 
 Paths are relative to the config file. The token PIN is never read from this file: it
 comes from an environment variable or a file named here (``pin_env`` / ``pin_file``).
@@ -25,13 +30,16 @@ comes from an environment variable or a file named here (``pin_env`` / ``pin_fil
 
     [policy]
     file = "policy.toml"           # optional; without it any authenticated client may act
+
+``[log]`` (signer.logs), ``[audit]`` (checkpoints and anchors, docs/policy.md) and
+``[notary]`` (the notary-signer API, docs/notary.md) are optional too.
 """
 
 from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
@@ -50,7 +58,46 @@ MESSAGE_OVERHEAD_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
+class ServerConfig:
+    """``[server]``: the gRPC listener and the bounds on what one client can make it hold."""
+
+    listen: str = "127.0.0.1:7443"
+    workers: int = 1  # processes sharing the port (SO_REUSEPORT); 1: no supervisor
+    max_payload_bytes: int = 16 * 1024 * 1024
+    max_batch_items: int = 1024
+    grace_seconds: float = 10.0  # in-flight requests may finish this long at a stop
+    max_concurrent_rpcs: int = 128
+    max_concurrent_streams: int = 100
+    idle_timeout_seconds: float = 300.0
+    handshake_timeout_seconds: float = 10.0
+
+    @property
+    def max_message_bytes(self) -> int:
+        """gRPC's receive limit, derived from ours: a Sign with the largest payload, or a
+        SignBatch of the most items carrying digests, fits with room for the other fields
+        (so a payload just over the limit still gets our clear INVALID_ARGUMENT); anything
+        larger is refused by gRPC (RESOURCE_EXHAUSTED) before it is buffered whole. Each
+        in-flight call can hold one such message: memory is bounded by this times
+        ``max_concurrent_rpcs``."""
+        largest = max(self.max_payload_bytes, self.max_batch_items * BATCH_ITEM_BYTES)
+        return largest + MESSAGE_OVERHEAD_BYTES
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """``[tls]``: mutual TLS, required (the daemon never serves in the clear)."""
+
+    ca: Path  # client certificates must chain to this CA
+    cert: Path
+    key: Path
+    crl: Path | None = None  # revoked client certificates (PEM or DER), re-read on SIGHUP
+
+
+@dataclass(frozen=True)
 class TokenConfig:
+    """``[token]``: the PKCS#11 module and token. ``uri`` (RFC 7512) may name the token,
+    serial and module instead; the PIN comes from ``pin_env`` or ``pin_file``, never here."""
+
     module: str = DEFAULT_MODULE
     label: str = ""
     serial: str | None = None
@@ -83,11 +130,12 @@ class TokenConfig:
 
 @dataclass(frozen=True)
 class StateConfig:
-    """``[state]`` beyond the directory: the shared database of replicas, if any.
+    """``[state]``: the state directory and, for replicas, the shared database.
 
     The password is never in the config file (nor in the URL): it comes from a file
     (mode 0600) or an environment variable, like the token PIN."""
 
+    dir: Path = Path("state")  # SQLite files, the last good policy
     url: str | None = None
     password_env: str = "SIGNER_DB_PASSWORD"
     password_file: Path | None = None
@@ -123,40 +171,92 @@ class StateConfig:
 
 
 @dataclass(frozen=True)
-class SignerConfig:
-    listen: str
-    ca: Path
-    cert: Path
-    key: Path
-    token: TokenConfig
-    state_dir: Path
-    workers: int = 1
-    policy_file: Path | None = None
-    crl: Path | None = None  # [tls] crl: revoked client certificates (PEM or DER)
-    max_payload_bytes: int = 16 * 1024 * 1024
-    max_batch_items: int = 1024
-    grace_seconds: float = 10.0
-    max_concurrent_rpcs: int = 128
-    max_concurrent_streams: int = 100
-    idle_timeout_seconds: float = 300.0
-    handshake_timeout_seconds: float = 10.0
-    # The last policy that loaded, kept by the supervisor: a worker (re)started while the
-    # policy file is broken falls back to it instead of refusing to serve.
-    policy_fallback: Path | None = None
-    state: StateConfig = field(default_factory=StateConfig)
-    log: LogConfig = field(default_factory=LogConfig)
-    extra: dict[str, Any] = field(default_factory=dict)
+class PolicyConfig:
+    """``[policy]``: the policy file; without one any authenticated client may act."""
 
-    @property
-    def max_message_bytes(self) -> int:
-        """gRPC's receive limit, derived from ours: a Sign with the largest payload, or a
-        SignBatch of the most items carrying digests, fits with room for the other fields
-        (so a payload just over the limit still gets our clear INVALID_ARGUMENT); anything
-        larger is refused by gRPC (RESOURCE_EXHAUSTED) before it is buffered whole. Each
-        in-flight call can hold one such message: memory is bounded by this times
-        ``max_concurrent_rpcs``."""
-        largest = max(self.max_payload_bytes, self.max_batch_items * BATCH_ITEM_BYTES)
-        return largest + MESSAGE_OVERHEAD_BYTES
+    file: Path | None = None
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """``[audit]``: how often the audit key signs the chain's tip, and where each
+    checkpoint is also sent (docs/policy.md). ``anchor_file`` must be absolute: auditors
+    read it from elsewhere, with or without this file."""
+
+    checkpoint_entries: int = 1000
+    checkpoint_seconds: float = 60.0
+    anchor_file: Path | None = None
+    anchor_command: tuple[str, ...] = ()  # run per checkpoint, its JSON line on stdin
+
+    def allowed_tail(self) -> tuple[int, float]:
+        """How far a healthy chain may run past its last checkpoint: (entries, seconds).
+
+        Twice the cadence, plus a few seconds (the checkpointer polls, signing takes a
+        moment). The daemon checkpoints at a clean stop and, after an unclean one, at its
+        next start; only a token that is down right now (checkpoints retry) leaves more."""
+        return 2 * self.checkpoint_entries, 2 * self.checkpoint_seconds + 5.0
+
+
+@dataclass(frozen=True)
+class NotaryConfig:
+    """``[notary]``: the notary-signer API on the daemon's port (docs/notary.md), the
+    roles notary-server may create keys for, and the retirement of its unused keys
+    (``retire_unused_days`` 0: no schedule)."""
+
+    enabled: bool = True
+    roles: tuple[str, ...] = ("timestamp", "snapshot")
+    retire_unused_days: float = 0.0
+    retire_idle_repositories: bool = False
+    retire_interval_seconds: float = 3600.0
+
+
+@dataclass(frozen=True)
+class SignerConfig:
+    """The whole file: one typed section per table (absent ones take their defaults)."""
+
+    tls: TlsConfig
+    token: TokenConfig
+    server: ServerConfig = field(default_factory=ServerConfig)
+    state: StateConfig = field(default_factory=StateConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    notary: NotaryConfig = field(default_factory=NotaryConfig)
+    # Not from the file: the last policy that loaded, kept by the supervisor. A worker
+    # (re)started while the policy file is broken falls back to it instead of refusing.
+    policy_fallback: Path | None = None
+
+
+# The file's tables and the section each becomes; a table's keys are its fields' names.
+SECTIONS: dict[str, type] = {
+    "server": ServerConfig,
+    "tls": TlsConfig,
+    "token": TokenConfig,
+    "state": StateConfig,
+    "policy": PolicyConfig,
+    "log": LogConfig,
+    "audit": AuditConfig,
+    "notary": NotaryConfig,
+}
+# Keys read that are not fields: ``uri`` fills in token fields; a PIN or password in the
+# file is refused with its own message (not as an unknown key).
+ALSO_READ: dict[str, frozenset[str]] = {
+    "token": frozenset({"uri", "pin"}),
+    "state": frozenset({"password"}),
+}
+REFUSED = frozenset({"pin", "password"})
+
+
+def _known() -> dict[str, frozenset[str]]:
+    return {
+        name: frozenset(f.name for f in fields(cls)) | ALSO_READ.get(name, frozenset())
+        for name, cls in SECTIONS.items()
+    }
+
+
+# Every section and key the daemon reads. Anything else is a typo or a setting of another
+# version, which would otherwise be ignored without a word ("pin_fille", "[tsl]").
+KNOWN_SETTINGS: dict[str, frozenset[str]] = _known()
 
 
 def ensure_state_dir(path: Path) -> Path:
@@ -188,112 +288,24 @@ def parse_pkcs11_uri(uri: str) -> dict[str, str]:
     return attrs
 
 
-def _positive(table: dict[str, Any], name: str, default: int | float) -> Any:
-    """A positive number of the default's type (ints stay ints, seconds may be fractions)."""
-    value = type(default)(table.get(name, default))
-    if value <= 0:
-        raise ConfigError(f"server.{name} must be positive, not {value}")
-    return value
-
-
 def load_config(path: Path) -> SignerConfig:
+    """Read, check and type the whole file; ConfigError names the file and the key."""
     try:
         data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read config {path}: {exc}") from exc
-    base = path.parent.resolve()
-
-    def rel(value: str) -> Path:
-        p = Path(value)
-        return p if p.is_absolute() else base / p
-
-    def section(name: str) -> dict[str, Any]:
-        value = data.get(name, {})
-        if not isinstance(value, dict):
-            raise ConfigError(f"[{name}] must be a table")
-        return value
-
     _check_known(data, path)
-    server, tls, token, state, policy, log_section = (
-        section(n) for n in ("server", "tls", "token", "state", "policy", "log")
+    tables = {name: Table(path, name, data.get(name, {})) for name in SECTIONS}
+    return SignerConfig(
+        server=_server(tables["server"]),
+        tls=_tls(tables["tls"]),
+        token=_token(tables["token"]),
+        state=_state(tables["state"]),
+        policy=PolicyConfig(file=tables["policy"].path("file")),
+        log=_log(tables["log"]),
+        audit=_audit(tables["audit"]),
+        notary=_notary(tables["notary"]),
     )
-    if "pin" in token:
-        raise ConfigError("token.pin is not allowed: use pin_env or pin_file")
-    uri = parse_pkcs11_uri(token["uri"]) if "uri" in token else {}
-    label = token.get("label") or uri.get("token", "")
-    if not label:
-        raise ConfigError("name the token: token.label or token.uri = 'pkcs11:token=LABEL'")
-    try:
-        return SignerConfig(
-            listen=str(server.get("listen", "127.0.0.1:7443")),
-            workers=int(server.get("workers", 1)),
-            max_payload_bytes=int(server.get("max_payload_bytes", 16 * 1024 * 1024)),
-            max_batch_items=int(server.get("max_batch_items", 1024)),
-            grace_seconds=float(server.get("grace_seconds", 10.0)),
-            max_concurrent_rpcs=_positive(server, "max_concurrent_rpcs", 128),
-            max_concurrent_streams=_positive(server, "max_concurrent_streams", 100),
-            idle_timeout_seconds=_positive(server, "idle_timeout_seconds", 300.0),
-            handshake_timeout_seconds=_positive(server, "handshake_timeout_seconds", 10.0),
-            ca=rel(tls["ca"]),
-            cert=rel(tls["cert"]),
-            key=rel(tls["key"]),
-            crl=rel(tls["crl"]) if tls.get("crl") else None,
-            token=TokenConfig(
-                module=str(token.get("module") or uri.get("module-path") or DEFAULT_MODULE),
-                label=label,
-                serial=token.get("serial") or uri.get("serial"),
-                pin_env=str(token.get("pin_env", "SIGNER_PIN")),
-                pin_file=rel(token["pin_file"]) if token.get("pin_file") else None,
-                probe_interval=float(token.get("probe_interval", 2.0)),
-                hang_seconds=float(token.get("hang_seconds", 5.0)),
-            ),
-            state_dir=rel(str(state.get("dir", "state"))),
-            state=_state_config(state, rel),
-            policy_file=rel(policy["file"]) if policy.get("file") else None,
-            log=_log_config(log_section, path),
-            extra={
-                k: v
-                for k, v in data.items()
-                if k not in ("server", "tls", "token", "state", "policy", "log")
-            },
-        )
-    except KeyError as exc:
-        raise ConfigError(f"missing setting {exc.args[0]!r} in {path}") from exc
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"invalid setting in {path}: {exc}") from exc
-
-
-# Every section and key the daemon reads. Anything else is a typo or a setting of another
-# version, which would otherwise be ignored without a word ("pin_fille", "[tsl]").
-KNOWN_SETTINGS: dict[str, frozenset[str]] = {
-    "server": frozenset(
-        {
-            "listen",
-            "workers",
-            "max_payload_bytes",
-            "max_batch_items",
-            "grace_seconds",
-            "max_concurrent_rpcs",
-            "max_concurrent_streams",
-            "idle_timeout_seconds",
-            "handshake_timeout_seconds",
-        }
-    ),
-    "tls": frozenset({"ca", "cert", "key", "crl"}),
-    "token": frozenset(
-        {"module", "uri", "label", "serial", "pin_env", "pin_file", "probe_interval"}
-        | {"hang_seconds", "pin"}  # pin: refused below with its own message
-    ),
-    "state": frozenset({"dir", "url", "password_env", "password_file", "replica", "password"}),
-    "policy": frozenset({"file"}),
-    "log": frozenset({"format", "requests"}),
-    "audit": frozenset({"checkpoint_entries", "checkpoint_seconds", "anchor_file"})
-    | {"anchor_command"},
-    "notary": frozenset(
-        {"enabled", "roles", "retire_unused_days", "retire_idle_repositories"}
-        | {"retire_interval_seconds"}
-    ),
-}
 
 
 def _check_known(data: dict[str, Any], path: Path) -> None:
@@ -307,38 +319,195 @@ def _check_known(data: dict[str, Any], path: Path) -> None:
             raise ConfigError(f"{path}: [{name}] must be a table")
         for key in value:
             if key not in known:
-                keys = ", ".join(sorted(k for k in known if k not in ("pin", "password")))
+                keys = ", ".join(sorted(known - REFUSED))
                 raise ConfigError(f"{path}: unknown setting {name}.{key} (known: {keys})")
 
 
-def _log_config(section: dict[str, Any], path: Path) -> LogConfig:
-    fmt = section.get("format", "text")
+class Table:
+    """One table of the file, read key by key: each getter checks the value's type and
+    range, and a refusal names the file, ``[section] key``, what was expected and what
+    was found."""
+
+    def __init__(self, path: Path, name: str, values: dict[str, Any]) -> None:
+        self.file = path
+        self.name = name
+        self.values = values
+        self.base = path.parent.resolve()
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.values
+
+    def error(self, key: str, message: str) -> ConfigError:
+        return ConfigError(f"{self.file}: [{self.name}] {key} {message}")
+
+    def _wrong(self, key: str, expected: str) -> ConfigError:
+        return self.error(key, f"must be {expected}, got {_shown(self.values[key])}")
+
+    def string(self, key: str, default: str, empty: bool = True) -> str:
+        value = self.values.get(key, default)
+        if not isinstance(value, str) or not (empty or value):
+            raise self._wrong(key, "a string" if empty else "a non-empty string")
+        return value
+
+    def optional_string(self, key: str) -> str | None:
+        """A string, or None when absent or empty."""
+        return self.string(key, "") or None
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self.values.get(key, default)
+        if not isinstance(value, bool):
+            raise self._wrong(key, "true or false")
+        return value
+
+    def integer(self, key: str, default: int, minimum: int = 1) -> int:
+        value = self.values.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise self._wrong(key, f"an integer >= {minimum}")
+        return value
+
+    def number(self, key: str, default: float, positive: bool = True) -> float:
+        """Seconds, days...: an integer or a fraction, > 0 (or >= 0 if not ``positive``)."""
+        value = self.values.get(key, default)
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if not ok or not (value > 0 if positive else value >= 0):
+            raise self._wrong(key, "a number > 0" if positive else "a number >= 0")
+        return float(value)
+
+    def path(self, key: str, default: str = "") -> Path | None:
+        """A path relative to the config file's directory; None when absent or empty."""
+        value = self.values.get(key, default)
+        if not isinstance(value, str):
+            raise self._wrong(key, "a path (a string)")
+        if not value:
+            return None
+        p = Path(value)
+        return p if p.is_absolute() else self.base / p
+
+    def required_path(self, key: str, what: str) -> Path:
+        if key not in self.values:
+            raise self.error(key, f"is missing: {what}")
+        found = self.path(key)
+        if found is None:
+            raise self._wrong(key, f"a path ({what})")
+        return found
+
+    def strings(self, key: str, default: tuple[str, ...], example: str) -> tuple[str, ...]:
+        value = self.values.get(key, list(default))
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise self._wrong(key, f"a list of non-empty strings, e.g. {example}")
+        return tuple(value)
+
+
+def _shown(value: Any) -> str:
+    """A value as the file spells it (``true``, not ``True``)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a table"
+    return repr(value)
+
+
+def _server(t: Table) -> ServerConfig:
+    d = ServerConfig()
+    return ServerConfig(
+        listen=t.string("listen", d.listen, empty=False),
+        workers=t.integer("workers", d.workers),
+        max_payload_bytes=t.integer("max_payload_bytes", d.max_payload_bytes),
+        max_batch_items=t.integer("max_batch_items", d.max_batch_items),
+        grace_seconds=t.number("grace_seconds", d.grace_seconds, positive=False),
+        max_concurrent_rpcs=t.integer("max_concurrent_rpcs", d.max_concurrent_rpcs),
+        max_concurrent_streams=t.integer("max_concurrent_streams", d.max_concurrent_streams),
+        idle_timeout_seconds=t.number("idle_timeout_seconds", d.idle_timeout_seconds),
+        handshake_timeout_seconds=t.number(
+            "handshake_timeout_seconds", d.handshake_timeout_seconds
+        ),
+    )
+
+
+def _tls(t: Table) -> TlsConfig:
+    return TlsConfig(
+        ca=t.required_path("ca", "the CA client certificates must chain to"),
+        cert=t.required_path("cert", "the server's certificate"),
+        key=t.required_path("key", "the server's private key"),
+        crl=t.path("crl"),
+    )
+
+
+def _token(t: Table) -> TokenConfig:
+    d = TokenConfig()
+    if "pin" in t:
+        raise t.error("pin", "is not allowed: use pin_env or pin_file")
+    uri_text = t.optional_string("uri")
+    try:
+        uri = parse_pkcs11_uri(uri_text) if uri_text else {}
+    except ConfigError as exc:
+        raise t.error("uri", f"must be a pkcs11: URI (RFC 7512): {exc}") from None
+    label = t.string("label", "") or uri.get("token", "")
+    if not label:
+        raise ConfigError(f"{t.file}: name the token: [token] label or uri = 'pkcs11:token=LABEL'")
+    return TokenConfig(
+        module=t.string("module", "") or uri.get("module-path") or d.module,
+        label=label,
+        serial=t.optional_string("serial") or uri.get("serial"),
+        pin_env=t.string("pin_env", d.pin_env, empty=False),
+        pin_file=t.path("pin_file"),
+        probe_interval=t.number("probe_interval", d.probe_interval),
+        hang_seconds=t.number("hang_seconds", d.hang_seconds),
+    )
+
+
+def _state(t: Table) -> StateConfig:
+    d = StateConfig()
+    url = t.optional_string("url")
+    if url is not None:
+        if not url.startswith(("postgresql://", "postgres://", "sqlite:")):
+            raise t.error("url", f"{url!r}: use postgresql://... or sqlite:///dir")
+        if "password" in t or _url_password(url):
+            raise ConfigError(
+                f"{t.file}: no database password in the config file: use state.password_env "
+                "or state.password_file"
+            )
+    elif "password" in t:
+        raise t.error("password", "is not allowed: use password_env or password_file")
+    return StateConfig(
+        dir=t.path("dir", str(d.dir)) or t.base / d.dir,  # "": the default
+        url=url,
+        password_env=t.string("password_env", d.password_env, empty=False),
+        password_file=t.path("password_file"),
+        replica=t.string("replica", d.replica),
+    )
+
+
+def _log(t: Table) -> LogConfig:
+    d = LogConfig()
+    fmt = t.string("format", d.format)
     if fmt not in ("text", "json"):
-        raise ConfigError(f'{path}: log.format {fmt!r}: "text" or "json"')
-    requests = section.get("requests")
-    if requests is not None and not isinstance(requests, bool):
-        raise ConfigError(f"{path}: log.requests must be true or false")
+        raise t.error("format", f'must be "text" or "json", got {fmt!r}')
+    requests = t.boolean("requests", False) if "requests" in t else None
     return LogConfig(format=fmt, requests=requests)
 
 
-def _state_config(state: dict[str, Any], rel: Any) -> StateConfig:
-    url = state.get("url")
-    if url is not None:
-        url = str(url)
-        if not url.startswith(("postgresql://", "postgres://", "sqlite:")):
-            raise ConfigError(f"state.url {url!r}: use postgresql://... or sqlite:///dir")
-        if "password" in state or _url_password(url):
-            raise ConfigError(
-                "no database password in the config file: use state.password_env or "
-                "state.password_file"
-            )
-    elif "password" in state:
-        raise ConfigError("state.password is not allowed: use password_env or password_file")
-    return StateConfig(
-        url=url,
-        password_env=str(state.get("password_env", "SIGNER_DB_PASSWORD")),
-        password_file=rel(state["password_file"]) if state.get("password_file") else None,
-        replica=str(state.get("replica", "")),
+def _audit(t: Table) -> AuditConfig:
+    d = AuditConfig()
+    anchor_file = t.optional_string("anchor_file")
+    if anchor_file is not None and not Path(anchor_file).is_absolute():
+        raise t.error("anchor_file", f"must be an absolute path, got {anchor_file!r}")
+    return AuditConfig(
+        checkpoint_entries=t.integer("checkpoint_entries", d.checkpoint_entries),
+        checkpoint_seconds=t.number("checkpoint_seconds", d.checkpoint_seconds),
+        anchor_file=Path(anchor_file) if anchor_file else None,
+        anchor_command=t.strings("anchor_command", d.anchor_command, '["prog", "arg"]'),
+    )
+
+
+def _notary(t: Table) -> NotaryConfig:
+    d = NotaryConfig()
+    return NotaryConfig(
+        enabled=t.boolean("enabled", d.enabled),
+        roles=t.strings("roles", d.roles, '["timestamp", "snapshot"]'),
+        retire_unused_days=t.number("retire_unused_days", d.retire_unused_days, positive=False),
+        retire_idle_repositories=t.boolean("retire_idle_repositories", d.retire_idle_repositories),
+        retire_interval_seconds=t.number("retire_interval_seconds", d.retire_interval_seconds),
     )
 
 
@@ -357,4 +526,4 @@ def open_state(config: SignerConfig) -> Backend:
 
     url = config.state.url
     password = config.state.read_password() if url and not url.startswith("sqlite:") else None
-    return open_backend(config.state_dir, url, password)
+    return open_backend(config.state.dir, url, password)

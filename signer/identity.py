@@ -32,7 +32,7 @@ from cryptography.x509.oid import NameOID
 from signer.errors import ConfigError, Unauthenticated
 
 if TYPE_CHECKING:
-    from signer.config import SignerConfig
+    from signer.config import TlsConfig
 
 log = logging.getLogger(__name__)
 
@@ -256,21 +256,21 @@ def _signed_by(crl: x509.CertificateRevocationList, authority: x509.Certificate)
         return False
 
 
-def configure(config: SignerConfig) -> None:
+def configure(tls: TlsConfig) -> None:
     """At start-up: use the configured CRL, if any (ConfigError if it cannot be used)."""
     global _revocations
-    crl = config.crl
-    _revocations = load_revocations(crl, config.ca) if crl is not None else NO_REVOCATIONS
+    crl = tls.crl
+    _revocations = load_revocations(crl, tls.ca) if crl is not None else NO_REVOCATIONS
 
 
-def reload(config: SignerConfig) -> None:
+def reload(tls: TlsConfig) -> None:
     """On SIGHUP: re-read the CRL; one that cannot be used leaves the current one in force."""
     global _revocations
-    crl = config.crl
+    crl = tls.crl
     if crl is None:
         return
     try:
-        revocations = load_revocations(crl, config.ca)
+        revocations = load_revocations(crl, tls.ca)
     except ConfigError as exc:
         log.error("CRL reload failed, keeping the current CRL: %s", exc)
         return

@@ -29,12 +29,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from signer.app import SignerApp
-from signer.config import SignerConfig, ensure_state_dir, load_config
+from signer.config import ServerConfig, SignerConfig, TlsConfig, ensure_state_dir, load_config
 from signer.errors import ConfigError, SignerError
 from signer.service.keys import KeyServicer
 from signer.service.registration import add_service
 from signer.service.signing import SigningServicer
-from signer_api.v1 import signer_pb2
+from signer.v1 import signer_pb2
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ SERVICE_NAMES = [
 ]
 
 
-def transport_options(config: SignerConfig, reuse_port: bool) -> list[tuple[str, int]]:
+def transport_options(server: ServerConfig, reuse_port: bool) -> list[tuple[str, int]]:
     """gRPC core channel arguments: message size, streams and connection lifetimes.
 
     The receive limit follows max_payload_bytes / max_batch_items (signer/config.py), so
@@ -62,12 +62,12 @@ def transport_options(config: SignerConfig, reuse_port: bool) -> list[tuple[str,
     """
     return [
         ("grpc.so_reuseport", 1 if reuse_port else 0),
-        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.max_receive_message_length", server.max_message_bytes),
         # Answers are ours (ListKeys may be long): only the receive side needs a tight bound.
-        ("grpc.max_send_message_length", max(64 * 1024 * 1024, config.max_message_bytes)),
-        ("grpc.max_concurrent_streams", config.max_concurrent_streams),
-        ("grpc.server_handshake_timeout_ms", int(config.handshake_timeout_seconds * 1000)),
-        ("grpc.max_connection_idle_ms", int(config.idle_timeout_seconds * 1000)),
+        ("grpc.max_send_message_length", max(64 * 1024 * 1024, server.max_message_bytes)),
+        ("grpc.max_concurrent_streams", server.max_concurrent_streams),
+        ("grpc.server_handshake_timeout_ms", int(server.handshake_timeout_seconds * 1000)),
+        ("grpc.max_connection_idle_ms", int(server.idle_timeout_seconds * 1000)),
         ("grpc.keepalive_time_ms", 60_000),
         ("grpc.keepalive_timeout_ms", 20_000),
         ("grpc.keepalive_permit_without_calls", 1),
@@ -75,10 +75,10 @@ def transport_options(config: SignerConfig, reuse_port: bool) -> list[tuple[str,
     ]
 
 
-def server_credentials(config: SignerConfig) -> grpc.ServerCredentials:
+def server_credentials(tls: TlsConfig) -> grpc.ServerCredentials:
     """Mutual TLS: a client certificate chaining to the configured CA is required."""
     try:
-        key, cert, ca = config.key.read_bytes(), config.cert.read_bytes(), config.ca.read_bytes()
+        key, cert, ca = tls.key.read_bytes(), tls.cert.read_bytes(), tls.ca.read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read TLS material: {exc}") from exc
     return grpc.ssl_server_credentials(
@@ -100,7 +100,7 @@ class Daemon:
         self.config = config
         self.extra_service_names = []
         self.health_names = []
-        ensure_state_dir(config.state_dir)
+        ensure_state_dir(config.state.dir)
         self.app = SignerApp(config)
         self.health = health.aio.HealthServicer()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -109,17 +109,17 @@ class Daemon:
         threads = int(os.environ.get("SIGNER_RPC_THREADS", "8"))
         self.server = grpc.aio.server(
             migration_thread_pool=futures.ThreadPoolExecutor(threads, thread_name_prefix="rpc"),
-            options=transport_options(config, reuse_port),
+            options=transport_options(config.server, reuse_port),
             # Calls beyond this get RESOURCE_EXHAUSTED at once: with the receive limit, a
             # bound on the memory that requests (even unauthorised ones) can pin.
-            maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+            maximum_concurrent_rpcs=config.server.max_concurrent_rpcs,
         )
         services = signer_pb2.DESCRIPTOR.services_by_name
         keys = KeyServicer(self.app.keys, self.app.certificates)
         add_service(self.server, keys, services["KeyService"])
         add_service(
             self.server,
-            SigningServicer(self.app.pipeline, self.app.quorum, config.max_batch_items),
+            SigningServicer(self.app.pipeline, self.app.quorum, config.server.max_batch_items),
             services["SigningService"],
         )
         for extension in extensions():
@@ -134,9 +134,10 @@ class Daemon:
             ],
             self.server,
         )
-        self.port = self.server.add_secure_port(config.listen, server_credentials(config))
+        listen = config.server.listen
+        self.port = self.server.add_secure_port(listen, server_credentials(config.tls))
         if not self.port:
-            raise ConfigError(f"cannot listen on {config.listen}")
+            raise ConfigError(f"cannot listen on {listen}")
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -150,7 +151,8 @@ class Daemon:
         if self.app.state.name != "sqlite":  # a shared database can go away: watch it
             self._state_watch = asyncio.get_running_loop().create_task(self._watch_state())
         await self.server.start()
-        log.info("listening on %s (port %d), mutual TLS required", self.config.listen, self.port)
+        listen = self.config.server.listen
+        log.info("listening on %s (port %d), mutual TLS required", listen, self.port)
 
     def report_mismatches(self) -> None:
         try:
@@ -162,7 +164,7 @@ class Daemon:
     async def stop(self) -> None:
         """Finish in-flight requests (up to the grace period), then close the token."""
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(self.config.grace_seconds)
+        await self.server.stop(self.config.server.grace_seconds)
         self.app.close()
 
     def _health_changed(self, healthy: bool) -> None:
@@ -333,17 +335,18 @@ def keep_good_policy(config: SignerConfig) -> Path | None:
 
     Raises ConfigError when the file does not load: at start the daemon refuses to run,
     on SIGHUP the caller keeps the previous copy."""
-    kept = config.state_dir / LAST_GOOD_POLICY
-    if config.policy_file is None:
+    kept = config.state.dir / LAST_GOOD_POLICY
+    policy_file = config.policy.file
+    if policy_file is None:
         kept.unlink(missing_ok=True)
         return None
     from signer.policy.file import FilePolicy
 
     try:
-        text = config.policy_file.read_text()
+        text = policy_file.read_text()
     except OSError as exc:
-        raise ConfigError(f"cannot read policy file {config.policy_file}: {exc}") from exc
-    FilePolicy.parse(text, str(config.policy_file))  # all or nothing: raises ConfigError
+        raise ConfigError(f"cannot read policy file {policy_file}: {exc}") from exc
+    FilePolicy.parse(text, str(policy_file))  # all or nothing: raises ConfigError
     tmp = kept.with_name(f".{kept.name}.{os.getpid()}")
     tmp.unlink(missing_ok=True)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -413,9 +416,10 @@ class Supervisor:
             signal.signal(sig, self._on_signal)
         try:
             self.policy_fallback = keep_good_policy(self.config)
-            for index in range(self.config.workers):
+            server = self.config.server
+            for index in range(server.workers):
                 self.start(index)
-            log.info("started %d workers on %s", self.config.workers, self.config.listen)
+            log.info("started %d workers on %s", server.workers, server.listen)
             return self._loop()
         except ConfigError as exc:
             log.error("%s", exc)
@@ -455,7 +459,7 @@ class Supervisor:
     def stop_all(self) -> None:
         """SIGTERM, the grace period (+5 s), then SIGKILL for any worker still there."""
         self.send(signal.SIGTERM)
-        deadline = time.monotonic() + self.config.grace_seconds + 5
+        deadline = time.monotonic() + self.config.server.grace_seconds + 5
         for proc in self.procs.values():
             proc.join(max(0.1, deadline - time.monotonic()))
         for proc in self.procs.values():
@@ -471,9 +475,9 @@ def serve(config_path: Path) -> int:
     Exit status: 0 after SIGTERM/SIGINT, EXIT_CONFIG (2) for a configuration error,
     EXIT_CRASH (1) when the supervisor itself failed."""
     config = load_config(config_path)
-    ensure_state_dir(config.state_dir)
+    ensure_state_dir(config.state.dir)
     raise_open_files_limit()  # inherited by the workers
-    if config.workers <= 1:
+    if config.server.workers <= 1:
         run_worker(str(config_path), 0, reuse_port=False)
         return 0
     _configure_logging(None, config_path)

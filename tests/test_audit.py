@@ -20,15 +20,15 @@ import pytest
 from authz_helpers import audit_rows, sha256, tuf_payload, verify, wait_for
 
 from harness import Daemon, create_token, free_port, running_daemon
-from signer.audit.checkpoint import CheckpointSettings
 from signer.audit.log import GENESIS, entry_hash
 from signer.audit.verify import export
 from signer.audit.verify import verify as verify_log
 from signer.cli import main as signerd
+from signer.config import AuditConfig
 from signer_client import ClientError
 
 CHECKPOINTS = "[audit]\ncheckpoint_entries = 10\ncheckpoint_seconds = 0.3\n"
-SETTINGS = CheckpointSettings(10, 0.3)  # the daemon's cadence, as verify must know it
+SETTINGS = AuditConfig(10, 0.3)  # the daemon's cadence, as verify must know it
 
 
 def _anchored_config(root: Path) -> str:
@@ -607,7 +607,7 @@ def test_commits_are_fsynced_and_concurrent_callers_share_them(tmp_path: Path) -
         assert audit.committed_entries / audit.commits >= 2, (audit.commits, "commits")
     finally:
         audit.close()
-    report = verify_log(tmp_path / "audit.db", {}, settings=CheckpointSettings(1000))
+    report = verify_log(tmp_path / "audit.db", {}, settings=AuditConfig(1000))
     assert report.ok and report.entries == 400
 
 

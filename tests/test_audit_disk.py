@@ -11,12 +11,12 @@ import pytest
 from authz_helpers import audit_rows, sha256, verify
 
 from harness import fill_filesystem, running_daemon, small_filesystem
-from signer.audit.checkpoint import CheckpointSettings
 from signer.audit.verify import verify as verify_log
+from signer.config import AuditConfig
 from signer_client import ClientError
 
 CHECKPOINTS = "[audit]\ncheckpoint_entries = 10\ncheckpoint_seconds = 0.3\n"
-SETTINGS = CheckpointSettings(10, 0.3)
+SETTINGS = AuditConfig(10, 0.3)
 
 
 @pytest.fixture

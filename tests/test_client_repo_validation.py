@@ -271,7 +271,10 @@ def test_config_and_metadata_errors_name_the_file(
     for text, want in (
         (f'address = "{cfg.address}"\nca = "{cfg.ca}"\ncert = "{cfg.cert}"\n', "key is missing"),
         ('address = "x\n', "not valid TOML"),
-        (f'address = 7443\nca = "{cfg.ca}"\ncert = "c"\nkey = "k"\n', "address must be a str"),
+        (
+            f'address = 7443\nca = "{cfg.ca}"\ncert = "c"\nkey = "k"\n',
+            "address must be a non-empty string",
+        ),
         ('address = "a:1"\nca = "c"\ncert = "c"\nkey = "k"\ncafile = "x"\n', "unknown field"),
     ):
         bad.write_text(text)

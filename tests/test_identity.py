@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed25519
 
 from harness import Daemon
 from signer import identity
-from signer.config import SignerConfig, TokenConfig
+from signer.config import TlsConfig
 from signer.devpki import issue, load_ca, make_ca
 from signer.errors import ConfigError, PermissionDenied, Unauthenticated
 from signer.identity import Principal, principal_from_pem
@@ -175,15 +175,9 @@ def test_refusals_are_cached_too(ca: tuple[Path, object]) -> None:
 # -- revocation ------------------------------------------------------------------------------
 
 
-def _config(out: Path, crl: Path | None) -> SignerConfig:
-    return SignerConfig(
-        listen="127.0.0.1:0",
-        ca=out / "ca.pem",
-        cert=out / "server.pem",
-        key=out / "server-key.pem",
-        token=TokenConfig(label="unused"),
-        state_dir=out / "state",
-        crl=crl,
+def _config(out: Path, crl: Path | None) -> TlsConfig:
+    return TlsConfig(
+        ca=out / "ca.pem", cert=out / "server.pem", key=out / "server-key.pem", crl=crl
     )
 
 

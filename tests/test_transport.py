@@ -16,9 +16,9 @@ import grpc
 import pytest
 
 from harness import Daemon, running_daemon
-from signer.config import SignerConfig, TokenConfig
-from signer_api.v1 import signer_pb2 as pb
-from signer_api.v1 import signer_pb2_grpc
+from signer.config import ServerConfig
+from signer.v1 import signer_pb2 as pb
+from signer.v1 import signer_pb2_grpc
 from signer_client import ClientError, InvalidArgumentError
 
 MIB = 1024 * 1024
@@ -34,10 +34,7 @@ def _alive(daemon: Daemon) -> None:
 
 
 def test_receive_limit_follows_payload_and_batch_limits() -> None:
-    config = SignerConfig(
-        listen="x", ca=Path("c"), cert=Path("c"), key=Path("k"), token=TokenConfig(label="t"),
-        state_dir=Path("s"),
-    )  # fmt: skip
+    config = ServerConfig()
     assert config.max_payload_bytes < config.max_message_bytes < config.max_payload_bytes + MIB
     assert config.max_message_bytes < 64 * MIB  # was at least 64 MiB, whatever the settings
 

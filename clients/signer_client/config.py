@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -50,9 +51,10 @@ class ClientConfig:
                 raise ClientConfigError(f"client config {path}: {name} is missing")
             if kind is float and isinstance(value, int) and not isinstance(value, bool):
                 value = float(value)
-            if not isinstance(value, kind) or isinstance(value, bool):
+            expected, ok = _CHECKS[kind]
+            if not isinstance(value, kind) or isinstance(value, bool) or not ok(value):
                 raise ClientConfigError(
-                    f"client config {path}: {name} must be a {kind.__name__}, not {value!r}"
+                    f"client config {path}: {name} must be {expected}, not {value!r}"
                 )
             return value
 
@@ -98,3 +100,9 @@ class ClientConfig:
 
 
 _FIELDS = {"address", "ca", "cert", "key", "timeout", "retries", "server_name"}
+# A field's type -> what it must be, and the check of its value.
+_CHECKS: dict[type, tuple[str, Callable[[Any], bool]]] = {
+    str: ("a non-empty string", bool),
+    float: ("a number > 0", lambda v: v > 0),
+    int: ("an integer >= 0", lambda v: v >= 0),
+}

@@ -20,15 +20,15 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from securesystemslib.formats import encode_canonical
 
 from signer.audit.anchor import AnchoredCheckpoint, Anchors, CommandAnchor, FileAnchor
 from signer.audit.log import AuditLog
-from signer.errors import ConfigError
+
+if TYPE_CHECKING:
+    from signer.config import AuditConfig
 
 log = logging.getLogger(__name__)
 
@@ -56,59 +56,14 @@ class CheckpointVerifier(Protocol):
 AuditKeys = Mapping[str, CheckpointVerifier]
 
 
-@dataclass(frozen=True)
-class CheckpointSettings:
-    """``[audit]`` in the daemon's config. ``anchor_file`` must be an absolute path."""
-
-    every_entries: int = 1000
-    every_seconds: float = 60.0
-    anchor_file: Path | None = None
-    anchor_command: tuple[str, ...] = ()
-
-    @classmethod
-    def from_config(cls, extra: Mapping[str, object]) -> CheckpointSettings:
-        section = extra.get("audit", {})
-        if not isinstance(section, Mapping):
-            raise ConfigError("[audit] must be a table")
-        try:
-            entries = int(section.get("checkpoint_entries", cls.every_entries))  # type: ignore[call-overload]
-            seconds = float(section.get("checkpoint_seconds", cls.every_seconds))  # type: ignore[arg-type]
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"[audit] checkpoint_entries/checkpoint_seconds: {exc}") from exc
-        if entries < 1 or not seconds > 0:
-            raise ConfigError("[audit] checkpoint_entries and checkpoint_seconds must be > 0")
-        anchor_file = section.get("anchor_file")
-        if anchor_file is not None and not (
-            isinstance(anchor_file, str) and anchor_file and Path(anchor_file).is_absolute()
-        ):
-            raise ConfigError("[audit] anchor_file must be an absolute path")
-        command = section.get("anchor_command", [])
-        if not (
-            isinstance(command, list | tuple) and all(isinstance(a, str) and a for a in command)
-        ):
-            raise ConfigError('[audit] anchor_command must be a list of strings: ["prog", ...]')
-        return cls(
-            entries,
-            seconds,
-            Path(anchor_file) if anchor_file else None,
-            tuple(str(a) for a in command),
-        )
-
-    def anchors(self) -> Anchors:
-        sinks: list[FileAnchor | CommandAnchor] = []
-        if self.anchor_file is not None:
-            sinks.append(FileAnchor(self.anchor_file))
-        if self.anchor_command:
-            sinks.append(CommandAnchor(self.anchor_command))
-        return Anchors(sinks)
-
-    def allowed_tail(self) -> tuple[int, float]:
-        """How far a healthy chain may run past its last checkpoint: (entries, seconds).
-
-        Twice the cadence, plus a few seconds (the checkpointer polls, signing takes a
-        moment). The daemon checkpoints at a clean stop and, after an unclean one, at its
-        next start; only a token that is down right now (checkpoints retry) leaves more."""
-        return 2 * self.every_entries, 2 * self.every_seconds + 5.0
+def anchors_of(settings: AuditConfig) -> Anchors:
+    """The sinks ``[audit]`` names: the anchor file, the anchor command, both or neither."""
+    sinks: list[FileAnchor | CommandAnchor] = []
+    if settings.anchor_file is not None:
+        sinks.append(FileAnchor(settings.anchor_file))
+    if settings.anchor_command:
+        sinks.append(CommandAnchor(settings.anchor_command))
+    return Anchors(sinks)
 
 
 def checkpoint_body(seq: int, tip_hash: str, when: float) -> str:
@@ -120,13 +75,11 @@ def checkpoint_body(seq: int, tip_hash: str, when: float) -> str:
 class Checkpointer:
     """A background thread that signs the chain's tip when it is due, and anchors it."""
 
-    def __init__(
-        self, audit: AuditLog, signer: CheckpointSigner, settings: CheckpointSettings
-    ) -> None:
+    def __init__(self, audit: AuditLog, signer: CheckpointSigner, settings: AuditConfig) -> None:
         self.audit = audit
         self.signer = signer
         self.settings = settings
-        self.anchors = settings.anchors()
+        self.anchors = anchors_of(settings)
         self._chain = audit.chain  # checkpoints are stored durably, like the entries
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -138,7 +91,7 @@ class Checkpointer:
         audit.on_commit(self._committed)
 
     def _committed(self, seq: int) -> None:
-        if seq - self._last_seq >= self.settings.every_entries:
+        if seq - self._last_seq >= self.settings.checkpoint_entries:
             self._wake.set()
 
     def start(self) -> None:
@@ -163,7 +116,7 @@ class Checkpointer:
             log.warning("final audit checkpoint skipped: %s", exc)
 
     def _run(self) -> None:
-        poll = max(0.05, min(1.0, self.settings.every_seconds / 2))
+        poll = max(0.05, min(1.0, self.settings.checkpoint_seconds / 2))
         while not self._stop.is_set():
             self._wake.wait(poll)
             self._wake.clear()
@@ -190,8 +143,8 @@ class Checkpointer:
             now = time.time()
             due = (
                 force
-                or seq - last_seq >= self.settings.every_entries
-                or now - last_time >= self.settings.every_seconds
+                or seq - last_seq >= self.settings.checkpoint_entries
+                or now - last_time >= self.settings.checkpoint_seconds
             )
             if not due:
                 return None

@@ -13,10 +13,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from signer.audit.checkpoint import CheckpointSettings
 from signer.cli import COMMANDS, PARSER_EXTENSIONS
 
 if TYPE_CHECKING:
+    from signer.config import AuditConfig
     from signer.storage import Backend
     from signer.storage.interfaces import AuditReader
 
@@ -37,14 +37,14 @@ def _shared(args: argparse.Namespace) -> Backend | None:
     return open_state(config)
 
 
-def _where(args: argparse.Namespace) -> tuple[Path, CheckpointSettings]:
+def _where(args: argparse.Namespace) -> tuple[Path, AuditConfig]:
     """The state directory and the checkpoint cadence (the defaults without --config)."""
-    if args.state_dir:
-        return Path(args.state_dir), CheckpointSettings()
-    from signer.config import load_config
+    from signer.config import AuditConfig, load_config
 
+    if args.state_dir:
+        return Path(args.state_dir), AuditConfig()
     config = load_config(Path(args.config))
-    return config.state_dir, CheckpointSettings.from_config(config.extra)
+    return config.state.dir, config.audit
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -54,8 +54,8 @@ def _verify(args: argparse.Namespace) -> int:
     if args.checkpoint_entries or args.checkpoint_seconds:
         settings = replace(
             settings,
-            every_entries=args.checkpoint_entries or settings.every_entries,
-            every_seconds=args.checkpoint_seconds or settings.every_seconds,
+            checkpoint_entries=args.checkpoint_entries or settings.checkpoint_entries,
+            checkpoint_seconds=args.checkpoint_seconds or settings.checkpoint_seconds,
         )
     anchor = Path(args.anchor) if args.anchor else None
     if anchor is None and settings.anchor_file is not None and settings.anchor_file.exists():

@@ -10,7 +10,7 @@ gap in the numbering is a *deletion*. Finally every checkpoint's signature is ch
 with the audit key and its (seq, hash) against the row it covers, which catches a chain
 rebuilt after an edit, and a truncated tail up to the last checkpoint. Checkpoint ids
 must run 1, 2, 3... without a gap, and the chain may not run further past the last
-checkpoint than the configured cadence allows (``CheckpointSettings.allowed_tail``): so
+checkpoint than the configured cadence allows (``AuditConfig.allowed_tail``): so
 deleting checkpoints does not make the chain rewritable.
 
 With an anchor file (``--anchor``, the checkpoints the daemon also wrote outside the
@@ -40,10 +40,10 @@ from signer.audit.anchor import AnchoredCheckpoint, read_anchor_file
 from signer.audit.checkpoint import (
     CHECKPOINT_TYPE,
     AuditKeys,
-    CheckpointSettings,
     CheckpointVerifier,
 )
 from signer.audit.log import AUDIT_ROLE, GENESIS, entry_hash
+from signer.config import AuditConfig
 from signer.errors import StorageUnavailable
 from signer.storage.interfaces import AuditReader
 from signer.storage.sqlite.audit import SqliteAuditReader
@@ -296,7 +296,7 @@ def _signed_properly(
 
 
 def verify_tail(
-    entries: list[dict[str, Any]], last_checkpoint_seq: int, settings: CheckpointSettings
+    entries: list[dict[str, Any]], last_checkpoint_seq: int, settings: AuditConfig
 ) -> list[Problem]:
     """The chain may run past its last checkpoint only as far as the cadence allows.
 
@@ -320,9 +320,9 @@ def verify_tail(
             "uncovered",
             first,
             f"entries {first}-{last} ({len(tail)} entries over {span:.0f} s) are covered by no "
-            f"checkpoint, more than the cadence allows (every {settings.every_entries} entries "
-            f"or {settings.every_seconds:g} s): checkpoints were deleted ({where}), or entries "
-            "appended",
+            f"checkpoint, more than the cadence allows (every {settings.checkpoint_entries} "
+            f"entries or {settings.checkpoint_seconds:g} s): checkpoints were deleted ({where}), "
+            "or entries appended",
         )
     ]
 
@@ -405,7 +405,7 @@ def verify(
     audit_db: Path | AuditReader,
     keys: Path | AuditKeys | None = None,
     audit_key_id: str | None = None,
-    settings: CheckpointSettings | None = None,
+    settings: AuditConfig | None = None,
     anchor_file: Path | None = None,
 ) -> Report:
     """Check the chain, its checkpoints, their cadence and (if given) the anchors.
@@ -421,7 +421,7 @@ def verify(
         verifiers: AuditKeys = keys
     else:
         verifiers = registered_audit_keys(keys if keys is not None else _own_keys(audit_db))
-    settings = settings or CheckpointSettings()
+    settings = settings or AuditConfig()
     entries, checkpoints = reader.snapshot()
     by_seq = {r["seq"]: r for r in entries}
     report = Report(entries=len(entries), tip_seq=entries[-1]["seq"] if entries else 0)

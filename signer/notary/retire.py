@@ -25,10 +25,10 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from signer.audit.log import AuditLog, last_signatures
-from signer.errors import ConfigError, SignerError
+from signer.config import NotaryConfig
+from signer.errors import SignerError
 from signer.notary.store import NotaryKey, NotaryKeyStore
 from signer.pipeline.admission import resource_of
 from signer.pipeline.auditing import Recorder, allowed_event
@@ -45,32 +45,6 @@ class Candidate:
     key: KeyRecord
     notary_id: str
     reason: str
-
-
-@dataclass(frozen=True)
-class RetireSettings:
-    unused_days: float = 0.0  # 0: no schedule
-    idle_repositories: bool = False
-    interval_seconds: float = 3600.0
-
-    @classmethod
-    def from_config(cls, extra: dict[str, Any]) -> RetireSettings:
-        section = extra.get("notary", {})
-        if not isinstance(section, dict):
-            return cls()
-        try:
-            settings = cls(
-                float(section.get("retire_unused_days", 0)),
-                bool(section.get("retire_idle_repositories", False)),
-                float(section.get("retire_interval_seconds", 3600)),
-            )
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"[notary] retire settings: {exc}") from exc
-        if settings.unused_days < 0 or settings.interval_seconds <= 0:
-            raise ConfigError(
-                "[notary] retire_unused_days must be >= 0, retire_interval_seconds > 0"
-            )
-        return settings
 
 
 def plan(
@@ -170,9 +144,10 @@ class Retirer:
 
 
 class RetireSchedule:
-    """Runs the retirement every ``interval_seconds`` in a background thread."""
+    """Runs the retirement every ``[notary] retire_interval_seconds`` in a background
+    thread, with the section's ``retire_unused_days`` and ``retire_idle_repositories``."""
 
-    def __init__(self, retirer: Retirer, settings: RetireSettings) -> None:
+    def __init__(self, retirer: Retirer, settings: NotaryConfig) -> None:
         self.retirer = retirer
         self.settings = settings
         self._stop = threading.Event()
@@ -185,10 +160,10 @@ class RetireSchedule:
         self._stop.set()
 
     def _run(self) -> None:
-        while not self._stop.wait(self.settings.interval_seconds):
+        while not self._stop.wait(self.settings.retire_interval_seconds):
             try:
                 found = self.retirer.candidates(
-                    self.settings.unused_days, self.settings.idle_repositories
+                    self.settings.retire_unused_days, self.settings.retire_idle_repositories
                 )
                 self.retirer.retire(found)
             except Exception:  # a failed round (audit log busy, disk full) tries again later

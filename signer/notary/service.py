@@ -26,8 +26,8 @@ from typing import Any
 
 import grpc
 
+from signer.config import NotaryConfig
 from signer.errors import (
-    ConfigError,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -38,7 +38,7 @@ from signer.identity import Principal, principal_from_context
 from signer.keys import KeyManager
 from signer.notary import keys as nkeys
 from signer.notary import signer_pb2 as pb
-from signer.notary.retire import Retirer, RetireSchedule, RetireSettings
+from signer.notary.retire import Retirer, RetireSchedule
 from signer.notary.rules import DIALECT
 from signer.notary.store import NotaryKey, NotaryKeyStore
 from signer.pipeline.admin import Administration
@@ -64,7 +64,7 @@ _SERVICES = pb.DESCRIPTOR.services_by_name
 SERVICE_NAMES = [_SERVICES["KeyManagement"].full_name, _SERVICES["Signer"].full_name]
 HEALTH_NAMES = [*SERVICE_NAMES, HEALTH_KEY_MANAGEMENT, HEALTH_SIGNER, HEALTH_OVERALL]
 
-DEFAULT_ROLES = ("timestamp", "snapshot")
+DEFAULT_ROLES = NotaryConfig().roles  # timestamp and snapshot, as notary-server asks
 
 
 class NotaryCore:
@@ -235,31 +235,17 @@ class SignerServicer:
         )
 
 
-def _roles(config: Any) -> tuple[str, ...]:
-    section = config.extra.get("notary", {})
-    roles = section.get("roles", list(DEFAULT_ROLES)) if isinstance(section, dict) else None
-    if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
-        raise ConfigError("[notary] roles must be a list of role names")
-    return tuple(roles)
-
-
-def _enabled(config: Any) -> bool:
-    section = config.extra.get("notary", {})
-    return not isinstance(section, dict) or bool(section.get("enabled", True))
-
-
 def mount(daemon: Any) -> None:
     """Serve the notary-signer API on the daemon's server (called by signer.server)."""
-    config = daemon.config
-    if not _enabled(config):
+    settings: NotaryConfig = daemon.config.notary
+    if not settings.enabled:
         return
     app = daemon.app
     core = NotaryCore(
-        app.registry, app.keys, app.pipeline, app.admin, app.notary_keys, _roles(config)
+        app.registry, app.keys, app.pipeline, app.admin, app.notary_keys, settings.roles
     )
     daemon.notary = core
-    settings = RetireSettings.from_config(config.extra)
-    if settings.unused_days > 0:
+    if settings.retire_unused_days > 0:
         retirer = Retirer(app.registry, app.notary_keys, app.recorder, app.audit)
         schedule = RetireSchedule(retirer, settings)
         schedule.start()

@@ -69,16 +69,48 @@ class RepoConfig:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RepoConfig:
+    def from_dict(cls, data: Any) -> RepoConfig:
+        """Each field type-checked: a ValueError names the field and what it must be."""
+        if not isinstance(data, dict):
+            raise ValueError(f"must be a JSON object, got {type(data).__name__}")
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+        if unknown:
+            known = ", ".join(sorted(cls.__dataclass_fields__))
+            raise ValueError(f"unknown field(s) {', '.join(unknown)}; known: {known}")
+        d = cls()
         return cls(
-            expiry_seconds={k: int(v) for k, v in data.get("expiry_seconds", {}).items()},
-            key_uris=dict(data.get("key_uris", {})),
-            server=str(data.get("server", "")),
-            meta_length=bool(data.get("meta_length", False)),
-            meta_hashes=[str(h) for h in data.get("meta_hashes", [])],
-            target_hashes=[str(h) for h in data.get("target_hashes", ["sha256"])],
-            version_floor={k: int(v) for k, v in data.get("version_floor", {}).items()},
+            expiry_seconds=_mapping(data, "expiry_seconds", int, "seconds"),
+            key_uris=_mapping(data, "key_uris", str, "URI strings"),
+            server=_typed(data, "server", str, d.server, "a string"),
+            meta_length=_typed(data, "meta_length", bool, d.meta_length, "true or false"),
+            meta_hashes=_strings(data, "meta_hashes", d.meta_hashes),
+            target_hashes=_strings(data, "target_hashes", d.target_hashes),
+            version_floor=_mapping(data, "version_floor", int, "versions"),
         )
+
+
+def _typed(data: dict[str, Any], name: str, kind: type, default: Any, expected: str) -> Any:
+    value = data.get(name, default)
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+    return value
+
+
+def _strings(data: dict[str, Any], name: str, default: list[str]) -> list[str]:
+    value = data.get(name, default)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{name} must be a list of strings, got {value!r}")
+    return list(value)
+
+
+def _mapping(data: dict[str, Any], name: str, kind: type, what: str) -> dict[str, Any]:
+    value = data.get(name, {})
+    ok = isinstance(value, dict) and all(
+        isinstance(v, kind) and not isinstance(v, bool) for v in value.values()
+    )
+    if not ok:
+        raise ValueError(f"{name} must map names to {what}, got {value!r}")
+    return dict(value)
 
 
 class RepoStore:
@@ -113,7 +145,7 @@ class RepoStore:
             raise RepositoryError(f"{self.path} is not a tuf-repo repository (run `init`)")
         try:
             return RepoConfig.from_dict(json.loads(path.read_text()))
-        except (ValueError, TypeError, AttributeError) as exc:
+        except (ValueError, OSError) as exc:
             raise RepositoryError(f"{path}: not a valid tuf-repo settings file: {exc}") from None
 
     def save_config(self, config: RepoConfig) -> None:
