@@ -10,8 +10,8 @@ from authz_helpers import audit_rows
 
 from harness import Daemon
 from signer.devpki import issue_client, make_ca
-from signer.v1 import signer_pb2 as pb
-from signer.v1 import signer_pb2_grpc as pb_grpc
+from signer_api.v1 import signer_pb2 as pb
+from signer_api.v1 import signer_pb2_grpc as pb_grpc
 
 
 def _list_keys(channel: grpc.Channel) -> object:
@@ -22,14 +22,10 @@ def test_client_with_valid_certificate_is_served(daemon: Daemon) -> None:
     """Served, and known by the name in its certificate: the key it creates is listed,
     and the audit log records the call under that name."""
     with daemon.channel("alice") as channel:
-        created = pb_grpc.KeyServiceStub(channel).CreateKey(
-            pb.CreateKeyRequest(
-                label="mtls-served",
-                algorithm=pb.ECDSA_SHA2_NISTP256,
-                role="targets",
-            ),
-            timeout=10,
+        request = pb.CreateKeyRequest(
+            label="mtls-served", algorithm=pb.ALGORITHM_ECDSA_SHA2_NISTP256, role="targets"
         )
+        created = pb_grpc.KeyServiceStub(channel).CreateKey(request, timeout=10).key
         listed = _list_keys(channel)
     assert created.key_id in [k.key_id for k in listed.keys]  # type: ignore[attr-defined]
     rows = audit_rows(daemon.state, "operation = 'create' AND key_id = ?", (created.key_id,))
