@@ -14,9 +14,13 @@ APT_PACKAGES := softhsm2 notary docker-registry skopeo postgresql
 empty :=
 space := $(empty) $(empty)
 comma := ,
-PY_IMPORTS := signer signer_client pkcs11 grpc grpc_tools grpc_health grpc_reflection grpc_status google.protobuf cryptography sqlite_utils tuf securesystemslib uvloop pytest pytest_timeout psycopg psycopg_pool
+PY_IMPORTS := signer signer_api signer_client pkcs11 grpc grpc_tools grpc_health grpc_reflection grpc_status google.protobuf cryptography sqlite_utils tuf securesystemslib uvloop pytest pytest_timeout psycopg psycopg_pool
 
-.PHONY: help deps run demo stop test lint typecheck proto proto-check pytest bench clean
+# buf (proto lint): from PATH, else installed by `make deps` into $(VENV)/buf with npm, if npm
+# is there; without it buf-lint is skipped and tests/test_proto_lint.py checks the same rules.
+BUF_LOCAL := $(VENV)/buf/node_modules/.bin/buf
+
+.PHONY: help deps run demo stop test lint buf-lint typecheck proto proto-check pytest bench clean
 
 help:
 	@echo "make run    install what is missing, create a SoftHSM token, dev PKI and state, start signerd, run the demo"
@@ -35,7 +39,12 @@ deps:
 	@if [ ! -x $(PYTHON) ]; then echo "creating $(VENV)"; $(BASE_PYTHON) -m venv $(VENV); fi
 	@if ! $(PYTHON) -c 'import $(subst $(space),$(comma),$(PY_IMPORTS))' 2>/dev/null || [ ! -x $(VENV)/bin/ruff ] || ! $(PYTHON) -m mypy --version >/dev/null 2>&1; then \
 	  echo "installing Python packages into $(VENV)"; \
-	  $(PYTHON) -m pip install -q -e '.[dev]'; \
+	  $(PYTHON) -m pip install -q -e ./api -e ./clients -e '.[dev]'; \
+	fi
+	@if ! command -v buf >/dev/null && [ ! -x $(BUF_LOCAL) ] && command -v npm >/dev/null; then \
+	  echo "installing buf into $(VENV)/buf (npm)"; \
+	  npm install --silent --prefix $(VENV)/buf @bufbuild/buf >/dev/null 2>&1 \
+	    || echo "buf not installed (npm failed); tests/test_proto_lint.py checks its rules"; \
 	fi
 
 run: deps
@@ -51,9 +60,14 @@ stop:
 
 test: deps lint typecheck proto-check pytest
 
-lint:
-	ruff check signer clients tests bench scripts
-	ruff format --check signer clients tests bench scripts
+lint: buf-lint
+	ruff check signer api clients tests bench scripts
+	ruff format --check signer api clients tests bench scripts
+
+buf-lint:
+	@buf=$$(command -v buf || { [ -x $(BUF_LOCAL) ] && echo $(BUF_LOCAL); } || true); \
+	if [ -n "$$buf" ]; then $$buf lint && echo "buf lint: clean"; \
+	else echo "buf not installed: buf lint skipped (tests/test_proto_lint.py checks its rules)"; fi
 
 typecheck:
 	$(PYTHON) -m mypy

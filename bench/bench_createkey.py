@@ -7,7 +7,7 @@ are called by the same Python gRPC client, one call at a time:
 * signerd, notary API (``notary.KeyManagement/CreateKey``, ecdsa, role timestamp): key
   generated in a fresh SoftHSM2 token, registry row, notary key map row, audit entry
   committed (synchronous=FULL) before the answer.
-* signerd, signer.v1 ``KeyService/CreateKey`` (ECDSA_SHA2_NISTP256, role timestamp).
+* signerd, signer_api.v1 ``KeyService/CreateKey`` (ALGORITHM_ECDSA_SHA2_NISTP256, role timestamp).
 
 For each it prints the first call (a fresh channel: TLS handshake included), the median
 and p90 of the next ``N`` calls, the median of the first and the last tenth (does the
@@ -61,19 +61,19 @@ def notary_call(channel: Any) -> Callable[[int], None]:
 
 
 def v1_call(channel: Any) -> Callable[[int], None]:
-    from signer.v1 import signer_pb2 as pb
-    from signer.v1 import signer_pb2_grpc as pb_grpc
+    from signer_api.v1 import signer_pb2 as pb
+    from signer_api.v1 import signer_pb2_grpc as pb_grpc
 
     stub = pb_grpc.KeyServiceStub(channel)
 
     def call(i: int) -> None:
         request = pb.CreateKeyRequest(
             label=f"bench-{i}",
-            algorithm=pb.ECDSA_SHA2_NISTP256,
+            algorithm=pb.ALGORITHM_ECDSA_SHA2_NISTP256,
             role="timestamp",
             repository=GUN,
         )
-        assert stub.CreateKey(request, timeout=30).key_id
+        assert stub.CreateKey(request, timeout=30).key.key_id
 
     return call
 

@@ -71,8 +71,8 @@ def _client_proc(
 
     import grpc
 
-    from signer.v1 import signer_pb2 as pb
-    from signer.v1 import signer_pb2_grpc as pb_grpc
+    from signer_api.v1 import signer_pb2 as pb
+    from signer_api.v1 import signer_pb2_grpc as pb_grpc
 
     async def run() -> tuple[int, list[float]]:
         creds = grpc.ssl_channel_credentials(

@@ -209,9 +209,9 @@ def _state_copy(args: argparse.Namespace) -> int:
 
 
 def _state(value: int) -> str:
-    from signer.v1 import signer_pb2 as pb
+    from signer_api.v1 import signer_pb2 as pb
 
-    return pb.KeyState.Name(value).lower()  # type: ignore[arg-type]
+    return pb.KeyState.Name(value).removeprefix("KEY_STATE_").lower()  # type: ignore[arg-type]
 
 
 def client_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

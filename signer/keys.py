@@ -99,21 +99,44 @@ class KeyManager:
             return self._lookup(action, Operation.READ, key_id)
 
     def list(
-        self, principal: Principal, role: str = "", repository: str = "", state: str = ""
-    ) -> list[KeyRecord]:
-        """Keys matching the filter that the principal may read; others are left out."""
+        self,
+        principal: Principal,
+        role: str = "",
+        repository: str = "",
+        state: str = "",
+        after: tuple[float, str] | None = None,
+        limit: int | None = None,
+    ) -> tuple[list[KeyRecord], bool]:
+        """Keys matching the filter that the principal may read (others are left out),
+        oldest first, past ``after`` (created_at, key_id), at most ``limit``; and whether
+        more may follow the last one (the caller's next page starts after it).
+
+        Keys the principal may not read do not count against ``limit``: the store is read
+        in chunks until the page is full or the store is exhausted.
+        """
         with self.admin.action(
             principal, "list", Resource("", role[:256], repository[:256])
         ) as action:
-            visible = []
-            for record in self.registry.find(role, repository, state):
-                try:
-                    action.policy.authorize(principal, Operation.READ, resource_of(record))
-                except PermissionDenied:
-                    continue
-                visible.append(record)
+            visible: list[KeyRecord] = []
+            cursor = after
+            more = False
+            while limit is None or len(visible) < limit:
+                chunk = self.registry.find(role, repository, state, cursor, limit)
+                for i, record in enumerate(chunk):
+                    cursor = (record.created_at, record.key_id)
+                    try:
+                        action.policy.authorize(principal, Operation.READ, resource_of(record))
+                    except PermissionDenied:
+                        continue
+                    visible.append(record)
+                    if limit is not None and len(visible) == limit:
+                        # full: more follow if this chunk goes on, or was full itself
+                        more = i + 1 < len(chunk) or len(chunk) == limit
+                        break
+                if limit is None or len(chunk) < limit:
+                    break
             action.detail = f"{len(visible)} key(s) visible"
-        return visible
+        return visible, more
 
     def retire(self, principal: Principal, key_id: str) -> KeyRecord:
         with self.admin.action(principal, Operation.RETIRE, Resource(key_id[:256])) as action:

@@ -19,12 +19,14 @@ from signer.cli import COMMANDS, PARSER_EXTENSIONS, _client, client_args
 
 
 def _show_request(request: Any, with_payload: bool = False) -> None:
-    from signer.v1 import signer_pb2 as pb
+    from signer_api.v1 import signer_pb2 as pb
 
     info: dict[str, Any] = {
         "request_id": request.request_id,
         "key_id": request.key_id,
-        "state": pb.SignatureRequestState.Name(request.state).lower(),
+        "state": pb.SignatureRequestState.Name(request.state)
+        .removeprefix("SIGNATURE_REQUEST_STATE_")
+        .lower(),
         "payload_sha256": request.payload_sha256,
         "requester": request.requester,
         "approvers": list(request.approvers),

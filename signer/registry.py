@@ -58,11 +58,24 @@ class KeyRegistry:
         self._cache[key_id] = record
         return record
 
-    def find(self, role: str = "", repository: str = "", state: str = "") -> list[KeyRecord]:
-        return self._store.find(role, repository, state)
+    def find(
+        self,
+        role: str = "",
+        repository: str = "",
+        state: str = "",
+        after: tuple[float, str] | None = None,
+        limit: int | None = None,
+    ) -> list[KeyRecord]:
+        """Oldest first; ``after``/``limit`` page through them (``KeyStore.find``)."""
+        return self._store.find(role, repository, state, after, limit)
 
     def all(self) -> list[KeyRecord]:
         return self.find()
+
+    def counts(self) -> dict[str, int]:
+        """How many keys are in each state, every state named (the metrics' key counts)."""
+        found = self._store.count_by_state()
+        return {state.value: found.get(state.value, 0) for state in KeyState}
 
     def set_state(self, key_id: str, state: KeyState) -> KeyRecord:
         now = time.time()

@@ -34,7 +34,7 @@ from signer.errors import ConfigError, SignerError
 from signer.service.keys import KeyServicer
 from signer.service.registration import add_service
 from signer.service.signing import SigningServicer
-from signer.v1 import signer_pb2
+from signer_api.v1 import signer_pb2
 
 log = logging.getLogger(__name__)
 

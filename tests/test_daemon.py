@@ -1,4 +1,4 @@
-"""signer.v1 end to end: a real SoftHSM token, a real daemon, real mutual TLS.
+"""signer_api.v1 end to end: a real SoftHSM token, a real daemon, real mutual TLS.
 
 Every RPC, every algorithm (verified with cryptography and securesystemslib), every bad
 input with its precise status, and the audit row each request leaves.
@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from securesystemslib.signer import Signature, SSlibKey
 
 from harness import Daemon, audit_rows, object_id_of, read_token_objects
-from signer.v1 import signer_pb2 as pb
-from signer.v1 import signer_pb2_grpc as pb_grpc
+from signer_api.v1 import signer_pb2 as pb
+from signer_api.v1 import signer_pb2_grpc as pb_grpc
 from signer_client import (
     FailedPreconditionError,
     InvalidArgumentError,
@@ -78,7 +78,11 @@ def test_created_key_describes_itself(keys: dict[str, pb.Key], algorithm: str) -
     key_dict = json.loads(key.tuf_key_json, strict=False)
     assert key_dict["scheme"] == algorithm
     assert SSlibKey.from_dict(key.key_id, dict(key_dict)).keyid == key.key_id
-    assert key.state == pb.ACTIVE and key.role == "targets" and key.repository == "example/app"
+    assert (
+        key.state == pb.KEY_STATE_ACTIVE
+        and key.role == "targets"
+        and key.repository == "example/app"
+    )
     assert key.created_at.seconds > 0
     assert key.public_key_pem.startswith("-----BEGIN PUBLIC KEY-----")
 
@@ -151,11 +155,74 @@ def test_get_and_list_keys(daemon: Daemon, keys: dict[str, pb.Key]) -> None:
     assert key.key_id not in {k.key_id for k in client.list_keys(state="retired")}
 
 
+def test_list_keys_pages_through_every_key_once(daemon: Daemon) -> None:
+    """More keys than a page: each page at most page_size, every key once, in creation
+    order; the client follows the pages itself; a key made between pages is not lost."""
+    client = daemon.client()
+    repo = "paging/app"
+    made = [client.create_key(f"page-{i}", "ed25519", "targets", repo).key_id for i in range(7)]
+    seen: list[str] = []
+    sizes: list[int] = []
+    token = ""
+    while True:
+        page = client.keys.ListKeys(
+            pb.ListKeysRequest(repository=repo, page_size=3, page_token=token), timeout=10
+        )
+        seen += [k.key_id for k in page.keys]
+        sizes.append(len(page.keys))
+        token = page.next_page_token
+        if len(seen) == 3:
+            made.append(client.create_key("page-late", "ed25519", "targets", repo).key_id)
+        if not token:
+            break
+    assert seen == made and sizes == [3, 3, 2]
+    assert [k.key_id for k in client.list_keys(repository=repo, page_size=2)] == made
+    assert [k.key_id for k in client.list_keys(repository=repo)] == made  # default page size
+    everything = client.keys.ListKeys(pb.ListKeysRequest(page_size=10**9), timeout=10)
+    assert set(made) <= {k.key_id for k in everything.keys}  # over the maximum: the maximum
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["not a token", "eyJhZnRlciI6MX0", "!!!", "e30", "W10"],  # garbage, {"after":1}, {}, []
+)
+def test_a_page_token_the_daemon_did_not_make_is_invalid_argument(
+    daemon: Daemon, token: str
+) -> None:
+    client = daemon.client()
+    with pytest.raises(grpc.RpcError) as info:
+        client.keys.ListKeys(pb.ListKeysRequest(page_token=token), timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "page_token" in info.value.details()
+    assert daemon.health() == 1  # and the daemon still serves
+
+
+def test_a_page_token_is_only_good_for_its_filter(daemon: Daemon) -> None:
+    client = daemon.client()
+    for i in range(3):
+        client.create_key(f"filter-{i}", "ed25519", "snapshot", "paging/filter")
+    first = client.keys.ListKeys(
+        pb.ListKeysRequest(repository="paging/filter", page_size=1), timeout=10
+    )
+    assert first.next_page_token
+    with pytest.raises(grpc.RpcError) as info:
+        client.keys.ListKeys(
+            pb.ListKeysRequest(repository="paging/other", page_token=first.next_page_token),
+            timeout=10,
+        )
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "another filter" in info.value.details()
+    with pytest.raises(grpc.RpcError) as info:
+        client.keys.ListKeys(pb.ListKeysRequest(page_size=-1), timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert daemon.health() == 1
+
+
 def test_retire_stops_signing_but_keeps_public_key(daemon: Daemon) -> None:
     client = daemon.client()
     key = client.create_key("to-retire", "ecdsa-sha2-nistp256", "snapshot")
     retired = client.retire_key(key.key_id)
-    assert retired.state == pb.RETIRED and retired.retired_at.seconds > 0
+    assert retired.state == pb.KEY_STATE_RETIRED and retired.retired_at.seconds > 0
     assert client.get_key(key.key_id).public_key_pem == key.public_key_pem
     with pytest.raises(FailedPreconditionError, match="retired"):
         client.sign(key.key_id, PAYLOAD)
@@ -175,7 +242,7 @@ def test_destroy_removes_objects_from_token(daemon: Daemon) -> None:
         client.destroy_key(key.key_id, confirm="yes")
     assert any(o["id"] == object_id for o in read_token_objects(daemon))  # still there
     destroyed = client.destroy_key(key.key_id, confirm=key.key_id)
-    assert destroyed.state == pb.DESTROYED
+    assert destroyed.state == pb.KEY_STATE_DESTROYED
     assert not any(o["id"] == object_id for o in read_token_objects(daemon))
     with pytest.raises(FailedPreconditionError):
         client.sign(key.key_id, PAYLOAD)
@@ -287,7 +354,7 @@ def test_bad_input_gets_precise_status(
 
 def test_malformed_request_bytes_are_invalid_argument(daemon: Daemon) -> None:
     channel = daemon.channel()
-    for method in ("/signer.v1.SigningService/Sign", "/signer.v1.KeyService/CreateKey"):
+    for method in ("/signer_api.v1.SigningService/Sign", "/signer_api.v1.KeyService/CreateKey"):
         raw = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
         with pytest.raises(grpc.RpcError) as info:
             raw(b"\xff\xff\xff\xff\x0f garbage", timeout=5)
@@ -297,7 +364,7 @@ def test_malformed_request_bytes_are_invalid_argument(daemon: Daemon) -> None:
 
 
 def test_unknown_method_is_unimplemented(daemon: Daemon) -> None:
-    raw = daemon.channel().unary_unary("/signer.v1.SigningService/Nope")
+    raw = daemon.channel().unary_unary("/signer_api.v1.SigningService/Nope")
     with pytest.raises(grpc.RpcError) as info:
         raw(b"", timeout=5)
     assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
@@ -305,7 +372,7 @@ def test_unknown_method_is_unimplemented(daemon: Daemon) -> None:
 
 def test_health_and_reflection(daemon: Daemon) -> None:
     assert daemon.health("") == 1
-    assert daemon.health("signer.v1.SigningService") == 1
+    assert daemon.health("signer_api.v1.SigningService") == 1
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
     stub = reflection_pb2_grpc.ServerReflectionStub(daemon.channel())
@@ -313,7 +380,11 @@ def test_health_and_reflection(daemon: Daemon) -> None:
         iter([reflection_pb2.ServerReflectionRequest(list_services="")])
     )
     names = {s.name for r in responses for s in r.list_services_response.service}
-    assert {"signer.v1.KeyService", "signer.v1.SigningService", "grpc.health.v1.Health"} <= names
+    assert {
+        "signer_api.v1.KeyService",
+        "signer_api.v1.SigningService",
+        "grpc.health.v1.Health",
+    } <= names
 
 
 def test_every_request_is_audited_in_a_chain(daemon: Daemon, keys: dict[str, pb.Key]) -> None:

@@ -170,12 +170,12 @@ def test_keys_cli_is_a_client_of_the_api(daemon: Daemon, tmp_path: Path) -> None
     assert key["scheme"] == "ed25519" and key["role"] == "snapshot"
     assert key["key_id"] in cli("list", "--role", "snapshot").stdout
     assert json.loads(cli("show", key["key_id"]).stdout)["label"] == "cli-key"
-    assert json.loads(cli("retire", key["key_id"]).stdout)["state"] == "RETIRED"
+    assert json.loads(cli("retire", key["key_id"]).stdout)["state"] == "KEY_STATE_RETIRED"
     refused = cli("destroy", key["key_id"], "--confirm", "nope")
     assert refused.returncode == 2 and "must repeat the key_id" in refused.stderr
     assert (
         json.loads(cli("destroy", key["key_id"], "--confirm", key["key_id"]).stdout)["state"]
-        == "DESTROYED"
+        == "KEY_STATE_DESTROYED"
     )
     missing = cli("show", "f" * 64)
     assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr

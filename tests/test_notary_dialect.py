@@ -1,4 +1,4 @@
-"""notary's TUF dialect through plain ``sign`` (signer.v1): every rule, both ways.
+"""notary's TUF dialect through plain ``sign`` (signer_api.v1): every rule, both ways.
 
 A real daemon (SoftHSM token, mTLS, a policy file). Payloads are built the way notary
 writes them (Go canonical JSON: sorted keys, no whitespace, strings unescaped but for

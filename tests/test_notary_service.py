@@ -412,8 +412,8 @@ def test_rate_limits_apply(tmp_path: Path) -> None:
 
 
 def test_retired_key_answers_but_no_longer_signs(notary_daemon: Daemon, notary: Stubs) -> None:
-    from signer.v1 import signer_pb2 as v1
-    from signer.v1 import signer_pb2_grpc as v1_grpc
+    from signer_api.v1 import signer_pb2 as v1
+    from signer_api.v1 import signer_pb2_grpc as v1_grpc
 
     created = create(notary)
     notary_id = created.keyInfo.keyID.ID

@@ -22,8 +22,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from securesystemslib.signer import Signature
 
 from harness import Daemon, audit_rows, pull_token, reinsert_token, running_daemon
-from signer.v1 import signer_pb2 as pb
-from signer.v1 import signer_pb2_grpc as pb_grpc
+from signer_api.v1 import signer_pb2 as pb
+from signer_api.v1 import signer_pb2_grpc as pb_grpc
 from signer_client import UnavailableError
 from signer_client.client import tuf_key
 
@@ -61,15 +61,20 @@ def test_every_request_leaves_exactly_one_entry(
 ) -> None:
     keys, signing, channel = stubs
     key = keys.CreateKey(
-        pb.CreateKeyRequest(label="one-entry", algorithm=pb.ECDSA_SHA2_NISTP256, role="timestamp")
-    )
+        pb.CreateKeyRequest(
+            label="one-entry", algorithm=pb.ALGORITHM_ECDSA_SHA2_NISTP256, role="timestamp"
+        )
+    ).key
     quorum = keys.CreateKey(
         pb.CreateKeyRequest(
-            label="one-entry-q", algorithm=pb.ECDSA_SHA2_NISTP256, role="root", quorum=True
+            label="one-entry-q",
+            algorithm=pb.ALGORITHM_ECDSA_SHA2_NISTP256,
+            role="root",
+            quorum=True,
         )
-    )
+    ).key
     malformed = channel.unary_unary(
-        "/signer.v1.SigningService/Sign",
+        "/signer_api.v1.SigningService/Sign",
         request_serializer=lambda b: b,
         response_deserializer=lambda b: b,
     )

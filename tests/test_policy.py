@@ -201,6 +201,21 @@ def test_admin_cannot_sign(served: Daemon, key: object) -> None:
     )
 
 
+def test_pages_hold_only_readable_keys_and_miss_none(served: Daemon) -> None:
+    """Keys a caller may not read do not count against its page: alice pages through the
+    docker.io keys (readable) interleaved with quay.io ones (not), each once."""
+    readable = []
+    with served.client("admin") as admin:
+        for i in range(9):
+            repo = "docker.io/paging" if i % 3 == 0 else "quay.io/paging"
+            key_id = admin.create_key(f"paged-{i}", role="targets", repository=repo).key_id
+            if i % 3 == 0:
+                readable.append(key_id)
+    with served.client("alice") as alice:
+        listed = [k.key_id for k in alice.list_keys(page_size=1) if "paging" in k.repository]
+    assert listed == readable
+
+
 def test_unknown_principal_is_denied_everything(served: Daemon, key: object) -> None:
     key_id = key.key_id  # type: ignore[attr-defined]
     with served.client("bob") as bob:

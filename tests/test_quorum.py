@@ -14,7 +14,7 @@ from authz_helpers import audit_rows, sha256, tuf_payload, verify, wait_for
 
 from harness import Daemon, running_daemon
 from signer.cli import main as signerd
-from signer.v1 import signer_pb2 as pb
+from signer_api.v1 import signer_pb2 as pb
 from signer_client import ClientError
 
 POLICY = """
@@ -90,7 +90,7 @@ def test_full_ceremony(served: Daemon, clients: dict[str, Any], root_key: Any) -
     request = alice.request_signature(root_key.key_id, payload, "yearly root rotation")
     rid = request.request_id
     assert (request.state, request.approvals_required, request.requester) == (
-        pb.PENDING, 2, "alice",
+        pb.SIGNATURE_REQUEST_STATE_PENDING, 2, "alice",
     )  # fmt: skip
     assert request.payload == payload and request.payload_sha256 == digest
 
@@ -114,7 +114,10 @@ def test_full_ceremony(served: Daemon, clients: dict[str, Any], root_key: Any) -
     _refused(lambda: carol.approve(rid, digest), grpc.StatusCode.ALREADY_EXISTS)  # distinct
 
     approved = dave.approve(rid, digest.upper())
-    assert approved.state == pb.APPROVED and sorted(approved.approvers) == ["carol", "dave"]
+    assert approved.state == pb.SIGNATURE_REQUEST_STATE_APPROVED and sorted(approved.approvers) == [
+        "carol",
+        "dave",
+    ]
 
     # Only the approved bytes, only by the requester.
     other = tuf_payload("root", 1, days=200)
@@ -125,7 +128,7 @@ def test_full_ceremony(served: Daemon, clients: dict[str, Any], root_key: Any) -
     assert "differs from the one approved" in message
     signed = alice.sign(root_key.key_id, payload, request_id=rid)
     verify(root_key, payload, signed.signature)
-    assert alice.get_signature_request(rid).state == pb.FULFILLED
+    assert alice.get_signature_request(rid).state == pb.SIGNATURE_REQUEST_STATE_FULFILLED
     assert "already signed" in _refused(
         lambda: alice.sign(root_key.key_id, payload, request_id=rid),
         grpc.StatusCode.FAILED_PRECONDITION,
@@ -235,7 +238,12 @@ def test_expired_request(served: Daemon, clients: dict[str, Any], root_key: Any)
         return request if request.expires_at.seconds - request.created_at.seconds <= 1 else None
 
     request = wait_for(short_window)
-    wait_for(lambda: clients["alice"].get_signature_request(request.request_id).state == pb.EXPIRED)
+    wait_for(
+        lambda: (
+            clients["alice"].get_signature_request(request.request_id).state
+            == pb.SIGNATURE_REQUEST_STATE_EXPIRED
+        )
+    )
     assert "has expired" in _refused(
         lambda: clients["carol"].approve(request.request_id, sha256(payload)),
         grpc.StatusCode.FAILED_PRECONDITION,

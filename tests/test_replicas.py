@@ -23,7 +23,7 @@ from grpc_health.v1 import health_pb2
 from securesystemslib.formats import encode_canonical
 
 from harness import Daemon, create_token, free_port
-from signer.v1 import signer_pb2 as pb
+from signer_api.v1 import signer_pb2 as pb
 from signer_client.errors import ClientError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -209,9 +209,9 @@ def test_quorum_request_on_a_approved_through_b_and_c_signs_once(
                 grpc.StatusCode.FAILED_PRECONDITION
             )
             approved = dave_c.approve(rid, digest)
-            assert approved.state == pb.APPROVED
+            assert approved.state == pb.SIGNATURE_REQUEST_STATE_APPROVED
             assert sorted(approved.approvers) == ["carol", "dave"]
-            assert alice_b.get_signature_request(rid).state == pb.APPROVED
+            assert alice_b.get_signature_request(rid).state == pb.SIGNATURE_REQUEST_STATE_APPROVED
 
             # Sign through A and B at the same instant: exactly one signature.
             start = threading.Barrier(2)
@@ -242,7 +242,7 @@ def test_quorum_request_on_a_approved_through_b_and_c_signs_once(
                 error = refused(functools.partial(alice.sign, key.key_id, payload, request_id=rid))
                 assert error.code == grpc.StatusCode.FAILED_PRECONDITION
                 assert "already signed" in error.message
-            assert alice_a.get_signature_request(rid).state == pb.FULFILLED
+            assert alice_a.get_signature_request(rid).state == pb.SIGNATURE_REQUEST_STATE_FULFILLED
         done = signerd(a, "audit", "export")
         assert done.returncode == 0, done.stderr
         rows = [json.loads(line) for line in done.stdout.splitlines()]

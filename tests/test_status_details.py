@@ -12,8 +12,8 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from harness import running_daemon
-from signer.v1 import signer_pb2 as pb
-from signer.v1 import signer_pb2_grpc as pb_grpc
+from signer_api.v1 import signer_pb2 as pb
+from signer_api.v1 import signer_pb2_grpc as pb_grpc
 from signer_client.errors import NotFoundError, PermissionDeniedError, RateLimitedError
 
 POLICY = """

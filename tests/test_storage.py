@@ -6,6 +6,7 @@ import itertools
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -76,6 +77,33 @@ def test_keys(backend: Backend) -> None:
         keys.set_certificate(_key(2).key_id, "CERT")
         assert keys.get(_key(2).key_id).certificate_pem == "CERT"  # type: ignore[union-attr]
         assert [k.key_id for k in keys.find(state="active")] == [_key(2).key_id]
+    finally:
+        keys.close()
+
+
+def test_keys_page_after_a_position_in_creation_order(backend: Backend) -> None:
+    """ListKeys' paged query: (created_at, key_id) order, ties broken by key_id, every key
+    once, a key created meanwhile lands on a later page, the filter still applies."""
+    keys = backend.keys()
+    try:
+        made = [_key(n) for n in range(10, 17)]
+        tie = replace(_key(18), created_at=12.0)  # the same created_at as key 12
+        for record in [*made, tie, _key(19, "root")]:
+            keys.add(record)
+        order = sorted([*made, tie], key=lambda r: (r.created_at, r.key_id))
+        seen: list[str] = []
+        after: tuple[float, str] | None = None
+        while True:
+            page = keys.find(role="targets", after=after, limit=3)
+            seen += [r.key_id for r in page]
+            if len(page) < 3:
+                break
+            after = (page[-1].created_at, page[-1].key_id)
+            if len(seen) == 3:
+                keys.add(_key(20))  # created while listing: comes once, at the end
+        assert seen == [r.key_id for r in order] + [_key(20).key_id]
+        assert keys.find(role="targets", limit=2) == order[:2]
+        assert keys.find(after=(16.0, _key(16).key_id)) == [_key(19, "root"), _key(20)]
     finally:
         keys.close()
 

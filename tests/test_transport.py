@@ -17,8 +17,8 @@ import pytest
 
 from harness import Daemon, running_daemon
 from signer.config import ServerConfig
-from signer.v1 import signer_pb2 as pb
-from signer.v1 import signer_pb2_grpc
+from signer_api.v1 import signer_pb2 as pb
+from signer_api.v1 import signer_pb2_grpc
 from signer_client import ClientError, InvalidArgumentError
 
 MIB = 1024 * 1024

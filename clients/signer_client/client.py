@@ -24,8 +24,8 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # read by grpc at import
 
 import grpc
 
-from signer.v1 import signer_pb2 as pb
-from signer.v1 import signer_pb2_grpc as pb_grpc
+from signer_api.v1 import signer_pb2 as pb
+from signer_api.v1 import signer_pb2_grpc as pb_grpc
 from signer_client.config import ClientConfig
 from signer_client.errors import (
     ClientError,
@@ -39,12 +39,16 @@ T = TypeVar("T")
 _CONNECT_FAILURES = ("failed to connect", "socket closed", "handshake", "connection refused")
 
 ALGORITHMS = {
-    "ecdsa-sha2-nistp256": pb.ECDSA_SHA2_NISTP256,
-    "ecdsa-sha2-nistp384": pb.ECDSA_SHA2_NISTP384,
-    "ed25519": pb.ED25519,
-    "rsassa-pss-sha256": pb.RSASSA_PSS_SHA256,
+    "ecdsa-sha2-nistp256": pb.ALGORITHM_ECDSA_SHA2_NISTP256,
+    "ecdsa-sha2-nistp384": pb.ALGORITHM_ECDSA_SHA2_NISTP384,
+    "ed25519": pb.ALGORITHM_ED25519,
+    "rsassa-pss-sha256": pb.ALGORITHM_RSASSA_PSS_SHA256,
 }
-STATES = {"active": pb.ACTIVE, "retired": pb.RETIRED, "destroyed": pb.DESTROYED}
+STATES = {
+    "active": pb.KEY_STATE_ACTIVE,
+    "retired": pb.KEY_STATE_RETIRED,
+    "destroyed": pb.KEY_STATE_DESTROYED,
+}
 
 
 @dataclass(frozen=True)
@@ -122,25 +126,42 @@ class SignerClient:
             repository=repository,
             quorum=quorum,
         )
-        return self._call(self.keys.CreateKey, request, retry=False)
+        return self._call(self.keys.CreateKey, request, retry=False).key
 
     def get_key(self, key_id: str) -> pb.Key:
-        return self._call(self.keys.GetKey, pb.GetKeyRequest(key_id=key_id))
+        return self._call(self.keys.GetKey, pb.GetKeyRequest(key_id=key_id)).key
 
-    def list_keys(self, role: str = "", repository: str = "", state: str = "") -> list[pb.Key]:
-        request = pb.ListKeysRequest(
-            role=role,
-            repository=repository,
-            state=STATES.get(state, pb.KEY_STATE_UNSPECIFIED),  # type: ignore[arg-type]
-        )
-        return list(self._call(self.keys.ListKeys, request).keys)
+    def list_keys(
+        self, role: str = "", repository: str = "", state: str = "", page_size: int = 0
+    ) -> list[pb.Key]:
+        """Every matching key the caller may read, oldest first: all pages, fetched here.
+
+        ``page_size`` 0 leaves the page size to the daemon. Each page is its own call
+        (retried alone); a key added meanwhile comes once, on the last page.
+        """
+        keys: list[pb.Key] = []
+        token = ""
+        while True:
+            request = pb.ListKeysRequest(
+                role=role,
+                repository=repository,
+                state=STATES.get(state, pb.KEY_STATE_UNSPECIFIED),  # type: ignore[arg-type]
+                page_size=page_size,
+                page_token=token,
+            )
+            response = self._call(self.keys.ListKeys, request)
+            keys.extend(response.keys)
+            token = response.next_page_token
+            if not token:
+                return keys
 
     def retire_key(self, key_id: str) -> pb.Key:
-        return self._call(self.keys.RetireKey, pb.RetireKeyRequest(key_id=key_id), retry=False)
+        request = pb.RetireKeyRequest(key_id=key_id)
+        return self._call(self.keys.RetireKey, request, retry=False).key
 
     def destroy_key(self, key_id: str, confirm: str) -> pb.Key:
         request = pb.DestroyKeyRequest(key_id=key_id, confirm=confirm)
-        return self._call(self.keys.DestroyKey, request, retry=False)
+        return self._call(self.keys.DestroyKey, request, retry=False).key
 
     def issue_certificate(
         self, key_id: str, common_name: str, validity_days: int = 0
@@ -149,7 +170,7 @@ class SignerClient:
         request = pb.IssueCertificateRequest(
             key_id=key_id, common_name=common_name, validity_days=validity_days
         )
-        return self._call(self.keys.IssueCertificate, request, retry=False)
+        return self._call(self.keys.IssueCertificate, request, retry=False).certificate
 
     # -- signing ---------------------------------------------------------------------------
 
@@ -199,15 +220,15 @@ class SignerClient:
         request = pb.RequestSignatureRequest(
             key_id=key_id, payload=payload, reason=reason, role=role
         )
-        return self._call(self.signing.RequestSignature, request, retry=False)
+        return self._call(self.signing.RequestSignature, request, retry=False).signature_request
 
     def approve(self, request_id: str, payload_sha256: str) -> pb.SignatureRequest:
         request = pb.ApproveRequest(request_id=request_id, payload_sha256=payload_sha256)
-        return self._call(self.signing.Approve, request)
+        return self._call(self.signing.Approve, request).signature_request
 
     def get_signature_request(self, request_id: str) -> pb.SignatureRequest:
         request = pb.GetSignatureRequestRequest(request_id=request_id)
-        return self._call(self.signing.GetSignatureRequest, request)
+        return self._call(self.signing.GetSignatureRequest, request).signature_request
 
     # -- plumbing --------------------------------------------------------------------------
 

@@ -7,10 +7,10 @@ the role name capitalised ("Timestamp", "Snapshot"). Such content needs the plai
 metadata past the v1 version and expiry rules. JSON that readers would disagree on
 (duplicate keys, lone surrogates, absurd nesting) is refused outright.
 
-The policy's ``max_expiry_days`` for the key's role applies here as on signer.v1
+The policy's ``max_expiry_days`` for the key's role applies here as on signer_api.v1
 (``signer.policy.notary.check_expiry``); the version rule does not: notary-server owns
 the timestamp and snapshot version lines, and after a failed write it signs the same
-version again with new content (a fork the signer.v1 rules would refuse).
+version again with new content (a fork the signer_api.v1 rules would refuse).
 """
 
 from __future__ import annotations

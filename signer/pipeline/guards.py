@@ -14,7 +14,7 @@ from signer.registry import KeyRecord
 class SignInput:
     """One thing to sign: a payload, or (raw signing) a pre-computed digest.
 
-    ``dialect`` names the API the payload came through: ``"tuf"`` for signer.v1 (standard
+    ``dialect`` names the API the payload came through: ``"tuf"`` for signer_api.v1 (standard
     TUF metadata), ``"notary"`` for notary-signer's API (notary's TUF dialect). Guards
     apply the rules of their own dialect only. ``role`` is the client's role hint
     (``SignRequest.role``): which role's metadata the payload is.
@@ -64,7 +64,7 @@ def stricter(a: Operation, b: Operation) -> Operation:
 
 
 class ForDialect:
-    """Apply ``guard`` only to items of one dialect (the TUF rules to signer.v1 payloads)."""
+    """Apply ``guard`` only to items of one dialect (the TUF rules to signer_api.v1 payloads)."""
 
     def __init__(self, dialect: str, guard: SignGuard) -> None:
         self.dialect = dialect

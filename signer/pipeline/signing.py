@@ -81,7 +81,7 @@ class _Batch:
 
 
 class Pipeline:
-    """The one signing path: signer.v1 Sign/SignBatch/digests/quorum and notary Sign."""
+    """The one signing path: signer_api.v1 Sign/SignBatch/digests/quorum and notary Sign."""
 
     def __init__(
         self,
@@ -112,6 +112,7 @@ class Pipeline:
         try:
             await inline_or_thread(take_rate, policy, principal, len(items))
         except ResourceExhausted as exc:
+            self.recorder.metrics.rate_limited(exc.error_reason)
             await self._refuse_whole(batch, exc)
             raise
         if len(items) <= INLINE_ITEMS:
@@ -263,6 +264,7 @@ class Pipeline:
                     guard.signed(batch.principal, p.key, p.item)
                 except Exception:
                     log.exception("after signing with key %s", p.key.key_id)
+            self.recorder.metrics.signed(p.key.algorithm_name, p.key.role)
             alg = p.key.algorithm
             batch.results[p.index] = Signed(
                 p.key.key_id,

@@ -1,4 +1,4 @@
-"""The TUF payload rules for notary's dialect, signed through plain ``sign`` (signer.v1).
+"""The TUF payload rules for notary's dialect, signed through plain ``sign`` (signer_api.v1).
 
 A payload is notary metadata if it is a JSON object whose ``_type`` is ``Root``,
 ``Targets``, ``Snapshot`` or ``Timestamp`` and which is exactly its own re-encoding as

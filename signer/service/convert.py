@@ -1,4 +1,4 @@
-"""Registry records <-> signer.v1 messages."""
+"""Registry records <-> signer_api.v1 messages."""
 
 from __future__ import annotations
 
@@ -10,20 +10,20 @@ from signer.certificates import certificate_key_id
 from signer.errors import InvalidArgument
 from signer.notary import keys as nkeys
 from signer.registry import KeyRecord, KeyState
-from signer.v1 import signer_pb2 as pb
+from signer_api.v1 import signer_pb2 as pb
 
 ALGORITHM_NAMES: dict[int, str] = {
-    pb.ECDSA_SHA2_NISTP256: "ecdsa-sha2-nistp256",
-    pb.ECDSA_SHA2_NISTP384: "ecdsa-sha2-nistp384",
-    pb.ED25519: "ed25519",
-    pb.RSASSA_PSS_SHA256: "rsassa-pss-sha256",
+    pb.ALGORITHM_ECDSA_SHA2_NISTP256: "ecdsa-sha2-nistp256",
+    pb.ALGORITHM_ECDSA_SHA2_NISTP384: "ecdsa-sha2-nistp384",
+    pb.ALGORITHM_ED25519: "ed25519",
+    pb.ALGORITHM_RSASSA_PSS_SHA256: "rsassa-pss-sha256",
 }
 ALGORITHM_ENUMS = {name: value for value, name in ALGORITHM_NAMES.items()}
 
 STATE_ENUMS = {
-    KeyState.ACTIVE: pb.ACTIVE,
-    KeyState.RETIRED: pb.RETIRED,
-    KeyState.DESTROYED: pb.DESTROYED,
+    KeyState.ACTIVE: pb.KEY_STATE_ACTIVE,
+    KeyState.RETIRED: pb.KEY_STATE_RETIRED,
+    KeyState.DESTROYED: pb.KEY_STATE_DESTROYED,
 }
 STATE_NAMES: dict[int, str] = {int(value): state.value for state, value in STATE_ENUMS.items()}
 

@@ -1,4 +1,4 @@
-"""signer.v1.SigningService."""
+"""signer_api.v1.SigningService."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from signer.pipeline import Pipeline, SignInput
 from signer.quorum import QuorumService, RequestState, SignatureRequest
 from signer.service.errors import status_message
 from signer.service.rpc import rpc
-from signer.v1 import signer_pb2 as pb
-from signer.v1 import signer_pb2_grpc as pb_grpc
+from signer_api.v1 import signer_pb2 as pb
+from signer_api.v1 import signer_pb2_grpc as pb_grpc
 
 
 class SigningServicer(pb_grpc.SigningServiceServicer):
@@ -71,34 +71,35 @@ class SigningServicer(pb_grpc.SigningServiceServicer):
     @rpc("request-signature")
     def RequestSignature(
         self, request: pb.RequestSignatureRequest, context: grpc.ServicerContext
-    ) -> pb.SignatureRequest:
+    ) -> pb.RequestSignatureResponse:
         principal = principal_from_context(context)
         made = self.quorum.request(
             principal, request.key_id, request.payload, request.reason, request.role
         )
-        return request_message(made)
+        return pb.RequestSignatureResponse(signature_request=request_message(made))
 
     @rpc("approve")
     def Approve(
         self, request: pb.ApproveRequest, context: grpc.ServicerContext
-    ) -> pb.SignatureRequest:
+    ) -> pb.ApproveResponse:
         principal = principal_from_context(context)
         approved = self.quorum.approve(principal, request.request_id, request.payload_sha256)
-        return request_message(approved)
+        return pb.ApproveResponse(signature_request=request_message(approved))
 
     @rpc("get-request")
     def GetSignatureRequest(
         self, request: pb.GetSignatureRequestRequest, context: grpc.ServicerContext
-    ) -> pb.SignatureRequest:
+    ) -> pb.GetSignatureRequestResponse:
         principal = principal_from_context(context)
-        return request_message(self.quorum.get(principal, request.request_id))
+        found = self.quorum.get(principal, request.request_id)
+        return pb.GetSignatureRequestResponse(signature_request=request_message(found))
 
 
 _STATES = {
-    RequestState.PENDING: pb.PENDING,
-    RequestState.APPROVED: pb.APPROVED,
-    RequestState.FULFILLED: pb.FULFILLED,
-    RequestState.EXPIRED: pb.EXPIRED,
+    RequestState.PENDING: pb.SIGNATURE_REQUEST_STATE_PENDING,
+    RequestState.APPROVED: pb.SIGNATURE_REQUEST_STATE_APPROVED,
+    RequestState.FULFILLED: pb.SIGNATURE_REQUEST_STATE_FULFILLED,
+    RequestState.EXPIRED: pb.SIGNATURE_REQUEST_STATE_EXPIRED,
 }
 
 

@@ -54,8 +54,17 @@ class KeyStore(Protocol):
 
     def get(self, key_id: str) -> KeyRecord | None: ...
 
-    def find(self, role: str = "", repository: str = "", state: str = "") -> list[KeyRecord]:
-        """The records matching every non-empty filter, oldest first."""
+    def find(
+        self,
+        role: str = "",
+        repository: str = "",
+        state: str = "",
+        after: tuple[float, str] | None = None,
+        limit: int | None = None,
+    ) -> list[KeyRecord]:
+        """The records matching every non-empty filter, oldest first (by created_at, then
+        key_id); with ``after`` only those past that (created_at, key_id), at most ``limit``:
+        a page of ListKeys that stays put while keys are added."""
         ...
 
     def set_state(
@@ -65,6 +74,10 @@ class KeyStore(Protocol):
         ...
 
     def set_certificate(self, key_id: str, certificate_pem: str) -> None: ...
+
+    def count_by_state(self) -> dict[str, int]:
+        """State -> how many keys are in it (the metrics' key counts)."""
+        ...
 
     def changed(self) -> bool:
         """True if anyone (another worker, another replica) may have changed a record
@@ -109,6 +122,10 @@ class QuorumRequests(Protocol):
 
     def claim(self, request_id: str, now: float) -> bool:
         """Mark an approved, unexpired request fulfilled: true for one caller only."""
+        ...
+
+    def open_counts(self, now: float) -> dict[str, int]:
+        """State (pending, approved) -> how many requests in it are unexpired at ``now``."""
         ...
 
     def close(self) -> None: ...

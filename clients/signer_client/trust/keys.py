@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-from signer.v1 import signer_pb2 as pb
+from signer_api.v1 import signer_pb2 as pb
 from signer_client.client import SignerClient
 from signer_client.trust.metadata import PublicKey, certificate_key, ecdsa_key
 
@@ -85,7 +85,7 @@ class DaemonKeys:
             self._records = [
                 k
                 for k in self.client.list_keys(repository=self.gun, state="active")
-                if k.algorithm == pb.ECDSA_SHA2_NISTP256
+                if k.algorithm == pb.ALGORITHM_ECDSA_SHA2_NISTP256
             ]
         return self._records
 

@@ -21,7 +21,7 @@ import posixpath
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from signer.v1 import signer_pb2 as pb
+from signer_api.v1 import signer_pb2 as pb
 from signer_client.errors import PermissionDeniedError
 from signer_client.trust.keys import DaemonKey, DaemonKeys, PendingApprovalError
 from signer_client.trust.legacy import LegacyRootKey
@@ -357,8 +357,12 @@ class TrustRepository:
         waiting = []
         for key_id, request_id in ceremony.requests.items():
             request = self.keys.request(request_id)
-            if request.state not in (pb.APPROVED, pb.FULFILLED):
-                state = pb.SignatureRequestState.Name(request.state).lower()
+            if request.state not in (
+                pb.SIGNATURE_REQUEST_STATE_APPROVED,
+                pb.SIGNATURE_REQUEST_STATE_FULFILLED,
+            ):
+                name = pb.SignatureRequestState.Name(request.state)
+                state = name.removeprefix("SIGNATURE_REQUEST_STATE_").lower()
                 waiting.append(
                     f"request {request_id} (root key {key_id}) is {state}: "
                     f"{len(request.approvers)} of {request.approvals_required} approvals"

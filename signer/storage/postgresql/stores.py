@@ -100,18 +100,40 @@ class PostgresKeys:
         )
         return None if row is None else record_of(row)
 
-    def find(self, role: str = "", repository: str = "", state: str = "") -> list[KeyRecord]:
-        where, args = [], []
+    def find(
+        self,
+        role: str = "",
+        repository: str = "",
+        state: str = "",
+        after: tuple[float, str] | None = None,
+        limit: int | None = None,
+    ) -> list[KeyRecord]:
+        where: list[str] = []
+        args: list[object] = []
         for column, value in (("role", role), ("repository", repository), ("state", state)):
             if value:
                 where.append(f"{column} = %s")
                 args.append(value)
+        if after is not None:
+            where.append("(created_at, key_id) > (%s, %s)")
+            args.extend(after)
         sql = _SELECT_KEYS + (" WHERE " + " AND ".join(where) if where else "")
+        sql += " ORDER BY created_at, key_id"
+        if limit is not None:
+            sql += " LIMIT %s"
+            args.append(limit)
         rows = self._db.run(
-            lambda conn: conn.execute(sql + " ORDER BY created_at, key_id", args).fetchall(),
+            lambda conn: conn.execute(sql, args).fetchall(),
             transaction=False,
         )
         return [record_of(r) for r in rows]
+
+    def count_by_state(self) -> dict[str, int]:
+        rows = self._db.run(
+            lambda conn: conn.execute("SELECT state, count(*) FROM keys GROUP BY state").fetchall(),
+            transaction=False,
+        )
+        return {str(state): int(n) for state, n in rows}
 
     def set_state(
         self, key_id: str, state: KeyState, retired_at: float | None, destroyed_at: float | None
@@ -286,6 +308,17 @@ class PostgresQuorum:
             return cursor.rowcount == 1
 
         return self._db.run(work)
+
+    def open_counts(self, now: float) -> dict[str, int]:
+        rows = self._db.run(
+            lambda conn: conn.execute(
+                "SELECT state, count(*) FROM signature_requests "
+                "WHERE state IN ('pending', 'approved') AND expires_at >= %s GROUP BY state",
+                (now,),
+            ).fetchall(),
+            transaction=False,
+        )
+        return {str(state): int(n) for state, n in rows}
 
     def close(self) -> None:
         return None

@@ -79,16 +79,36 @@ class SqliteKeys:
             row = conn.execute(SELECT + " WHERE key_id = ?", (key_id,)).fetchone()
         return None if row is None else record_of(row)
 
-    def find(self, role: str = "", repository: str = "", state: str = "") -> list[KeyRecord]:
-        where, args = [], []
+    def find(
+        self,
+        role: str = "",
+        repository: str = "",
+        state: str = "",
+        after: tuple[float, str] | None = None,
+        limit: int | None = None,
+    ) -> list[KeyRecord]:
+        where: list[str] = []
+        args: list[object] = []
         for column, value in (("role", role), ("repository", repository), ("state", state)):
             if value:
                 where.append(f"{column} = ?")
                 args.append(value)
+        if after is not None:
+            where.append("(created_at, key_id) > (?, ?)")
+            args.extend(after)
         sql = SELECT + (" WHERE " + " AND ".join(where) if where else "")
+        sql += " ORDER BY created_at, key_id"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
         with self._db.use() as conn:
-            rows = conn.execute(sql + " ORDER BY created_at, key_id", args).fetchall()
+            rows = conn.execute(sql, args).fetchall()
         return [record_of(r) for r in rows]
+
+    def count_by_state(self) -> dict[str, int]:
+        with self._db.use() as conn:
+            rows = conn.execute("SELECT state, count(*) FROM keys GROUP BY state").fetchall()
+        return {str(state): int(n) for state, n in rows}
 
     def set_state(
         self, key_id: str, state: KeyState, retired_at: float | None, destroyed_at: float | None

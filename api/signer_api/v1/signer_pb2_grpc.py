@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from signer.v1 import signer_pb2 as signer_dot_v1_dot_signer__pb2
+from signer_api.v1 import signer_pb2 as signer__api_dot_v1_dot_signer__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in signer/v1/signer_pb2_grpc.py depends on'
+        + ' but the generated code in signer_api/v1/signer_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -35,34 +35,34 @@ class KeyServiceStub:
             channel: A grpc.Channel.
         """
         self.CreateKey = channel.unary_unary(
-                '/signer.v1.KeyService/CreateKey',
-                request_serializer=signer_dot_v1_dot_signer__pb2.CreateKeyRequest.SerializeToString,
-                response_deserializer=signer_dot_v1_dot_signer__pb2.Key.FromString,
+                '/signer_api.v1.KeyService/CreateKey',
+                request_serializer=signer__api_dot_v1_dot_signer__pb2.CreateKeyRequest.SerializeToString,
+                response_deserializer=signer__api_dot_v1_dot_signer__pb2.CreateKeyResponse.FromString,
                 _registered_method=True)
         self.GetKey = channel.unary_unary(
-                '/signer.v1.KeyService/GetKey',
-                request_serializer=signer_dot_v1_dot_signer__pb2.GetKeyRequest.SerializeToString,
-                response_deserializer=signer_dot_v1_dot_signer__pb2.Key.FromString,
+                '/signer_api.v1.KeyService/GetKey',
+                request_serializer=signer__api_dot_v1_dot_signer__pb2.GetKeyRequest.SerializeToString,
+                response_deserializer=signer__api_dot_v1_dot_signer__pb2.GetKeyResponse.FromString,
                 _registered_method=True)
         self.ListKeys = channel.unary_unary(
-                '/signer.v1.KeyService/ListKeys',
-                request_serializer=signer_dot_v1_dot_signer__pb2.ListKeysRequest.SerializeToString,
-                response_deserializer=signer_dot_v1_dot_signer__pb2.ListKeysResponse.FromString,
+                '/signer_api.v1.KeyService/ListKeys',
+                request_serializer=signer__api_dot_v1_dot_signer__pb2.ListKeysRequest.SerializeToString,
+                response_deserializer=signer__api_dot_v1_dot_signer__pb2.ListKeysResponse.FromString,
                 _registered_method=True)
         self.RetireKey = channel.unary_unary(
-                '/signer.v1.KeyService/RetireKey',
-                request_serializer=signer_dot_v1_dot_signer__pb2.RetireKeyRequest.SerializeToString,
-                response_deserializer=signer_dot_v1_dot_signer__pb2.Key.FromString,
+                '/signer_api.v1.KeyService/RetireKey',
+                request_serializer=signer__api_dot_v1_dot_signer__pb2.RetireKeyRequest.SerializeToString,
+                response_deserializer=signer__api_dot_v1_dot_signer__pb2.RetireKeyResponse.FromString,
                 _registered_method=True)
         self.DestroyKey = channel.unary_unary(
-                '/signer.v1.KeyService/DestroyKey',
-                request_serializer=signer_dot_v1_dot_signer__pb2.DestroyKeyRequest.SerializeToString,
-                response_deserializer=signer_dot_v1_dot_signer__pb2.Key.FromString,
+                '/signer_api.v1.KeyService/DestroyKey',
+                request_serializer=signer__api_dot_v1_dot_signer__pb2.DestroyKeyRequest.SerializeToString,
+                response_deserializer=signer__api_dot_v1_dot_signer__pb2.DestroyKeyResponse.FromString,
                 _registered_method=True)
         self.IssueCertificate = channel.unary_unary(
-                '/signer.v1.KeyService/IssueCertificate',
-                request_serializer=signer_dot_v1_dot_signer__pb2.IssueCertificateRequest.SerializeToString,
-                response_deserializer=signer_dot_v1_dot_signer__pb2.Certificate.FromString,
+                '/signer_api.v1.KeyService/IssueCertificate',
+                request_serializer=signer__api_dot_v1_dot_signer__pb2.IssueCertificateRequest.SerializeToString,
+                response_deserializer=signer__api_dot_v1_dot_signer__pb2.IssueCertificateResponse.FromString,
                 _registered_method=True)
 
 
@@ -83,7 +83,8 @@ class KeyServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListKeys(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The keys the caller may read, oldest first, a page at a time.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -115,39 +116,39 @@ def add_KeyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'CreateKey': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateKey,
-                    request_deserializer=signer_dot_v1_dot_signer__pb2.CreateKeyRequest.FromString,
-                    response_serializer=signer_dot_v1_dot_signer__pb2.Key.SerializeToString,
+                    request_deserializer=signer__api_dot_v1_dot_signer__pb2.CreateKeyRequest.FromString,
+                    response_serializer=signer__api_dot_v1_dot_signer__pb2.CreateKeyResponse.SerializeToString,
             ),
             'GetKey': grpc.unary_unary_rpc_method_handler(
                     servicer.GetKey,
-                    request_deserializer=signer_dot_v1_dot_signer__pb2.GetKeyRequest.FromString,
-                    response_serializer=signer_dot_v1_dot_signer__pb2.Key.SerializeToString,
+                    request_deserializer=signer__api_dot_v1_dot_signer__pb2.GetKeyRequest.FromString,
+                    response_serializer=signer__api_dot_v1_dot_signer__pb2.GetKeyResponse.SerializeToString,
             ),
             'ListKeys': grpc.unary_unary_rpc_method_handler(
                     servicer.ListKeys,
-                    request_deserializer=signer_dot_v1_dot_signer__pb2.ListKeysRequest.FromString,
-                    response_serializer=signer_dot_v1_dot_signer__pb2.ListKeysResponse.SerializeToString,
+                    request_deserializer=signer__api_dot_v1_dot_signer__pb2.ListKeysRequest.FromString,
+                    response_serializer=signer__api_dot_v1_dot_signer__pb2.ListKeysResponse.SerializeToString,
             ),
             'RetireKey': grpc.unary_unary_rpc_method_handler(
                     servicer.RetireKey,
-                    request_deserializer=signer_dot_v1_dot_signer__pb2.RetireKeyRequest.FromString,
-                    response_serializer=signer_dot_v1_dot_signer__pb2.Key.SerializeToString,
+                    request_deserializer=signer__api_dot_v1_dot_signer__pb2.RetireKeyRequest.FromString,
+                    response_serializer=signer__api_dot_v1_dot_signer__pb2.RetireKeyResponse.SerializeToString,
             ),
             'DestroyKey': grpc.unary_unary_rpc_method_handler(
                     servicer.DestroyKey,
-                    request_deserializer=signer_dot_v1_dot_signer__pb2.DestroyKeyRequest.FromString,
-                    response_serializer=signer_dot_v1_dot_signer__pb2.Key.SerializeToString,
+                    request_deserializer=signer__api_dot_v1_dot_signer__pb2.DestroyKeyRequest.FromString,
+                    response_serializer=signer__api_dot_v1_dot_signer__pb2.DestroyKeyResponse.SerializeToString,
             ),
             'IssueCertificate': grpc.unary_unary_rpc_method_handler(
                     servicer.IssueCertificate,
-                    request_deserializer=signer_dot_v1_dot_signer__pb2.IssueCertificateRequest.FromString,
-                    response_serializer=signer_dot_v1_dot_signer__pb2.Certificate.SerializeToString,
+                    request_deserializer=signer__api_dot_v1_dot_signer__pb2.IssueCertificateRequest.FromString,
+                    response_serializer=signer__api_dot_v1_dot_signer__pb2.IssueCertificateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'signer.v1.KeyService', rpc_method_handlers)
+            'signer_api.v1.KeyService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('signer.v1.KeyService', rpc_method_handlers)
+    server.add_registered_method_handlers('signer_api.v1.KeyService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
@@ -168,9 +169,9 @@ class KeyService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/signer.v1.KeyService/CreateKey',
-            signer_dot_v1_dot_signer__pb2.CreateKeyRequest.SerializeToString,
-            signer_dot_v1_dot_signer__pb2.Key.FromString,
+            '/signer_api.v1.KeyService/CreateKey',
+            signer__api_dot_v1_dot_signer__pb2.CreateKeyRequest.SerializeToString,
+            signer__api_dot_v1_dot_signer__pb2.CreateKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -195,9 +196,9 @@ class KeyService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/signer.v1.KeyService/GetKey',
-            signer_dot_v1_dot_signer__pb2.GetKeyRequest.SerializeToString,
-            signer_dot_v1_dot_signer__pb2.Key.FromString,
+            '/signer_api.v1.KeyService/GetKey',
+            signer__api_dot_v1_dot_signer__pb2.GetKeyRequest.SerializeToString,
+            signer__api_dot_v1_dot_signer__pb2.GetKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -222,9 +223,9 @@ class KeyService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/signer.v1.KeyService/ListKeys',
-            signer_dot_v1_dot_signer__pb2.ListKeysRequest.SerializeToString,
-            signer_dot_v1_dot_signer__pb2.ListKeysResponse.FromString,
+            '/signer_api.v1.KeyService/ListKeys',
+            signer__api_dot_v1_dot_signer__pb2.ListKeysRequest.SerializeToString,
+            signer__api_dot_v1_dot_signer__pb2.ListKeysResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -249,9 +250,9 @@ class KeyService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/signer.v1.KeyService/RetireKey',
-            signer_dot_v1_dot_signer__pb2.RetireKeyRequest.SerializeToString,
-            signer_dot_v1_dot_signer__pb2.Key.FromString,
+            '/signer_api.v1.KeyService/RetireKey',
+            signer__api_dot_v1_dot_signer__pb2.RetireKeyRequest.SerializeToString,
+            signer__api_dot_v1_dot_signer__pb2.RetireKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -276,9 +277,9 @@ class KeyService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/signer.v1.KeyService/DestroyKey',
-            signer_dot_v1_dot_signer__pb2.DestroyKeyRequest.SerializeToString,
-            signer_dot_v1_dot_signer__pb2.Key.FromString,
+            '/signer_api.v1.KeyService/DestroyKey',
+            signer__api_dot_v1_dot_signer__pb2.DestroyKeyRequest.SerializeToString,
+            signer__api_dot_v1_dot_signer__pb2.DestroyKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -303,9 +304,9 @@ class KeyService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/signer.v1.KeyService/IssueCertificate',
-            signer_dot_v1_dot_signer__pb2.IssueCertificateRequest.SerializeToString,
-            signer_dot_v1_dot_signer__pb2.Certificate.FromString,
+            '/signer_api.v1.KeyService/IssueCertificate',
+            signer__api_dot_v1_dot_signer__pb2.IssueCertificateRequest.SerializeToString,
+            signer__api_dot_v1_dot_signer__pb2.IssueCertificateResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -327,29 +328,29 @@ class SigningServiceStub:
             channel: A grpc.Channel.
         """
         self.Sign = channel.unary_unary(
-                '/signer.v1.SigningService/Sign',
-                request_serializer=signer_dot_v1_dot_signer__pb2.SignRequest.SerializeToString,
-                response_deserializer=signer_dot_v1_dot_signer__pb2.SignResponse.FromString,
+                '/signer_api.v1.SigningService/Sign',
+                request_serializer=signer__api_dot_v1_dot_signer__pb2.SignRequest.SerializeToString,
+                response_deserializer=signer__api_dot_v1_dot_signer__pb2.SignResponse.FromString,
                 _registered_method=True)
         self.SignBatch = channel.unary_unary(
-                '/signer.v1.SigningService/SignBatch',
-                request_serializer=signer_dot_v1_dot_signer__pb2.SignBatchRequest.SerializeToString,
-                response_deserializer=signer_dot_v1_dot_signer__pb2.SignBatchResponse.FromString,
+                '/signer_api.v1.SigningService/SignBatch',
+                request_serializer=signer__api_dot_v1_dot_signer__pb2.SignBatchRequest.SerializeToString,
+                response_deserializer=signer__api_dot_v1_dot_signer__pb2.SignBatchResponse.FromString,
                 _registered_method=True)
         self.RequestSignature = channel.unary_unary(
-                '/signer.v1.SigningService/RequestSignature',
-                request_serializer=signer_dot_v1_dot_signer__pb2.RequestSignatureRequest.SerializeToString,
-                response_deserializer=signer_dot_v1_dot_signer__pb2.SignatureRequest.FromString,
+                '/signer_api.v1.SigningService/RequestSignature',
+                request_serializer=signer__api_dot_v1_dot_signer__pb2.RequestSignatureRequest.SerializeToString,
+                response_deserializer=signer__api_dot_v1_dot_signer__pb2.RequestSignatureResponse.FromString,
                 _registered_method=True)
         self.Approve = channel.unary_unary(
-                '/signer.v1.SigningService/Approve',
-                request_serializer=signer_dot_v1_dot_signer__pb2.ApproveRequest.SerializeToString,
-                response_deserializer=signer_dot_v1_dot_signer__pb2.SignatureRequest.FromString,
+                '/signer_api.v1.SigningService/Approve',
+                request_serializer=signer__api_dot_v1_dot_signer__pb2.ApproveRequest.SerializeToString,
+                response_deserializer=signer__api_dot_v1_dot_signer__pb2.ApproveResponse.FromString,
                 _registered_method=True)
         self.GetSignatureRequest = channel.unary_unary(
-                '/signer.v1.SigningService/GetSignatureRequest',
-                request_serializer=signer_dot_v1_dot_signer__pb2.GetSignatureRequestRequest.SerializeToString,
-                response_deserializer=signer_dot_v1_dot_signer__pb2.SignatureRequest.FromString,
+                '/signer_api.v1.SigningService/GetSignatureRequest',
+                request_serializer=signer__api_dot_v1_dot_signer__pb2.GetSignatureRequestRequest.SerializeToString,
+                response_deserializer=signer__api_dot_v1_dot_signer__pb2.GetSignatureRequestResponse.FromString,
                 _registered_method=True)
 
 
@@ -393,34 +394,34 @@ def add_SigningServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Sign': grpc.unary_unary_rpc_method_handler(
                     servicer.Sign,
-                    request_deserializer=signer_dot_v1_dot_signer__pb2.SignRequest.FromString,
-                    response_serializer=signer_dot_v1_dot_signer__pb2.SignResponse.SerializeToString,
+                    request_deserializer=signer__api_dot_v1_dot_signer__pb2.SignRequest.FromString,
+                    response_serializer=signer__api_dot_v1_dot_signer__pb2.SignResponse.SerializeToString,
             ),
             'SignBatch': grpc.unary_unary_rpc_method_handler(
                     servicer.SignBatch,
-                    request_deserializer=signer_dot_v1_dot_signer__pb2.SignBatchRequest.FromString,
-                    response_serializer=signer_dot_v1_dot_signer__pb2.SignBatchResponse.SerializeToString,
+                    request_deserializer=signer__api_dot_v1_dot_signer__pb2.SignBatchRequest.FromString,
+                    response_serializer=signer__api_dot_v1_dot_signer__pb2.SignBatchResponse.SerializeToString,
             ),
             'RequestSignature': grpc.unary_unary_rpc_method_handler(
                     servicer.RequestSignature,
-                    request_deserializer=signer_dot_v1_dot_signer__pb2.RequestSignatureRequest.FromString,
-                    response_serializer=signer_dot_v1_dot_signer__pb2.SignatureRequest.SerializeToString,
+                    request_deserializer=signer__api_dot_v1_dot_signer__pb2.RequestSignatureRequest.FromString,
+                    response_serializer=signer__api_dot_v1_dot_signer__pb2.RequestSignatureResponse.SerializeToString,
             ),
             'Approve': grpc.unary_unary_rpc_method_handler(
                     servicer.Approve,
-                    request_deserializer=signer_dot_v1_dot_signer__pb2.ApproveRequest.FromString,
-                    response_serializer=signer_dot_v1_dot_signer__pb2.SignatureRequest.SerializeToString,
+                    request_deserializer=signer__api_dot_v1_dot_signer__pb2.ApproveRequest.FromString,
+                    response_serializer=signer__api_dot_v1_dot_signer__pb2.ApproveResponse.SerializeToString,
             ),
             'GetSignatureRequest': grpc.unary_unary_rpc_method_handler(
                     servicer.GetSignatureRequest,
-                    request_deserializer=signer_dot_v1_dot_signer__pb2.GetSignatureRequestRequest.FromString,
-                    response_serializer=signer_dot_v1_dot_signer__pb2.SignatureRequest.SerializeToString,
+                    request_deserializer=signer__api_dot_v1_dot_signer__pb2.GetSignatureRequestRequest.FromString,
+                    response_serializer=signer__api_dot_v1_dot_signer__pb2.GetSignatureRequestResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'signer.v1.SigningService', rpc_method_handlers)
+            'signer_api.v1.SigningService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('signer.v1.SigningService', rpc_method_handlers)
+    server.add_registered_method_handlers('signer_api.v1.SigningService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
@@ -441,9 +442,9 @@ class SigningService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/signer.v1.SigningService/Sign',
-            signer_dot_v1_dot_signer__pb2.SignRequest.SerializeToString,
-            signer_dot_v1_dot_signer__pb2.SignResponse.FromString,
+            '/signer_api.v1.SigningService/Sign',
+            signer__api_dot_v1_dot_signer__pb2.SignRequest.SerializeToString,
+            signer__api_dot_v1_dot_signer__pb2.SignResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -468,9 +469,9 @@ class SigningService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/signer.v1.SigningService/SignBatch',
-            signer_dot_v1_dot_signer__pb2.SignBatchRequest.SerializeToString,
-            signer_dot_v1_dot_signer__pb2.SignBatchResponse.FromString,
+            '/signer_api.v1.SigningService/SignBatch',
+            signer__api_dot_v1_dot_signer__pb2.SignBatchRequest.SerializeToString,
+            signer__api_dot_v1_dot_signer__pb2.SignBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -495,9 +496,9 @@ class SigningService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/signer.v1.SigningService/RequestSignature',
-            signer_dot_v1_dot_signer__pb2.RequestSignatureRequest.SerializeToString,
-            signer_dot_v1_dot_signer__pb2.SignatureRequest.FromString,
+            '/signer_api.v1.SigningService/RequestSignature',
+            signer__api_dot_v1_dot_signer__pb2.RequestSignatureRequest.SerializeToString,
+            signer__api_dot_v1_dot_signer__pb2.RequestSignatureResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -522,9 +523,9 @@ class SigningService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/signer.v1.SigningService/Approve',
-            signer_dot_v1_dot_signer__pb2.ApproveRequest.SerializeToString,
-            signer_dot_v1_dot_signer__pb2.SignatureRequest.FromString,
+            '/signer_api.v1.SigningService/Approve',
+            signer__api_dot_v1_dot_signer__pb2.ApproveRequest.SerializeToString,
+            signer__api_dot_v1_dot_signer__pb2.ApproveResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -549,9 +550,9 @@ class SigningService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/signer.v1.SigningService/GetSignatureRequest',
-            signer_dot_v1_dot_signer__pb2.GetSignatureRequestRequest.SerializeToString,
-            signer_dot_v1_dot_signer__pb2.SignatureRequest.FromString,
+            '/signer_api.v1.SigningService/GetSignatureRequest',
+            signer__api_dot_v1_dot_signer__pb2.GetSignatureRequestRequest.SerializeToString,
+            signer__api_dot_v1_dot_signer__pb2.GetSignatureRequestResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -13,39 +13,39 @@ DESCRIPTOR: _descriptor.FileDescriptor
 class Algorithm(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     ALGORITHM_UNSPECIFIED: _ClassVar[Algorithm]
-    ECDSA_SHA2_NISTP256: _ClassVar[Algorithm]
-    ECDSA_SHA2_NISTP384: _ClassVar[Algorithm]
-    ED25519: _ClassVar[Algorithm]
-    RSASSA_PSS_SHA256: _ClassVar[Algorithm]
+    ALGORITHM_ECDSA_SHA2_NISTP256: _ClassVar[Algorithm]
+    ALGORITHM_ECDSA_SHA2_NISTP384: _ClassVar[Algorithm]
+    ALGORITHM_ED25519: _ClassVar[Algorithm]
+    ALGORITHM_RSASSA_PSS_SHA256: _ClassVar[Algorithm]
 
 class KeyState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     KEY_STATE_UNSPECIFIED: _ClassVar[KeyState]
-    ACTIVE: _ClassVar[KeyState]
-    RETIRED: _ClassVar[KeyState]
-    DESTROYED: _ClassVar[KeyState]
+    KEY_STATE_ACTIVE: _ClassVar[KeyState]
+    KEY_STATE_RETIRED: _ClassVar[KeyState]
+    KEY_STATE_DESTROYED: _ClassVar[KeyState]
 
 class SignatureRequestState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     SIGNATURE_REQUEST_STATE_UNSPECIFIED: _ClassVar[SignatureRequestState]
-    PENDING: _ClassVar[SignatureRequestState]
-    APPROVED: _ClassVar[SignatureRequestState]
-    FULFILLED: _ClassVar[SignatureRequestState]
-    EXPIRED: _ClassVar[SignatureRequestState]
+    SIGNATURE_REQUEST_STATE_PENDING: _ClassVar[SignatureRequestState]
+    SIGNATURE_REQUEST_STATE_APPROVED: _ClassVar[SignatureRequestState]
+    SIGNATURE_REQUEST_STATE_FULFILLED: _ClassVar[SignatureRequestState]
+    SIGNATURE_REQUEST_STATE_EXPIRED: _ClassVar[SignatureRequestState]
 ALGORITHM_UNSPECIFIED: Algorithm
-ECDSA_SHA2_NISTP256: Algorithm
-ECDSA_SHA2_NISTP384: Algorithm
-ED25519: Algorithm
-RSASSA_PSS_SHA256: Algorithm
+ALGORITHM_ECDSA_SHA2_NISTP256: Algorithm
+ALGORITHM_ECDSA_SHA2_NISTP384: Algorithm
+ALGORITHM_ED25519: Algorithm
+ALGORITHM_RSASSA_PSS_SHA256: Algorithm
 KEY_STATE_UNSPECIFIED: KeyState
-ACTIVE: KeyState
-RETIRED: KeyState
-DESTROYED: KeyState
+KEY_STATE_ACTIVE: KeyState
+KEY_STATE_RETIRED: KeyState
+KEY_STATE_DESTROYED: KeyState
 SIGNATURE_REQUEST_STATE_UNSPECIFIED: SignatureRequestState
-PENDING: SignatureRequestState
-APPROVED: SignatureRequestState
-FULFILLED: SignatureRequestState
-EXPIRED: SignatureRequestState
+SIGNATURE_REQUEST_STATE_PENDING: SignatureRequestState
+SIGNATURE_REQUEST_STATE_APPROVED: SignatureRequestState
+SIGNATURE_REQUEST_STATE_FULFILLED: SignatureRequestState
+SIGNATURE_REQUEST_STATE_EXPIRED: SignatureRequestState
 
 class Key(_message.Message):
     __slots__ = ("key_id", "algorithm", "scheme", "public_key_pem", "tuf_key_json", "label", "role", "repository", "state", "created_at", "retired_at", "keytype", "quorum", "notary_key_id", "certificate_pem", "certificate_key_id")
@@ -97,33 +97,57 @@ class CreateKeyRequest(_message.Message):
     quorum: bool
     def __init__(self, label: _Optional[str] = ..., algorithm: _Optional[_Union[Algorithm, str]] = ..., role: _Optional[str] = ..., repository: _Optional[str] = ..., quorum: _Optional[bool] = ...) -> None: ...
 
+class CreateKeyResponse(_message.Message):
+    __slots__ = ("key",)
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    key: Key
+    def __init__(self, key: _Optional[_Union[Key, _Mapping]] = ...) -> None: ...
+
 class GetKeyRequest(_message.Message):
     __slots__ = ("key_id",)
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     key_id: str
     def __init__(self, key_id: _Optional[str] = ...) -> None: ...
 
+class GetKeyResponse(_message.Message):
+    __slots__ = ("key",)
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    key: Key
+    def __init__(self, key: _Optional[_Union[Key, _Mapping]] = ...) -> None: ...
+
 class ListKeysRequest(_message.Message):
-    __slots__ = ("role", "repository", "state")
+    __slots__ = ("role", "repository", "state", "page_size", "page_token")
     ROLE_FIELD_NUMBER: _ClassVar[int]
     REPOSITORY_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     role: str
     repository: str
     state: KeyState
-    def __init__(self, role: _Optional[str] = ..., repository: _Optional[str] = ..., state: _Optional[_Union[KeyState, str]] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, role: _Optional[str] = ..., repository: _Optional[str] = ..., state: _Optional[_Union[KeyState, str]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListKeysResponse(_message.Message):
-    __slots__ = ("keys",)
+    __slots__ = ("keys", "next_page_token")
     KEYS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     keys: _containers.RepeatedCompositeFieldContainer[Key]
-    def __init__(self, keys: _Optional[_Iterable[_Union[Key, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, keys: _Optional[_Iterable[_Union[Key, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class RetireKeyRequest(_message.Message):
     __slots__ = ("key_id",)
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     key_id: str
     def __init__(self, key_id: _Optional[str] = ...) -> None: ...
+
+class RetireKeyResponse(_message.Message):
+    __slots__ = ("key",)
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    key: Key
+    def __init__(self, key: _Optional[_Union[Key, _Mapping]] = ...) -> None: ...
 
 class DestroyKeyRequest(_message.Message):
     __slots__ = ("key_id", "confirm")
@@ -132,6 +156,12 @@ class DestroyKeyRequest(_message.Message):
     key_id: str
     confirm: str
     def __init__(self, key_id: _Optional[str] = ..., confirm: _Optional[str] = ...) -> None: ...
+
+class DestroyKeyResponse(_message.Message):
+    __slots__ = ("key",)
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    key: Key
+    def __init__(self, key: _Optional[_Union[Key, _Mapping]] = ...) -> None: ...
 
 class IssueCertificateRequest(_message.Message):
     __slots__ = ("key_id", "common_name", "validity_days")
@@ -142,6 +172,12 @@ class IssueCertificateRequest(_message.Message):
     common_name: str
     validity_days: int
     def __init__(self, key_id: _Optional[str] = ..., common_name: _Optional[str] = ..., validity_days: _Optional[int] = ...) -> None: ...
+
+class IssueCertificateResponse(_message.Message):
+    __slots__ = ("certificate",)
+    CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    certificate: Certificate
+    def __init__(self, certificate: _Optional[_Union[Certificate, _Mapping]] = ...) -> None: ...
 
 class Certificate(_message.Message):
     __slots__ = ("key_id", "certificate_pem", "certificate_key_id", "notary_key_id", "not_before", "not_after")
@@ -241,6 +277,12 @@ class RequestSignatureRequest(_message.Message):
     role: str
     def __init__(self, key_id: _Optional[str] = ..., payload: _Optional[bytes] = ..., reason: _Optional[str] = ..., role: _Optional[str] = ...) -> None: ...
 
+class RequestSignatureResponse(_message.Message):
+    __slots__ = ("signature_request",)
+    SIGNATURE_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    signature_request: SignatureRequest
+    def __init__(self, signature_request: _Optional[_Union[SignatureRequest, _Mapping]] = ...) -> None: ...
+
 class ApproveRequest(_message.Message):
     __slots__ = ("request_id", "payload_sha256")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
@@ -249,11 +291,23 @@ class ApproveRequest(_message.Message):
     payload_sha256: str
     def __init__(self, request_id: _Optional[str] = ..., payload_sha256: _Optional[str] = ...) -> None: ...
 
+class ApproveResponse(_message.Message):
+    __slots__ = ("signature_request",)
+    SIGNATURE_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    signature_request: SignatureRequest
+    def __init__(self, signature_request: _Optional[_Union[SignatureRequest, _Mapping]] = ...) -> None: ...
+
 class GetSignatureRequestRequest(_message.Message):
     __slots__ = ("request_id",)
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     def __init__(self, request_id: _Optional[str] = ...) -> None: ...
+
+class GetSignatureRequestResponse(_message.Message):
+    __slots__ = ("signature_request",)
+    SIGNATURE_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    signature_request: SignatureRequest
+    def __init__(self, signature_request: _Optional[_Union[SignatureRequest, _Mapping]] = ...) -> None: ...
 
 class SignatureRequest(_message.Message):
     __slots__ = ("request_id", "key_id", "payload_sha256", "requester", "approvers", "approvals_required", "state", "created_at", "expires_at", "reason", "payload")
