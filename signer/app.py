@@ -16,6 +16,7 @@ from signer.audit_key import AuditKey
 from signer.certificates import CertificateIssuer
 from signer.config import SignerConfig, open_state
 from signer.keys import KeyManager
+from signer.metrics import NO_METRICS, Observer, StateSampler
 from signer.notary.rules import DIALECT as NOTARY
 from signer.notary.rules import NotaryRules
 from signer.notary.store import NotaryKeyStore
@@ -72,9 +73,14 @@ def load_policy(
 
 class SignerApp:
     def __init__(
-        self, config: SignerConfig, token: Token | None = None, backend: Backend | None = None
+        self,
+        config: SignerConfig,
+        token: Token | None = None,
+        backend: Backend | None = None,
+        metrics: Observer = NO_METRICS,
     ) -> None:
         self.config = config
+        self.metrics = metrics  # signer.metrics: the daemon's, or the no-op observer
         identity.configure(config.tls)  # the CRL ([tls] crl): ConfigError if it is unusable
         self.token = token or Token(
             TokenSettings(
@@ -84,12 +90,15 @@ class SignerApp:
                 serial=config.token.serial,
                 probe_interval=config.token.probe_interval,
                 hang_seconds=config.token.hang_seconds,
-            )
+            ),
+            metrics,
         )
         config.state.dir.mkdir(parents=True, exist_ok=True)
         self.state = backend or open_state(config)
         self.registry = KeyRegistry(self.state.keys())
-        self.audit = AuditLog(self.state.audit(), replica=config.state.replica_name)
+        self.audit = AuditLog(
+            self.state.audit(), replica=config.state.replica_name, metrics=metrics
+        )
         self.buckets = self.state.buckets()  # shared by workers (and replicas)
         self.policy: Policy = load_policy(config, self.buckets)
         self.versions = VersionStore(self.state.versions())
@@ -97,7 +106,10 @@ class SignerApp:
         self.notary_keys = NotaryKeyStore(self.state.notary())
         self.tuf_rules = TufRules(self.versions)
         current_policy = self.current_policy
-        self.recorder = Recorder(self.audit)
+        self.recorder = Recorder(self.audit, metrics)
+        self.sampler = StateSampler(  # counts kept in the state: keys, quorum requests
+            metrics, self.registry.counts, self.requests.open_counts, config.metrics.refresh_seconds
+        )
         self.admin = Administration(self.recorder, current_policy)
         self.keys = KeyManager(self.token, self.registry, self.admin)
         self.certificates = CertificateIssuer(self.token, self.registry, self.admin)
@@ -140,6 +152,7 @@ class SignerApp:
             self.token.open()
         finally:  # checkpoints retry until the token is usable
             self.checkpointer.start()
+            self.sampler.start()
 
     def reload(self) -> None:
         """Re-read the policy (SIGHUP). A policy that fails to load leaves the old one."""
@@ -159,6 +172,7 @@ class SignerApp:
         log.info("policy reloaded")
 
     def close(self) -> None:
+        self.sampler.stop()
         self.checkpointer.stop()  # signs a last checkpoint while the token is open
         self.token.close()
         self.audit.close()

@@ -32,7 +32,12 @@ comes from an environment variable or a file named here (``pin_env`` / ``pin_fil
     file = "policy.toml"           # optional; without it any authenticated client may act
 
 ``[log]`` (signer.logs), ``[audit]`` (checkpoints and anchors, docs/policy.md) and
-``[notary]`` (the notary-signer API, docs/notary.md) are optional too.
+``[notary]`` (the notary-signer API, docs/notary.md) are optional too, and so is
+``[metrics]`` (Prometheus, docs/operating.md; off unless ``listen`` is set):
+
+    [metrics]
+    listen = "127.0.0.1:9464"      # HTTP, plain text: keep it on loopback or a private network
+    refresh_seconds = 5            # how often key and quorum counts are read from the state
 """
 
 from __future__ import annotations
@@ -211,6 +216,24 @@ class NotaryConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """``[metrics]``: the Prometheus listener (``host:port``; empty: no metrics), served by
+    the supervisor for all its workers (signer.metrics), and how often the counts read
+    from the state (keys by state, open quorum requests) are refreshed."""
+
+    listen: str = ""
+    refresh_seconds: float = 5.0
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """(host, port) to bind, None when metrics are off; ``listen`` is checked at load."""
+        if not self.listen:
+            return None
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+@dataclass(frozen=True)
 class SignerConfig:
     """The whole file: one typed section per table (absent ones take their defaults)."""
 
@@ -222,6 +245,7 @@ class SignerConfig:
     log: LogConfig = field(default_factory=LogConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
     notary: NotaryConfig = field(default_factory=NotaryConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     # Not from the file: the last policy that loaded, kept by the supervisor. A worker
     # (re)started while the policy file is broken falls back to it instead of refusing.
     policy_fallback: Path | None = None
@@ -237,6 +261,7 @@ SECTIONS: dict[str, type] = {
     "log": LogConfig,
     "audit": AuditConfig,
     "notary": NotaryConfig,
+    "metrics": MetricsConfig,
 }
 # Keys read that are not fields: ``uri`` fills in token fields; a PIN or password in the
 # file is refused with its own message (not as an unknown key).
@@ -305,6 +330,7 @@ def load_config(path: Path) -> SignerConfig:
         log=_log(tables["log"]),
         audit=_audit(tables["audit"]),
         notary=_notary(tables["notary"]),
+        metrics=_metrics(tables["metrics"]),
     )
 
 
@@ -508,6 +534,28 @@ def _notary(t: Table) -> NotaryConfig:
         retire_unused_days=t.number("retire_unused_days", d.retire_unused_days, positive=False),
         retire_idle_repositories=t.boolean("retire_idle_repositories", d.retire_idle_repositories),
         retire_interval_seconds=t.number("retire_interval_seconds", d.retire_interval_seconds),
+    )
+
+
+def _metrics(t: Table) -> MetricsConfig:
+    d = MetricsConfig()
+    listen = t.string("listen", d.listen).strip()
+    if listen:
+        host, sep, port = listen.rpartition(":")
+        bracketed = host.startswith("[") and host.endswith("]")
+        if (
+            not sep
+            or not host
+            or not port.isdigit()
+            or not 0 < int(port) < 65536
+            or (":" in host and not bracketed)
+        ):
+            raise t.error(
+                "listen",
+                f'must be "host:port" (e.g. "127.0.0.1:9464", "[::1]:9464"), got {listen!r}',
+            )
+    return MetricsConfig(
+        listen=listen, refresh_seconds=t.number("refresh_seconds", d.refresh_seconds)
     )
 
 

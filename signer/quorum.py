@@ -82,6 +82,12 @@ class QuorumStore:
         """
         return self._store.claim(request_id, self.clock())
 
+    def open_counts(self) -> dict[str, int]:
+        """Unexpired requests awaiting approvals (pending) or their signature (approved)."""
+        found = self._store.open_counts(self.clock())
+        states = (RequestState.PENDING, RequestState.APPROVED)
+        return {state.value: found.get(state.value, 0) for state in states}
+
     def _view(self, request_id: str, request: SignatureRequest | None) -> SignatureRequest:
         if request is None:
             raise NotFound(f"no signature request {shown(request_id)}")

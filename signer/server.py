@@ -31,6 +31,14 @@ from grpc_reflection.v1alpha import reflection
 from signer.app import SignerApp
 from signer.config import ServerConfig, SignerConfig, TlsConfig, ensure_state_dir, load_config
 from signer.errors import ConfigError, SignerError
+from signer.metrics import (
+    MetricsListener,
+    PrometheusMetrics,
+    observer_for,
+    prepare_directory,
+    serve_workers,
+    worker_exited,
+)
 from signer.service.keys import KeyServicer
 from signer.service.registration import add_service
 from signer.service.signing import SigningServicer
@@ -101,7 +109,9 @@ class Daemon:
         self.extra_service_names = []
         self.health_names = []
         ensure_state_dir(config.state.dir)
-        self.app = SignerApp(config)
+        self.metrics = observer_for(config.metrics)
+        self.metrics_listener: MetricsListener | None = None
+        self.app = SignerApp(config, metrics=self.metrics)
         self.health = health.aio.HealthServicer()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._state_ok = True  # the shared state reachable (always, for SQLite)
@@ -138,6 +148,10 @@ class Daemon:
         self.port = self.server.add_secure_port(listen, server_credentials(config.tls))
         if not self.port:
             raise ConfigError(f"cannot listen on {listen}")
+        address = config.metrics.address
+        if not reuse_port and address and isinstance(self.metrics, PrometheusMetrics):
+            # Alone (no supervisor): serve our own values; a supervisor serves its workers'.
+            self.metrics_listener = MetricsListener(address, self.metrics.registry)
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -166,6 +180,8 @@ class Daemon:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.config.server.grace_seconds)
         self.app.close()
+        if self.metrics_listener is not None:
+            self.metrics_listener.close()
 
     def _health_changed(self, healthy: bool) -> None:
         """Called from the token's threads: hand over to the event loop."""
@@ -378,6 +394,8 @@ class Supervisor:
         self.signals: deque[int] = deque()
         self.wake = threading.Event()
         self.policy_fallback: Path | None = None
+        self.metrics_dir: Path | None = None  # the workers' metric files ([metrics])
+        self.metrics_listener: MetricsListener | None = None
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         self.signals.append(signum)
@@ -416,6 +434,7 @@ class Supervisor:
             signal.signal(sig, self._on_signal)
         try:
             self.policy_fallback = keep_good_policy(self.config)
+            self.start_metrics()
             server = self.config.server
             for index in range(server.workers):
                 self.start(index)
@@ -429,6 +448,8 @@ class Supervisor:
             return EXIT_CRASH
         finally:
             self.stop_all()
+            if self.metrics_listener is not None:
+                self.metrics_listener.close()
             # Stopped: a late signal must not kill the exit itself (Python restores the
             # default action of its handled signals while shutting down; SIG_IGN stays).
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -454,7 +475,22 @@ class Supervisor:
                 if time.monotonic() - self.started[index] < 1.0:
                     continue  # at most one restart a second: a crash loop must not spin
                 log.error("worker %d exited with %s; restarting it", index, proc.exitcode)
+                self.forget_metrics(proc.pid)
                 self.start(index)
+
+    def start_metrics(self) -> None:
+        """With ``[metrics] listen``: the workers' value directory (named in the
+        environment they inherit, so before any starts) and the listener serving it."""
+        address = self.config.metrics.address
+        if address is None:
+            return
+        self.metrics_dir = prepare_directory(self.config.state.dir)
+        self.metrics_listener = serve_workers(address, self.metrics_dir)
+
+    def forget_metrics(self, pid: int | None) -> None:
+        """A worker exited: its live gauges (token state, queue depth...) go with it."""
+        if self.metrics_dir is not None and pid is not None:
+            worker_exited(pid, self.metrics_dir)
 
     def stop_all(self) -> None:
         """SIGTERM, the grace period (+5 s), then SIGKILL for any worker still there."""

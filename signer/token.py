@@ -44,6 +44,7 @@ from pkcs11.util.ec import encode_named_curve_parameters
 
 from signer.algorithms import Algorithm
 from signer.errors import FailedPrecondition, InvalidArgument, ServiceError, TokenUnavailable
+from signer.metrics import NO_METRICS, Observer
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +127,9 @@ class KeyObjectMissing(ServiceError):
 class Token:
     """A logged-in session on one token, safe to share between threads."""
 
-    def __init__(self, settings: TokenSettings) -> None:
+    def __init__(self, settings: TokenSettings, metrics: Observer = NO_METRICS) -> None:
         self.settings = settings
+        self.metrics = metrics  # token state, heal attempts
         self._lock = threading.RLock()
         self._lib: Any = None
         self._session: Any = None
@@ -610,9 +612,11 @@ class Token:
                     return
                 try:
                     self._reopen()
+                    self.metrics.heal_attempt(True)
                     log.warning("token %r is back", self.settings.label)
                     return
                 except Exception as exc:  # keep trying whatever the module says...
+                    self.metrics.heal_attempt(False)
                     self._fault = _describe(exc)
                 if self._pin_refused is not None:  # ...except a refused PIN
                     log.error("token %r: healing stopped: the PIN was refused", self.settings.label)
@@ -635,6 +639,7 @@ class Token:
         was_healthy = self._fault is None
         self._fault = fault
         if was_healthy != (fault is None):
+            self.metrics.token_state(fault is None)
             for listener in self._listeners:
                 try:
                     listener(fault is None)

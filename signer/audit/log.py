@@ -38,6 +38,7 @@ from signer.errors import (
     ResourceExhausted,
     SignerError,
 )
+from signer.metrics import NO_METRICS, Observer
 from signer.storage.interfaces import AuditChain
 from signer.storage.sqlite import is_disk_full
 
@@ -159,6 +160,7 @@ class AuditLog:
     commit when the previous commit carried more than one caller (under load); alone, it
     never waits. ``replica``: the name each entry records (``[state] replica``: which
     replica of a shared chain wrote it); empty, entries hash as before replicas.
+    ``metrics``: told each commit's time and the callers waiting for the next one.
     """
 
     def __init__(
@@ -168,6 +170,7 @@ class AuditLog:
         synchronous: str = "FULL",
         linger_seconds: float = 0.0002,
         replica: str = "",
+        metrics: Observer = NO_METRICS,
     ) -> None:
         if isinstance(chain, Path):
             from signer.storage.sqlite.audit import SqliteAuditChain
@@ -176,6 +179,7 @@ class AuditLog:
         self.chain = chain
         self.linger_seconds = linger_seconds
         self.replica = replica
+        self.metrics = metrics
         self._cv = threading.Condition()
         self._commit_lock = threading.Lock()
         self._queue: list[_Pending] = []
@@ -280,8 +284,10 @@ class AuditLog:
                     pass
 
     def _commit(self, batch: list[_Pending]) -> None:
+        started = time.perf_counter()
         with self._commit_lock:
             self._commit_locked(batch)
+        self.metrics.audit_committed(time.perf_counter() - started, len(self._queue))
         last = max((s for p in batch for s in p.seqs), default=0)
         for listener in self._listeners:  # e.g. the checkpointer: wakes, never blocks
             try:

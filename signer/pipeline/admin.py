@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from types import TracebackType
 
-from signer.errors import SignerError
+from signer.errors import ResourceExhausted, SignerError
 from signer.identity import Principal
 from signer.pipeline.admission import take_rate
 from signer.pipeline.auditing import Recorder, allowed_event, is_audited
@@ -119,6 +119,8 @@ class Administration:
             try:
                 take_rate(action.policy, principal)
             except SignerError as exc:
+                if isinstance(exc, ResourceExhausted):
+                    self.recorder.metrics.rate_limited(exc.error_reason)
                 action.refuse(exc)
                 raise
         return action

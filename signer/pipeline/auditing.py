@@ -14,6 +14,7 @@ import logging
 from signer.audit import AuditEvent, AuditLog, Outcome, failure_outcome
 from signer.errors import SignerError
 from signer.identity import Principal
+from signer.metrics import NO_METRICS, Observer
 from signer.policy import Resource
 
 log = logging.getLogger(__name__)
@@ -76,10 +77,13 @@ def failure_event(
 
 
 class Recorder:
-    """Writes the pipeline's audit entries, on a thread (``record``) or the loop (``*_async``)."""
+    """Writes the pipeline's audit entries, on a thread (``record``) or the loop (``*_async``).
 
-    def __init__(self, audit: AuditLog) -> None:
+    ``metrics``: where the requests it sees through are counted too (``signer.metrics``)."""
+
+    def __init__(self, audit: AuditLog, metrics: Observer = NO_METRICS) -> None:
         self.audit = audit
+        self.metrics = metrics
 
     def record(self, *events: AuditEvent) -> list[int]:
         """Commit allowed entries (and any refusals with them); raises AuditUnavailable."""

@@ -4,7 +4,8 @@
 is the safety net for whatever reaches the status mapping unrecorded: a malformed
 request, a missing or refused client certificate, an empty batch, a bug. Such an error
 is audited here (once: errors the core recorded are marked) before its status is sent.
-The servicer names its ``recorder`` (``signer.pipeline.Recorder``).
+The servicer names its ``recorder`` (``signer.pipeline.Recorder``), whose ``metrics``
+count each RPC by name (``Service.Method``: ``Signing.Sign``), outcome and code.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ def rpc(operation: str) -> Callable[[F], F]:
     """Decorate a servicer method: audit any unrecorded error, then map it to a status."""
 
     def decorate(method: F) -> F:
+        name = method.__qualname__.replace("Servicer.", ".")  # the metrics' rpc label
         if inspect.iscoroutinefunction(method):
 
             @functools.wraps(method)
@@ -78,6 +80,7 @@ def rpc(operation: str) -> Callable[[F], F]:
                     check_request(request)
                     response = await method(self, request, context)
                     _request_line(method.__name__, request, context, "OK", started)
+                    recorder.metrics.answered(name, started)
                     return response
                 except SignerError as exc:
                     error = exc
@@ -88,6 +91,7 @@ def rpc(operation: str) -> Callable[[F], F]:
                         _caller(context), operation, _resource(request), error
                     )
                 _request_line(method.__name__, request, context, error.code.name, started)
+                recorder.metrics.refused(name, error, started)
                 message = status_message(error.message)
                 await context.abort(error.code, message, status_details(error, message))
 
@@ -101,6 +105,7 @@ def rpc(operation: str) -> Callable[[F], F]:
                 check_request(request)
                 response = method(self, request, context)
                 _request_line(method.__name__, request, context, "OK", started)
+                recorder.metrics.answered(name, started)
                 return response
             except SignerError as exc:
                 error = exc
@@ -109,6 +114,7 @@ def rpc(operation: str) -> Callable[[F], F]:
             if not is_audited(error):
                 recorder.refuse(_caller(context), operation, _resource(request), error)
             _request_line(method.__name__, request, context, error.code.name, started)
+            recorder.metrics.refused(name, error, started)
             message = status_message(error.message)
             context.abort(error.code, message, status_details(error, message))
 

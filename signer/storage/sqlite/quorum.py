@@ -99,6 +99,15 @@ class SqliteQuorum:
             )
             return cursor.rowcount == 1
 
+    def open_counts(self, now: float) -> dict[str, int]:
+        with self._db.use() as conn:
+            rows = conn.execute(
+                "SELECT state, count(*) FROM signature_requests "
+                "WHERE state IN (?, ?) AND expires_at >= ? GROUP BY state",
+                (RequestState.PENDING.value, RequestState.APPROVED.value, now),
+            ).fetchall()
+        return {str(state): int(n) for state, n in rows}
+
 
 def _get(conn: sqlite3.Connection, request_id: str) -> SignatureRequest | None:
     row = conn.execute(

@@ -1,0 +1,305 @@
+"""Prometheus metrics ([metrics]): scraped over HTTP from a real daemon, parsed as
+Prometheus parses them, and counted exactly, summed across two worker processes."""
+
+from __future__ import annotations
+
+import re
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from authz_helpers import tuf_payload
+from prometheus_client.parser import text_string_to_metric_families
+
+from harness import Daemon, free_port, pull_token, reinsert_token, running_daemon
+from signer.config import load_config
+from signer.errors import ConfigError
+from signer_client import ClientError
+
+ECDSA = "ecdsa-sha2-nistp256"
+POLICY = """
+[[rules]]
+principals = ["admin"]
+operations = ["create", "read", "retire", "sign", "sign-raw"]
+
+[[rules]]
+principals = ["alice"]
+operations = ["read"]
+
+[[rules]]
+principals = ["ci"]
+operations = ["sign-raw", "read"]
+
+[rate_limits]
+ci = { rate = 0.001, burst = 1 }
+
+[quorum]
+approvals = 2
+window_seconds = 3600
+"""
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(port: int) -> tuple[str, Samples]:
+    """The exposition text and its samples: (name, labels) -> value."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain")
+        text = response.read().decode()
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            key = (sample.name, frozenset(sample.labels.items()))
+            samples[key] = samples.get(key, 0.0) + sample.value
+    return text, samples
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def matching(samples: Samples, name: str, **labels: str) -> list[tuple[dict[str, str], float]]:
+    """Every sample of ``name`` whose labels include ``labels``."""
+    want = set(labels.items())
+    return [
+        (dict(found), v) for (n, found), v in samples.items() if n == name and want <= set(found)
+    ]
+
+
+def eventually(port: int, check: Callable[[Samples], bool], timeout: float = 15.0) -> Samples:
+    """Scrape until ``check`` holds (values sampled on a timer, a token being healed)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        _, samples = scrape(port)
+        if check(samples):
+            return samples
+        if time.monotonic() > deadline:
+            raise AssertionError(f"metrics never matched; last scrape:\n{samples}")
+        time.sleep(0.2)
+
+
+def metrics_config(port: int, *extra: str) -> str:
+    lines = "\n".join(extra)
+    return f'[metrics]\nlisten = "127.0.0.1:{port}"\nrefresh_seconds = 0.2\n\n{lines}\n'
+
+
+def refused(call: Callable[[], Any], code: grpc.StatusCode) -> None:
+    with pytest.raises(ClientError) as info:
+        call()
+    assert info.value.code == code, info.value
+
+
+# -- two workers ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, int]]:
+    port = free_port()
+    with running_daemon(
+        tmp_path_factory.mktemp("metrics"),
+        policy=POLICY,
+        clients=["admin", "alice", "ci"],
+        workers=2,
+        extra_config=metrics_config(port, "[log]", "requests = true"),
+    ) as daemon:
+        yield daemon, port
+
+
+ALLOWED_SIGNS = 8  # unary, each on a connection of its own: both workers serve some
+
+
+def test_counts_summed_across_workers(served: tuple[Daemon, int]) -> None:
+    daemon, port = served
+    with daemon.client("admin") as admin:
+        key = admin.create_key("metrics-ecdsa", ECDSA, "targets")
+        admin.create_key("metrics-ed25519", "ed25519", "snapshot")
+        retired = admin.create_key("metrics-retired", ECDSA, "targets")
+        admin.retire_key(retired.key_id)
+        root = admin.create_key("metrics-root", ECDSA, "root", quorum=True)
+        admin.request_signature(root.key_id, tuf_payload("root", 1), "rotation")
+        batch = admin.sign_batch(key.key_id, [b"one", b"two", b"three"])
+        assert [r.error for r in batch] == [None, None, None]
+    for n in range(ALLOWED_SIGNS):
+        with daemon.client("admin") as admin:  # a new connection: either worker
+            admin.sign_digest(key.key_id, bytes([n]) * 32)
+    with daemon.client("alice") as alice:
+        for _ in range(2):
+            refused(
+                lambda: alice.sign_digest(key.key_id, b"\1" * 32),
+                grpc.StatusCode.PERMISSION_DENIED,
+            )
+    with daemon.client("ci") as ci:
+        ci.sign_digest(key.key_id, b"\2" * 32)  # the burst of 1
+        refused(lambda: ci.sign_digest(key.key_id, b"\3" * 32), grpc.StatusCode.RESOURCE_EXHAUSTED)
+        refused(lambda: ci.sign_batch(key.key_id, [b"a", b"b"]), grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+    # Both workers answered some of the signs (their request lines say which).
+    lines = [line for line in daemon.log().splitlines() if "signer.requests: Sign ok" in line]
+    workers = {m.group(1) for line in lines if (m := re.search(r" worker (\d) ", line))}
+    assert workers == {"0", "1"}, lines
+
+    text, s = scrape(port)
+    requests = "signer_requests_total"
+    sign = "Signing.Sign"
+    assert value(s, requests, rpc=sign, outcome="allowed", code="OK") == ALLOWED_SIGNS + 1
+    assert value(s, requests, rpc=sign, outcome="denied", code="PERMISSION_DENIED") == 2
+    assert value(s, requests, rpc=sign, outcome="denied", code="RESOURCE_EXHAUSTED") == 1
+    assert value(s, requests, rpc="Signing.SignBatch", outcome="allowed", code="OK") == 1
+    batch_refused = value(
+        s, requests, rpc="Signing.SignBatch", outcome="denied", code="RESOURCE_EXHAUSTED"
+    )
+    assert batch_refused == 1
+    assert value(s, requests, rpc="Key.CreateKey", outcome="allowed", code="OK") == 4
+    assert value(s, requests, rpc="Key.RetireKey", outcome="allowed", code="OK") == 1
+    assert value(s, requests, rpc="Signing.RequestSignature", outcome="allowed", code="OK") == 1
+
+    # 8 unary + 1 (ci) + a batch of 3, all by the one ECDSA targets key.
+    signatures = matching(s, "signer_signatures_total")
+    assert signatures == [({"algorithm": ECDSA, "role": "targets"}, ALLOWED_SIGNS + 1 + 3)]
+    assert value(s, "signer_rate_limited_total", reason="RATE_LIMITED") == 1
+    assert value(s, "signer_rate_limited_total", reason="BATCH_OVER_BURST") == 1
+
+    # The latency histogram: cumulative buckets ending in +Inf == count, a sum > 0.
+    calls = ALLOWED_SIGNS + 1 + 2 + 1
+    latency = "signer_request_duration_seconds"
+    assert value(s, f"{latency}_count", rpc=sign) == calls
+    assert 0 < value(s, f"{latency}_sum", rpc=sign) < calls * 5
+    buckets = sorted(
+        (float(labels["le"]), v) for labels, v in matching(s, f"{latency}_bucket", rpc=sign)
+    )
+    assert buckets[-1] == (float("inf"), calls)
+    assert [v for _, v in buckets] == sorted(v for _, v in buckets)  # cumulative
+    assert len(buckets) == 15  # 14 bounds and +Inf
+    assert "# TYPE signer_request_duration_seconds histogram" in text
+
+    # Audit: every request above committed entries; nothing is waiting now.
+    assert value(s, "signer_audit_commit_duration_seconds_count") >= calls
+    assert value(s, "signer_audit_queue_depth") == 0
+
+    # The token, per worker process: two live workers, both up; nothing healed.
+    token = matching(s, "signer_token_up")
+    assert len(token) == 2 and {labels["pid"] for labels, _ in token} != {""}
+    assert [v for _, v in token] == [1.0, 1.0]
+    assert value(s, "signer_token_heal_attempts_total", result="failed") == 0
+
+    # Read from the shared state on a timer (refresh_seconds = 0.2).
+    def counted(found: Samples) -> bool:
+        keys = {labels["state"]: v for labels, v in matching(found, "signer_keys")}
+        open_requests = {
+            labels["state"]: v for labels, v in matching(found, "signer_quorum_requests_open")
+        }
+        return keys == {"active": 3, "retired": 1, "destroyed": 0} and open_requests == {
+            "pending": 1,
+            "approved": 0,
+        }
+
+    eventually(port, counted)
+
+    # Still serving, and the counters go on from where they were.
+    with daemon.client("admin") as admin:
+        admin.sign_digest(key.key_id, b"\4" * 32)
+    _, after = scrape(port)
+    assert value(after, requests, rpc=sign, outcome="allowed", code="OK") == ALLOWED_SIGNS + 2
+
+
+def test_a_restarted_worker_keeps_the_totals_and_drops_its_gauges(
+    served: tuple[Daemon, int],
+) -> None:
+    """SIGKILL one worker: the supervisor starts another; counters keep the dead one's
+    counts, the token gauge forgets its pid."""
+    import os
+    import signal
+
+    daemon, port = served
+    _, before = scrape(port)
+    pids = {labels["pid"] for labels, _ in matching(before, "signer_token_up")}
+    total = value(before, "signer_requests_total", rpc="Signing.Sign", outcome="allowed", code="OK")
+    victim = sorted(pids)[0]
+    os.kill(int(victim), signal.SIGKILL)
+
+    def replaced(found: Samples) -> bool:
+        now = {labels["pid"]: v for labels, v in matching(found, "signer_token_up")}
+        return len(now) == 2 and victim not in now and all(v == 1 for v in now.values())
+
+    after = eventually(port, replaced, timeout=30)
+    assert (
+        value(after, "signer_requests_total", rpc="Signing.Sign", outcome="allowed", code="OK")
+        == total
+    )
+    daemon.wait_serving()
+
+
+# -- one worker, no supervisor: the worker serves its own metrics -------------------------------
+
+
+def test_single_worker_token_state_and_heal_attempts(tmp_path: Path) -> None:
+    port = free_port()
+    with running_daemon(tmp_path / "d", extra_config=metrics_config(port)) as daemon:
+        with daemon.client() as client:
+            key = client.create_key("heal", ECDSA, "timestamp")
+            client.sign(key.key_id, b"before")
+        _, s = scrape(port)
+        assert matching(s, "signer_token_up") == [({}, 1.0)]  # one process: no pid label
+        assert value(s, "signer_requests_total", rpc="Key.CreateKey", outcome="allowed", code="OK")
+        assert value(s, "signer_signatures_total", algorithm=ECDSA, role="timestamp") == 1
+
+        away = pull_token(daemon)
+        eventually(
+            port,
+            lambda found: (
+                value(found, "signer_token_up") == 0
+                and value(found, "signer_token_heal_attempts_total", result="failed") >= 1
+            ),
+        )
+        reinsert_token(away)
+        healed = eventually(port, lambda found: value(found, "signer_token_up") == 1, timeout=30)
+        assert value(healed, "signer_token_heal_attempts_total", result="ok") == 1
+        with daemon.client() as client:
+            client.sign(key.key_id, b"after")
+
+
+def test_no_listener_without_the_setting(daemon: Daemon) -> None:
+    """Metrics are off unless [metrics] listen is set: no HTTP port, no value files."""
+    assert not (daemon.state / "metrics").exists()
+    assert "metrics on http" not in daemon.log()
+
+
+# -- the [metrics] section ---------------------------------------------------------------------
+
+
+def _config(tmp_path: Path, metrics: str) -> Path:
+    path = tmp_path / "signer.toml"
+    path.write_text(
+        '[tls]\nca = "ca.pem"\ncert = "c.pem"\nkey = "k.pem"\n\n'
+        '[token]\nlabel = "t"\n\n'
+        f"[metrics]\n{metrics}\n"
+    )
+    return path
+
+
+@pytest.mark.parametrize(
+    "listen", ["9464", "localhost", ":9464", "127.0.0.1:http", "127.0.0.1:0", "::1:9464", "h:70000"]
+)
+def test_a_bad_listen_value_is_a_config_error(tmp_path: Path, listen: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(_config(tmp_path, f'listen = "{listen}"'))
+    message = str(info.value)
+    assert "[metrics] listen" in message and "host:port" in message and repr(listen) in message
+    assert str(tmp_path / "signer.toml") in message
+
+
+def test_metrics_settings(tmp_path: Path) -> None:
+    config = load_config(_config(tmp_path, 'listen = "[::1]:9464"\nrefresh_seconds = 1'))
+    assert config.metrics.address == ("::1", 9464) and config.metrics.refresh_seconds == 1
+    assert load_config(_config(tmp_path, "")).metrics.address is None  # off by default
+    with pytest.raises(ConfigError, match="listen must be a string"):
+        load_config(_config(tmp_path, "listen = 9464"))
+    with pytest.raises(ConfigError, match=r"unknown setting metrics\.path"):
+        load_config(_config(tmp_path, 'path = "/metrics"'))
+    with pytest.raises(ConfigError, match="refresh_seconds must be a number > 0"):
+        load_config(_config(tmp_path, "refresh_seconds = 0"))
