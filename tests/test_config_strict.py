@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from signer.config import (
     KNOWN_SETTINGS,
     SECTIONS,
     AuditConfig,
+    MetricsConfig,
     NotaryConfig,
     PolicyConfig,
     ServerConfig,
@@ -136,10 +138,15 @@ roles = ["timestamp"]
 retire_unused_days = 30
 retire_idle_repositories = true
 retire_interval_seconds = 60
+
+[metrics]
+listen = "127.0.0.1:9464"
+refresh_seconds = 2
 """
 
 
 def test_every_section_is_a_frozen_typed_dataclass(tmp_path: Path) -> None:
+    assert set(tomllib.loads(FULL)) == set(SECTIONS)  # a new section is tested here too
     config = load_config(write(tmp_path, FULL))
     base = tmp_path.resolve()
     for name, cls in SECTIONS.items():
@@ -175,6 +182,7 @@ def test_every_section_is_a_frozen_typed_dataclass(tmp_path: Path) -> None:
         50, 1.5, Path("/var/log/anchors.jsonl"), ("logger", "-t", "signerd")
     )
     assert config.notary == NotaryConfig(False, ("timestamp",), 30.0, True, 60.0)
+    assert config.metrics == MetricsConfig("127.0.0.1:9464", 2.0)
 
 
 def test_absent_sections_take_their_defaults(tmp_path: Path) -> None:
@@ -183,6 +191,7 @@ def test_absent_sections_take_their_defaults(tmp_path: Path) -> None:
     assert config.state == StateConfig(dir=tmp_path.resolve() / "state")
     assert (config.policy, config.log) == (PolicyConfig(), LogConfig())
     assert (config.audit, config.notary) == (AuditConfig(), NotaryConfig())
+    assert config.metrics == MetricsConfig() and config.metrics.address is None
 
 
 def test_the_config_has_no_untyped_extra(tmp_path: Path) -> None:
@@ -240,6 +249,9 @@ WRONG = [
     ("notary", "retire_unused_days", "-1", "a number >= 0"),
     ("notary", "retire_idle_repositories", "1", "true or false"),
     ("notary", "retire_interval_seconds", "0", "a number > 0"),
+    ("metrics", "listen", "9464", "a string"),
+    ("metrics", "listen", "'9464'", '"host:port"'),
+    ("metrics", "refresh_seconds", "0", "a number > 0"),
 ]
 
 
