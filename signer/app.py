@@ -16,7 +16,7 @@ from signer.audit_key import AuditKey
 from signer.certificates import CertificateIssuer
 from signer.config import SignerConfig, open_state
 from signer.keys import KeyManager
-from signer.metrics import NO_METRICS, Observer, StateSampler
+from signer.metrics import NO_METRICS, Observer, Reporter
 from signer.notary.rules import DIALECT as NOTARY
 from signer.notary.rules import NotaryRules
 from signer.notary.store import NotaryKeyStore
@@ -107,7 +107,7 @@ class SignerApp:
         self.tuf_rules = TufRules(self.versions)
         current_policy = self.current_policy
         self.recorder = Recorder(self.audit, metrics)
-        self.sampler = StateSampler(  # counts kept in the state: keys, quorum requests
+        self.reporter = Reporter(  # hands values over; reads key and quorum counts
             metrics, self.registry.counts, self.requests.open_counts, config.metrics.refresh_seconds
         )
         self.admin = Administration(self.recorder, current_policy)
@@ -152,7 +152,7 @@ class SignerApp:
             self.token.open()
         finally:  # checkpoints retry until the token is usable
             self.checkpointer.start()
-            self.sampler.start()
+            self.reporter.start()
 
     def reload(self) -> None:
         """Re-read the policy (SIGHUP). A policy that fails to load leaves the old one."""
@@ -172,7 +172,7 @@ class SignerApp:
         log.info("policy reloaded")
 
     def close(self) -> None:
-        self.sampler.stop()
+        self.reporter.stop()
         self.checkpointer.stop()  # signs a last checkpoint while the token is open
         self.token.close()
         self.audit.close()

@@ -21,6 +21,7 @@ import os
 import shutil
 import threading
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,7 +43,8 @@ LATENCY_BUCKETS = (
 # An audit commit is one fsync'd transaction (SQLite) or one round trip (PostgreSQL).
 COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 
-ALLOWED, DENIED, FAILED = "allowed", "denied", "failed"  # as the audit log says
+ALLOWED, DENIED, FAILED = "allowed", "denied", "failed"
+FLUSH_SECONDS = 1.0  # how often a worker hands its recorded values to prometheus_client
 
 
 def outcome_of(error: SignerError) -> str:
@@ -84,10 +86,60 @@ class Observer:
 NO_METRICS = Observer()
 
 
+class _Counted:
+    """Increments of one counter child, added up here until the next hand-over."""
+
+    __slots__ = ("child", "n")
+
+    def __init__(self, child: Any) -> None:
+        self.child = child
+        self.n = 0
+
+    def take(self) -> int:
+        n, self.n = self.n, 0
+        return n
+
+    def give(self, n: int) -> None:
+        self.child.inc(n)
+
+
+class _Observed:
+    """Observations of one histogram child: count per bucket and their sum, added up
+    here until the next hand-over."""
+
+    __slots__ = ("buckets", "child", "total")
+
+    def __init__(self, child: Any, bounds: tuple[float, ...]) -> None:
+        self.child = child
+        self.buckets = [0] * (len(bounds) + 1)  # the last one: +Inf
+        self.total = 0.0
+
+    def take(self) -> tuple[list[int], float] | None:
+        if not any(self.buckets):
+            return None
+        taken = self.buckets, self.total
+        self.buckets, self.total = [0] * len(self.buckets), 0.0
+        return taken
+
+    def give(self, taken: tuple[list[int], float]) -> None:
+        # prometheus_client's observe() writes the sum and a bucket per observation; here
+        # one write per bucket for them all (its buckets are per bound, not cumulative).
+        buckets, total = taken
+        self.child._sum.inc(total)
+        for value, n in zip(self.child._buckets, buckets, strict=True):
+            if n:
+                value.inc(n)
+
+
 class PrometheusMetrics(Observer):
     """The daemon's metrics in a registry of their own (several apps may live in one
     process, e.g. in tests). In a worker of a supervisor the values go to the shared
-    directory as well; the supervisor serves those, not this registry."""
+    directory as well; the supervisor serves those, not this registry.
+
+    A hook only adds to plain numbers here, under one lock (a fraction of a microsecond;
+    a multi-process value write costs one or two): ``flush`` hands the sums to
+    prometheus_client, once a second from the ``Reporter``, so a scrape may lag that much.
+    Rare events (token state, heal attempts) are written at once."""
 
     enabled = True
 
@@ -161,42 +213,85 @@ class PrometheusMetrics(Observer):
         )
         self._token.set(0)
         self._heal_children = {True: self._heals.labels("ok"), False: self._heals.labels("failed")}
-        self._ok: dict[str, tuple[Any, Any]] = {}
-        self._errors: dict[tuple[str, str, str], tuple[Any, Any]] = {}
-        self._signed: dict[tuple[str, str], Any] = {}
+        self._lock = threading.Lock()
+        self._cells: list[_Counted | _Observed] = []  # everything flush hands over
+        self._ok: dict[str, tuple[_Counted, _Observed]] = {}
+        self._latencies: dict[str, _Observed] = {}
+        self._errors: dict[tuple[str, str, str], tuple[_Counted, _Observed]] = {}
+        self._signed: dict[tuple[str, str], _Counted] = {}
+        self._limited: dict[str, _Counted] = {}
+        for reason in ("RATE_LIMITED", "BATCH_OVER_BURST"):  # exposed from the start, as 0
+            self._limited[reason] = self._counted(self._rate_limited.labels(reason))
+        self._commits = self._observed(self._commit, COMMIT_BUCKETS)
+        self._waiting: int | None = None  # queue depth after the last commit, not yet set
+
+    def _counted(self, child: Any) -> _Counted:
+        cell = _Counted(child)
+        self._cells.append(cell)
+        return cell
+
+    def _observed(self, child: Any, bounds: tuple[float, ...]) -> _Observed:
+        cell = _Observed(child, bounds)
+        self._cells.append(cell)
+        return cell
+
+    def _timed(self, rpc: str, outcome: str, code: str) -> tuple[_Counted, _Observed]:
+        """The cells of one (rpc, outcome, code): its count and its RPC's latency (one
+        histogram per RPC, shared by its outcomes). Called under the lock."""
+        latency = self._latencies.get(rpc)
+        if latency is None:
+            latency = self._latencies[rpc] = self._observed(
+                self._latency.labels(rpc), LATENCY_BUCKETS
+            )
+        return self._counted(self._requests.labels(rpc, outcome, code)), latency
 
     def answered(self, rpc: str, started: float) -> None:
         elapsed = time.perf_counter() - started
-        children = self._ok.get(rpc)
-        if children is None:
-            children = self._ok[rpc] = (
-                self._requests.labels(rpc, ALLOWED, "OK"),
-                self._latency.labels(rpc),
-            )
-        children[0].inc()
-        children[1].observe(elapsed)
+        index = bisect_left(LATENCY_BUCKETS, elapsed)  # the first bound >= elapsed
+        with self._lock:
+            cells = self._ok.get(rpc)
+            if cells is None:
+                cells = self._ok[rpc] = self._timed(rpc, ALLOWED, "OK")
+            cells[0].n += 1
+            latency = cells[1]
+            latency.buckets[index] += 1
+            latency.total += elapsed
 
     def refused(self, rpc: str, error: SignerError, started: float) -> None:
         elapsed = time.perf_counter() - started
+        index = bisect_left(LATENCY_BUCKETS, elapsed)
         key = (rpc, outcome_of(error), error.code.name)
-        children = self._errors.get(key)
-        if children is None:
-            children = self._errors[key] = (self._requests.labels(*key), self._latency.labels(rpc))
-        children[0].inc()
-        children[1].observe(elapsed)
+        with self._lock:
+            cells = self._errors.get(key)
+            if cells is None:
+                cells = self._errors[key] = self._timed(*key)
+            cells[0].n += 1
+            latency = cells[1]
+            latency.buckets[index] += 1
+            latency.total += elapsed
 
     def signed(self, algorithm: str, role: str) -> None:
-        child = self._signed.get((algorithm, role))
-        if child is None:
-            child = self._signed[(algorithm, role)] = self._signatures.labels(algorithm, role)
-        child.inc()
+        with self._lock:
+            cell = self._signed.get((algorithm, role))
+            if cell is None:
+                cell = self._signed[(algorithm, role)] = self._counted(
+                    self._signatures.labels(algorithm, role)
+                )
+            cell.n += 1
 
     def rate_limited(self, reason: str) -> None:
-        self._rate_limited.labels(reason).inc()  # already the slow path: refused
+        with self._lock:
+            cell = self._limited.get(reason)
+            if cell is None:
+                cell = self._limited[reason] = self._counted(self._rate_limited.labels(reason))
+            cell.n += 1
 
     def audit_committed(self, seconds: float, waiting: int) -> None:
-        self._commit.observe(seconds)
-        self._queue.set(waiting)
+        index = bisect_left(COMMIT_BUCKETS, seconds)
+        with self._lock:
+            self._commits.buckets[index] += 1
+            self._commits.total += seconds
+            self._waiting = waiting
 
     def token_state(self, healthy: bool) -> None:
         self._token.set(1 if healthy else 0)
@@ -210,16 +305,28 @@ class PrometheusMetrics(Observer):
         for state, n in quorum.items():
             self._quorum.labels(state).set(n)
 
+    def flush(self) -> None:
+        """Hand what the hooks added up to prometheus_client (the values a scrape reads)."""
+        with self._lock:  # hooks wait for this copy only, never for the writes below
+            taken = [(cell, cell.take()) for cell in self._cells]
+            waiting, self._waiting = self._waiting, None
+        for cell, pending in taken:
+            if pending:
+                cell.give(pending)  # type: ignore[arg-type]  # what that cell took
+        if waiting is not None:
+            self._queue.set(waiting)
+
 
 def observer_for(config: MetricsConfig) -> Observer:
     """Metrics when a listener is configured, else the no-op observer."""
     return PrometheusMetrics() if config.address is not None else NO_METRICS
 
 
-class StateSampler:
-    """Reads the counts that live in the shared state (keys, quorum requests) every
-    ``interval`` seconds on a thread of its own, off the request path. Every worker
-    samples; the newest sample wins (``livemostrecent``)."""
+class Reporter:
+    """The metrics' thread in each worker, off the request path: hands the recorded
+    values over every ``FLUSH_SECONDS`` (and once more at ``stop``), and reads the counts
+    that live in the shared state (keys, quorum requests) every ``interval`` seconds.
+    Every worker samples; the newest sample wins (``livemostrecent``)."""
 
     def __init__(
         self,
@@ -236,9 +343,9 @@ class StateSampler:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        if not self.metrics.enabled or self._thread is not None:
+        if not isinstance(self.metrics, PrometheusMetrics) or self._thread is not None:
             return
-        self._thread = threading.Thread(target=self._run, name="metrics-sampler", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="metrics", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -250,12 +357,23 @@ class StateSampler:
         self.metrics.state_counts(self.keys(), self.quorum())
 
     def _run(self) -> None:
-        while not self._stop.is_set():
+        assert isinstance(self.metrics, PrometheusMetrics)
+        flush = self.metrics.flush
+        next_sample = 0.0
+        while True:
+            if time.monotonic() >= next_sample:
+                try:
+                    self.sample()
+                except Exception as exc:  # the state is down: the gauges keep their values
+                    log.warning("metrics: cannot read key and quorum counts: %s", exc)
+                next_sample = time.monotonic() + self.interval
             try:
-                self.sample()
-            except Exception as exc:  # the state is down: the gauges keep their last values
-                log.warning("metrics: cannot read key and quorum counts: %s", exc)
-            self._stop.wait(self.interval)
+                flush()
+            except Exception:  # e.g. the value directory is gone: keep serving
+                log.exception("metrics: cannot hand over the values")
+            if self._stop.wait(min(FLUSH_SECONDS, self.interval)):
+                flush()  # the last requests' counts, before the worker exits
+                return
 
 
 class MetricsListener:

@@ -21,6 +21,7 @@ from signer.errors import ConfigError
 from signer_client import ClientError
 
 ECDSA = "ecdsa-sha2-nistp256"
+STATES = ("active", "retired", "destroyed")
 POLICY = """
 [[rules]]
 principals = ["admin"]
@@ -69,6 +70,13 @@ def matching(samples: Samples, name: str, **labels: str) -> list[tuple[dict[str,
     return [
         (dict(found), v) for (n, found), v in samples.items() if n == name and want <= set(found)
     ]
+
+
+def settled(port: int) -> tuple[str, Samples]:
+    """A scrape once the workers handed over what they recorded (every 0.2 s here:
+    refresh_seconds; at least every second)."""
+    time.sleep(1.0)
+    return scrape(port)
 
 
 def eventually(port: int, check: Callable[[Samples], bool], timeout: float = 15.0) -> Samples:
@@ -138,12 +146,15 @@ def test_counts_summed_across_workers(served: tuple[Daemon, int]) -> None:
         refused(lambda: ci.sign_digest(key.key_id, b"\3" * 32), grpc.StatusCode.RESOURCE_EXHAUSTED)
         refused(lambda: ci.sign_batch(key.key_id, [b"a", b"b"]), grpc.StatusCode.RESOURCE_EXHAUSTED)
 
+    with daemon.client("admin") as admin:
+        listed_before = {state: len(admin.list_keys(state=state)) for state in STATES}
+
     # Both workers answered some of the signs (their request lines say which).
     lines = [line for line in daemon.log().splitlines() if "signer.requests: Sign ok" in line]
     workers = {m.group(1) for line in lines if (m := re.search(r" worker (\d) ", line))}
     assert workers == {"0", "1"}, lines
 
-    text, s = scrape(port)
+    text, s = settled(port)
     requests = "signer_requests_total"
     sign = "Signing.Sign"
     assert value(s, requests, rpc=sign, outcome="allowed", code="OK") == ALLOWED_SIGNS + 1
@@ -187,23 +198,24 @@ def test_counts_summed_across_workers(served: tuple[Daemon, int]) -> None:
     assert [v for _, v in token] == [1.0, 1.0]
     assert value(s, "signer_token_heal_attempts_total", result="failed") == 0
 
-    # Read from the shared state on a timer (refresh_seconds = 0.2).
+    # Read from the shared state on a timer (refresh_seconds = 0.2). The registry also
+    # holds the audit (checkpoint) key once the first checkpoint made it: ask the daemon.
     def counted(found: Samples) -> bool:
+        with daemon.client("admin") as admin:
+            listed = {state: len(admin.list_keys(state=state)) for state in STATES}
         keys = {labels["state"]: v for labels, v in matching(found, "signer_keys")}
         open_requests = {
             labels["state"]: v for labels, v in matching(found, "signer_quorum_requests_open")
         }
-        return keys == {"active": 3, "retired": 1, "destroyed": 0} and open_requests == {
-            "pending": 1,
-            "approved": 0,
-        }
+        return keys == listed and open_requests == {"pending": 1, "approved": 0}
 
+    assert listed_before["retired"] == 1 and listed_before["active"] >= 3
     eventually(port, counted)
 
     # Still serving, and the counters go on from where they were.
     with daemon.client("admin") as admin:
         admin.sign_digest(key.key_id, b"\4" * 32)
-    _, after = scrape(port)
+    _, after = settled(port)
     assert value(after, requests, rpc=sign, outcome="allowed", code="OK") == ALLOWED_SIGNS + 2
 
 
@@ -216,7 +228,7 @@ def test_a_restarted_worker_keeps_the_totals_and_drops_its_gauges(
     import signal
 
     daemon, port = served
-    _, before = scrape(port)
+    _, before = settled(port)
     pids = {labels["pid"] for labels, _ in matching(before, "signer_token_up")}
     total = value(before, "signer_requests_total", rpc="Signing.Sign", outcome="allowed", code="OK")
     victim = sorted(pids)[0]
@@ -243,7 +255,7 @@ def test_single_worker_token_state_and_heal_attempts(tmp_path: Path) -> None:
         with daemon.client() as client:
             key = client.create_key("heal", ECDSA, "timestamp")
             client.sign(key.key_id, b"before")
-        _, s = scrape(port)
+        _, s = settled(port)
         assert matching(s, "signer_token_up") == [({}, 1.0)]  # one process: no pid label
         assert value(s, "signer_requests_total", rpc="Key.CreateKey", outcome="allowed", code="OK")
         assert value(s, "signer_signatures_total", algorithm=ECDSA, role="timestamp") == 1
@@ -303,3 +315,54 @@ def test_metrics_settings(tmp_path: Path) -> None:
         load_config(_config(tmp_path, 'path = "/metrics"'))
     with pytest.raises(ConfigError, match="refresh_seconds must be a number > 0"):
         load_config(_config(tmp_path, "refresh_seconds = 0"))
+
+
+# -- recording: added up in the worker, handed over to prometheus_client ------------------------
+
+
+def test_handed_over_histograms_match_prometheus_observe() -> None:
+    """The hand-over writes what observe() would have: a value on a bound counts in that
+    bound's bucket, one past the last in +Inf; and nothing before the hand-over."""
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from signer.errors import InvalidArgument, PermissionDenied
+    from signer.metrics import COMMIT_BUCKETS, PrometheusMetrics
+
+    metrics = PrometheusMetrics()
+    expected = CollectorRegistry()
+    reference = Histogram(
+        "signer_audit_commit_duration_seconds", "", buckets=COMMIT_BUCKETS, registry=expected
+    )
+    for seconds in [0.0, 0.0005, 0.00051, 0.001, 0.3, 5.0, 11.0]:
+        metrics.audit_committed(seconds, 3)
+        reference.observe(seconds)
+    now = time.perf_counter()
+    for _ in range(4):
+        metrics.answered("Signing.Sign", now)
+    metrics.refused("Signing.Sign", PermissionDenied("no"), now)
+    metrics.refused("Signing.Sign", InvalidArgument("bad"), now)
+
+    def parsed(registry: Any, prefix: str) -> Samples:
+        samples: Samples = {}
+        for family in text_string_to_metric_families(generate_latest(registry).decode()):
+            for sample in family.samples:
+                if sample.name.startswith(prefix) and not sample.name.endswith("_created"):
+                    samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+        return samples
+
+    commits = "signer_audit_commit_duration_seconds"
+    before = parsed(metrics.registry, "signer_")
+    assert value(before, f"{commits}_count") == 0 and value(before, "signer_audit_queue_depth") == 0
+    metrics.flush()
+    metrics.flush()  # nothing new: nothing written twice
+    ours = parsed(metrics.registry, "signer_")
+    assert parsed(metrics.registry, commits) == parsed(expected, commits)
+    assert value(ours, "signer_audit_queue_depth") == 3
+    sign = {"rpc": "Signing.Sign"}
+    assert value(ours, "signer_request_duration_seconds_count", **sign) == 6
+    assert value(ours, "signer_requests_total", **sign, outcome="allowed", code="OK") == 4
+    denied = value(
+        ours, "signer_requests_total", **sign, outcome="denied", code="PERMISSION_DENIED"
+    )
+    failed = value(ours, "signer_requests_total", **sign, outcome="failed", code="INVALID_ARGUMENT")
+    assert (denied, failed) == (1, 1)
