@@ -26,7 +26,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from signer.errors import ConfigError, PermissionDenied, ResourceExhausted, SignerError
+from signer.errors import (
+    ConfigError,
+    PermissionDenied,
+    ResourceExhausted,
+    SignerError,
+    Unauthenticated,
+)
 
 if TYPE_CHECKING:
     from signer.config import MetricsConfig
@@ -48,8 +54,10 @@ FLUSH_SECONDS = 1.0  # how often a worker hands its recorded values to prometheu
 
 
 def outcome_of(error: SignerError) -> str:
-    """A refusal (policy, rate limit) is denied, anything else failed: the audit's rule."""
-    return DENIED if isinstance(error, PermissionDenied | ResourceExhausted) else FAILED
+    """Refused for who asked or how often (identity, policy, rate limit) is denied; any
+    other error failed."""
+    refused = isinstance(error, PermissionDenied | Unauthenticated | ResourceExhausted)
+    return DENIED if refused else FAILED
 
 
 class Observer:

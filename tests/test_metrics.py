@@ -4,6 +4,7 @@ Prometheus parses them, and counted exactly, summed across two worker processes.
 from __future__ import annotations
 
 import re
+import socket
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -15,7 +16,14 @@ import pytest
 from authz_helpers import tuf_payload
 from prometheus_client.parser import text_string_to_metric_families
 
-from harness import Daemon, free_port, pull_token, reinsert_token, running_daemon
+from harness import (
+    Daemon,
+    create_token,
+    free_port,
+    pull_token,
+    reinsert_token,
+    running_daemon,
+)
 from signer.config import load_config
 from signer.errors import ConfigError
 from signer_client import ClientError
@@ -273,6 +281,27 @@ def test_single_worker_token_state_and_heal_attempts(tmp_path: Path) -> None:
         assert value(healed, "signer_token_heal_attempts_total", result="ok") == 1
         with daemon.client() as client:
             client.sign(key.key_id, b"after")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_metrics_port_in_use_stops_the_daemon(tmp_path: Path, workers: int) -> None:
+    """A configuration error (exit 2), named, whether the supervisor or the only
+    worker binds it."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        daemon = Daemon(
+            root=tmp_path,
+            port=free_port(),
+            env=create_token(tmp_path / "hsm"),
+            workers=workers,
+            extra_config=metrics_config(port),
+        )
+        daemon.start(wait=False)
+        assert daemon.proc is not None
+        assert daemon.proc.wait(60) == 2
+    assert f"cannot listen on 127.0.0.1:{port} for metrics" in daemon.log()
 
 
 def test_no_listener_without_the_setting(daemon: Daemon) -> None:
