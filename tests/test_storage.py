@@ -176,6 +176,27 @@ def test_quorum(backend: Backend) -> None:
     assert quorum.get("r1").state is RequestState.FULFILLED  # type: ignore[union-attr]
 
 
+def test_counts_for_the_metrics(backend: Backend) -> None:
+    """Keys by state; unexpired open quorum requests by state (signer.metrics)."""
+    keys, quorum = backend.keys(), backend.quorum()
+    assert keys.count_by_state() == {} and quorum.open_counts(10.0) == {}
+    for n in range(1, 5):
+        keys.add(_key(n))
+    keys.set_state(_key(1).key_id, KeyState.RETIRED, 5.0, None)
+    keys.set_state(_key(2).key_id, KeyState.DESTROYED, None, 6.0)
+    assert keys.count_by_state() == {"active": 2, "retired": 1, "destroyed": 1}
+
+    def request(rid: str, state: RequestState, expires: float) -> SignatureRequest:
+        return SignatureRequest(rid, "k", b"p", "d" * 64, "alice", "", 2, state, 1.0, expires)
+
+    quorum.add(request("open", RequestState.PENDING, 100.0))
+    quorum.add(request("late", RequestState.PENDING, 5.0))  # expired by t=10
+    quorum.add(request("ready", RequestState.APPROVED, 100.0))
+    quorum.add(request("done", RequestState.FULFILLED, 100.0))
+    assert quorum.open_counts(10.0) == {"pending": 1, "approved": 1}
+    assert quorum.open_counts(1.0) == {"pending": 2, "approved": 1}
+
+
 def _refuse(request: SignatureRequest | None) -> None:
     raise PermissionError("no")
 
