@@ -238,10 +238,11 @@ class AuditLog:
         self.chain.close()
         if self.commits:
             log.info(
-                "audit log closed: %d entries in %d commits (%.1f per commit)",
+                "audit log closed: %d entries in %d commits (%.1f per commit) from %d callers",
                 self.committed_entries,
                 self.commits,
                 self.committed_entries / self.commits,
+                self.committed_callers,
             )
 
     def _write_loop(self) -> None:

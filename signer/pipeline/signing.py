@@ -5,6 +5,14 @@ usable and the principal authorised and the payload passed its guards; no signat
 leaves before its audit entry is committed; every item, signed or refused, leaves one
 audit entry, committed together in one group commit.
 
+Requests that arrive together are signed together: ``sign`` queues the request and one
+drain task takes whatever is queued (up to ``INLINE_ITEMS`` items) as a group: one
+registry refresh, one token call and one audit commit for the group, while the next group
+gathers behind it. Alone, a request is taken at once (no added wait); under load the
+group grows with the commit it waits behind, so the per-request costs (a cold-cache
+token signature ~130 us against ~60 us in a run, the commit hand-off, the refresh) are
+shared. Each request keeps its own principal, policy, rate limit and refusals.
+
 On the asyncio server every stage runs inline (no thread hop on the hot path) unless a
 store it touches would wait for a lock: then that stage re-runs in a thread
 (``inline_or_thread``). The token call stays inline for small batches (a thread hop
@@ -62,6 +70,7 @@ class _Batch:
     prepared: list[_Prepared] = field(default_factory=list)
     refusals: list[tuple[int, AuditEvent]] = field(default_factory=list)
     signed: list[tuple[_Prepared, bytes]] = field(default_factory=list)
+    whole_error: SignerError | None = None  # refused as a whole (rate limit), audited
 
     def refuse(
         self,
@@ -78,6 +87,25 @@ class _Batch:
             self.principal, name, resource, exc, digest, item.request_id, item.detail
         )
         self.refusals.append((index, event))
+
+
+@dataclass
+class _Queued:
+    """A request waiting for its group: what it was admitted under, and who waits."""
+
+    policy: Policy
+    batch: _Batch
+    future: asyncio.Future[list[Signed | SignerError]]
+
+    def settle(
+        self, result: list[Signed | SignerError] | None, error: BaseException | None = None
+    ) -> None:
+        if self.future.done():  # the caller went away (cancelled): nobody to tell
+            return
+        if error is not None:
+            self.future.set_exception(error)
+        else:
+            self.future.set_result(result or [])
 
 
 class Pipeline:
@@ -98,6 +126,8 @@ class Pipeline:
         self.policy = policy  # the current policy: it may be reloaded (SIGHUP)
         self.max_payload_bytes = max_payload_bytes
         self.guards = tuple(guards)
+        self._queue: list[_Queued] = []
+        self._drainer: asyncio.Task[None] | None = None
 
     async def sign(
         self, principal: Principal, items: Sequence[SignInput], operation: str = "sign"
@@ -109,31 +139,108 @@ class Pipeline:
         """
         policy = self.policy()  # one policy for the whole request, even across a reload
         batch = _Batch(principal, operation, items, [None] * len(items))
+        if len(items) > INLINE_ITEMS:
+            return await self._sign_alone(policy, batch)
+        loop = asyncio.get_running_loop()
+        queued = _Queued(policy, batch, loop.create_future())
+        self._queue.append(queued)
+        drainer = self._drainer
+        if drainer is None or drainer.done() or drainer.get_loop() is not loop:
+            self._drainer = loop.create_task(self._drain())
+        return await queued.future
+
+    async def _sign_alone(self, policy: Policy, batch: _Batch) -> list[Signed | SignerError]:
+        """A large batch: its checks and token call run in a thread (the loop stays free)."""
+        if not await self._admit(policy, batch):
+            assert batch.whole_error is not None
+            raise batch.whole_error
+        token_error = await asyncio.to_thread(self._check_and_sign, policy, batch)
+        return self._release(batch, await self._audit([batch], token_error))
+
+    async def _drain(self) -> None:
+        """Take the queue group by group until it is empty (one drain task per loop)."""
+        while self._queue:
+            group: list[_Queued] = []
+            size = 0
+            while self._queue and (
+                not group or size + len(self._queue[0].batch.items) <= INLINE_ITEMS
+            ):
+                queued = self._queue.pop(0)
+                group.append(queued)
+                size += len(queued.batch.items)
+            try:
+                await self._sign_group(group)
+            except Exception as exc:  # a bug: it costs this group, and nobody waits forever
+                log.exception("unexpected error in a signing group")
+                for queued in group:
+                    queued.settle(None, exc)
+            except BaseException:  # cancelled (the server stops): tell every waiter
+                for queued in group + self._queue:
+                    queued.settle(None, asyncio.CancelledError())
+                self._queue.clear()
+                raise
+
+    async def _sign_group(self, group: list[_Queued]) -> None:
+        admitted = []
+        for queued in group:
+            if await self._admit(queued.policy, queued.batch):
+                admitted.append(queued)
+            else:
+                queued.settle(None, queued.batch.whole_error)
+        if not admitted:
+            return
         try:
-            await inline_or_thread(take_rate, policy, principal, len(items))
+            await inline_or_thread(self.registry.refresh)  # once per group, not per item
+        except SignerError as exc:
+            for queued in admitted:  # unaudited: the service layer records each request
+                queued.settle(None, exc)
+            return
+        for queued in admitted:
+            batch = queued.batch
+            for index, item in enumerate(batch.items):
+                prepared = await inline_or_thread(
+                    self._prepare_one, queued.policy, batch, index, item
+                )
+                if prepared is not None:
+                    batch.prepared.append(prepared)
+        batches = [queued.batch for queued in admitted]
+        token_error = self._sign_in_token(batches)
+        try:
+            seqs = await self._audit(batches, token_error)
+        except SignerError as exc:
+            for queued in admitted:
+                queued.settle(None, exc)
+            return
+        at = 0
+        for queued in admitted:
+            batch = queued.batch
+            n = len(batch.refusals) + len(batch.signed)
+            queued.settle(self._release(batch, seqs[at : at + n]))
+            at += n
+
+    async def _admit(self, policy: Policy, batch: _Batch) -> bool:
+        """The rate limit: False (and the refusal audited) when the request is over it."""
+        try:
+            await inline_or_thread(take_rate, policy, batch.principal, len(batch.items))
         except ResourceExhausted as exc:
             self.recorder.metrics.rate_limited(exc.error_reason)
             await self._refuse_whole(batch, exc)
-            raise
-        if len(items) <= INLINE_ITEMS:
-            await inline_or_thread(self.registry.refresh)  # once per request, not per item
-            for index, item in enumerate(items):
-                prepared = await inline_or_thread(self._prepare_one, policy, batch, index, item)
-                if prepared is not None:
-                    batch.prepared.append(prepared)
-            token_error = self._sign_in_token(batch)
-        else:
-            token_error = await asyncio.to_thread(self._check_and_sign, policy, batch)
-        events = self._events(batch)
+            batch.whole_error = exc
+            return False
+        return True
+
+    async def _audit(self, batches: list[_Batch], token_error: SignerError | None) -> list[int]:
+        """Commit every entry of the batches in one transaction. Raises the token fault
+        (its refusals recorded) or AuditUnavailable (nothing could be recorded)."""
+        events = [event for batch in batches for event in self._events(batch)]
         if token_error is not None:
             await self.recorder.refusals_async(events, [token_error])
             raise token_error
         try:
-            seqs = await self.recorder.record_async(*events)
+            return await self.recorder.record_async(*events)
         except SignerError as exc:
             mark_audited(exc)  # the log itself is down: nothing more can be recorded
             raise
-        return self._release(batch, seqs)
 
     # -- stages ------------------------------------------------------------------------------
 
@@ -143,7 +250,7 @@ class Pipeline:
             prepared = self._prepare_one(policy, batch, index, item)
             if prepared is not None:
                 batch.prepared.append(prepared)
-        return self._sign_in_token(batch)
+        return self._sign_in_token([batch])
 
     def _prepare_one(
         self, policy: Policy, batch: _Batch, index: int, item: SignInput
@@ -202,19 +309,20 @@ class Pipeline:
             raise
         return _Prepared(index, key, item, digest, tbs, operation)
 
-    def _sign_in_token(self, batch: _Batch) -> SignerError | None:
-        """One token call for the batch. A token fault refuses every prepared item."""
-        if not batch.prepared:
+    def _sign_in_token(self, batches: Sequence[_Batch]) -> SignerError | None:
+        """One token call for every prepared item. A token fault refuses them all."""
+        prepared = [(batch, p) for batch in batches for p in batch.prepared]
+        if not prepared:
             return None
         try:
             raw = self.token.sign_many(
-                [SignItem(p.key.object_id, p.key.algorithm, p.tbs) for p in batch.prepared]
+                [SignItem(p.key.object_id, p.key.algorithm, p.tbs) for _, p in prepared]
             )
         except SignerError as exc:
-            for p in batch.prepared:
+            for batch, p in prepared:
                 batch.refuse(p.index, resource_of(p.key), exc, p.payload_sha256, p.operation)
             return exc
-        for p, signature in zip(batch.prepared, raw, strict=True):
+        for (batch, p), signature in zip(prepared, raw, strict=True):
             if isinstance(signature, bytes):
                 batch.signed.append((p, signature))
                 continue
