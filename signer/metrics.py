@@ -7,9 +7,11 @@ metric exists, so only a spawned worker can use it); the supervisor's listener r
 them all at each scrape (``MultiProcessCollector``), and forgets a dead worker's gauges.
 A single worker (``workers = 1``: no supervisor) serves its own values.
 
-Recording costs next to nothing on the signing path: a hook is one method call on label
-children bound once and cached per label set. With metrics off (no ``[metrics] listen``)
-every hook is ``Observer``'s no-op and prometheus_client is never imported.
+Recording costs next to nothing on the signing path: a hook adds to plain numbers kept
+per label set (a multi-process value write would cost a microsecond or two each), and a
+thread per worker (``Reporter``) hands them to prometheus_client once a second. With
+metrics off (no ``[metrics] listen``) every hook is ``Observer``'s no-op and
+prometheus_client is never imported.
 
 The names, labels and meanings are listed in docs/operating.md ("Metrics").
 """
