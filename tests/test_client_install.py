@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,6 +53,12 @@ def test_the_client_wheel_installs_without_the_daemon(tmp_path: Path) -> None:
         tmp_path / "api",
         tmp_path / "clients",
     )
+    for wheel in wheels.glob("*.whl"):  # the licence travels with each distribution
+        with zipfile.ZipFile(wheel) as archive:
+            names = archive.namelist()
+            metadata = archive.read(next(n for n in names if n.endswith(".dist-info/METADATA")))
+        assert b"License-Expression: Apache-2.0" in metadata, wheel.name
+        assert any(n.endswith("licenses/LICENSE") for n in names), wheel.name
     venv = tmp_path / "venv"
     run(sys.executable, "-m", "venv", venv)
     python, pip = venv / "bin" / "python", venv / "bin" / "pip"
