@@ -13,8 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from google.protobuf.json_format import MessageToDict
-
 from signer.errors import ConfigError, SignerError
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
@@ -39,12 +37,14 @@ def _client(args: argparse.Namespace) -> Any:
 
 
 def _print_key(key: Any) -> None:
+    from google.protobuf.json_format import MessageToDict
+
     print(json.dumps(MessageToDict(key, preserving_proto_field_name=True), indent=2))
 
 
 @command("serve")
 def _serve(args: argparse.Namespace) -> int:
-    from signer.server import serve
+    from signer.supervisor import serve
 
     return serve(Path(args.config))
 
@@ -233,9 +233,23 @@ def _version() -> str:
         return "unknown (not installed; running from a source tree)"
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: the version looked up when asked (importlib.metadata is no small
+    import, and the daemon's supervisor does not need it)."""
+
+    def __init__(self, option_strings: list[str], dest: str, help: str | None = None) -> None:
+        super().__init__(
+            option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0, help=help
+        )
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args: Any) -> None:
+        print(f"signerd {_version()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="signerd", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"signerd {_version()}")
+    parser.add_argument("--version", action=_VersionAction, help="show the version and exit")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the daemon")
@@ -309,7 +323,11 @@ PARSER_EXTENSIONS: list[Callable[[Any], None]] = []
 
 
 def main(argv: list[str] | None = None) -> int:
-    _load_extensions()
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] != ["serve"]:
+        # The daemon's supervisor runs no other command: it imports none of them (nor what
+        # they import), only what supervising needs (signer/supervisor.py).
+        _load_extensions()
     args = build_parser().parse_args(argv)
     name = args.command + (f" {args.keys_command}" if args.command == "keys" else "")
     for attr in (

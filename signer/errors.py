@@ -3,12 +3,25 @@
 ``RequestError``: the request cannot be served as asked (the caller can fix it).
 ``ServiceError``: the daemon or its token cannot serve right now (the operator fixes it;
 the caller may retry). Each carries the gRPC status it is reported with, so the
-service layer never guesses.
+service layer never guesses. The status is named here and looked up in ``grpc`` only when
+read, so importing this module loads no gRPC (the supervisor imports it, and never serves).
 """
 
 from __future__ import annotations
 
-import grpc
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import grpc
+
+
+class _Status:
+    """``cls.code``: the ``grpc.StatusCode`` named by the class's ``status``."""
+
+    def __get__(self, obj: object, owner: type[SignerError]) -> grpc.StatusCode:
+        import grpc
+
+        return grpc.StatusCode[owner.status]
 
 
 class SignerError(Exception):
@@ -19,7 +32,8 @@ class SignerError(Exception):
     ``google.rpc.RetryInfo``; ``metadata`` goes into ErrorInfo as well.
     """
 
-    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    status: str = "INTERNAL"  # the name of its grpc.StatusCode
+    code = _Status()
     reason: str = ""  # default: the status code's name
 
     def __init__(
@@ -44,43 +58,43 @@ class SignerError(Exception):
 class RequestError(SignerError):
     """The request is wrong: bad input, unknown key, not permitted."""
 
-    code = grpc.StatusCode.INVALID_ARGUMENT
+    status = "INVALID_ARGUMENT"
 
 
 class InvalidArgument(RequestError):
-    code = grpc.StatusCode.INVALID_ARGUMENT
+    status = "INVALID_ARGUMENT"
 
 
 class NotFound(RequestError):
-    code = grpc.StatusCode.NOT_FOUND
+    status = "NOT_FOUND"
 
 
 class AlreadyExists(RequestError):
-    code = grpc.StatusCode.ALREADY_EXISTS
+    status = "ALREADY_EXISTS"
 
 
 class FailedPrecondition(RequestError):
     """The request is well formed but the key or request is in the wrong state."""
 
-    code = grpc.StatusCode.FAILED_PRECONDITION
+    status = "FAILED_PRECONDITION"
 
 
 class PermissionDenied(RequestError):
-    code = grpc.StatusCode.PERMISSION_DENIED
+    status = "PERMISSION_DENIED"
 
 
 class Unauthenticated(RequestError):
-    code = grpc.StatusCode.UNAUTHENTICATED
+    status = "UNAUTHENTICATED"
 
 
 class ResourceExhausted(RequestError):
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    status = "RESOURCE_EXHAUSTED"
 
 
 class ServiceError(SignerError):
     """The daemon cannot serve now; nothing the caller sent is at fault."""
 
-    code = grpc.StatusCode.INTERNAL
+    status = "INTERNAL"
 
 
 class TokenUnavailable(ServiceError):
@@ -89,19 +103,19 @@ class TokenUnavailable(ServiceError):
     The daemon heals itself in the background; callers retry with backoff.
     """
 
-    code = grpc.StatusCode.UNAVAILABLE
+    status = "UNAVAILABLE"
 
 
 class AuditUnavailable(ServiceError):
     """The audit log could not be written: we fail closed and return no signature."""
 
-    code = grpc.StatusCode.UNAVAILABLE
+    status = "UNAVAILABLE"
 
 
 class StorageUnavailable(ServiceError):
     """The daemon's state (a database) cannot be read or written now: fail closed."""
 
-    code = grpc.StatusCode.UNAVAILABLE
+    status = "UNAVAILABLE"
 
 
 class ConfigError(Exception):

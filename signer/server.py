@@ -1,8 +1,9 @@
-"""The gRPC server: mutual TLS only, health, reflection, worker processes, graceful stop.
+"""A worker: the gRPC server (mutual TLS only, health, reflection, graceful stop).
 
 Throughput comes from several worker processes sharing the port (SO_REUSEPORT), each
 opening the token itself after it starts (never fork after C_Initialize: workers are
-spawned, not forked). The parent only supervises: it never loads the PKCS#11 module.
+spawned, not forked). Their supervisor (signer/supervisor.py) never imports this module:
+it loads neither gRPC nor the PKCS#11 module.
 """
 
 from __future__ import annotations
@@ -10,14 +11,9 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import logging
-import multiprocessing
 import os
-import resource
 import signal
 import sys
-import threading
-import time
-from collections import deque
 from collections.abc import Coroutine
 from concurrent import futures
 from dataclasses import replace
@@ -31,14 +27,8 @@ from grpc_reflection.v1alpha import reflection
 from signer.app import SignerApp
 from signer.config import ServerConfig, SignerConfig, TlsConfig, ensure_state_dir, load_config
 from signer.errors import ConfigError, SignerError
-from signer.metrics import (
-    MetricsListener,
-    PrometheusMetrics,
-    observer_for,
-    prepare_directory,
-    serve_workers,
-    worker_exited,
-)
+from signer.metrics import MetricsListener, PrometheusMetrics, observer_for
+from signer.process import EXIT_CONFIG, EXIT_CRASH, configure_logging, raise_open_files_limit
 from signer.service.keys import KeyServicer
 from signer.service.registration import add_service
 from signer.service.signing import SigningServicer
@@ -46,11 +36,6 @@ from signer_api.v1 import signer_pb2
 
 log = logging.getLogger(__name__)
 
-# Exit statuses of `signerd serve` (and of a worker, to its supervisor).
-EXIT_CONFIG = 2  # the configuration is wrong (as for any signerd command): restarting won't help
-EXIT_CRASH = 1  # something broke: a supervisor restarts such a worker
-
-LAST_GOOD_POLICY = "policy.last-good.toml"  # in the state dir, kept by the supervisor
 PARENT_POLL_SECONDS = 0.5
 
 SERVICE_NAMES = [
@@ -222,39 +207,6 @@ def extensions() -> list:
     return found
 
 
-def _configure_logging(worker: int | None, config_path: str | Path | None = None) -> None:
-    """Text or JSON lines ([log]); the level from SIGNER_LOG_LEVEL in any case."""
-    from signer.logs import LogConfig, configure
-
-    tag = f"worker {worker}" if worker is not None else "signerd"
-    wanted = os.environ.get("SIGNER_LOG_LEVEL", "INFO").strip().upper()  # `info` works too
-    level = logging.getLevelName(wanted)
-    settings = LogConfig()
-    if config_path is not None:
-        try:
-            settings = load_config(Path(config_path)).log
-        except ConfigError:
-            pass  # reported, in plain text, where the config is loaded for real
-    configure(tag, level if isinstance(level, int) else logging.INFO, settings)
-    if not isinstance(level, int):
-        log.warning("SIGNER_LOG_LEVEL=%s is not a level; logging at INFO", wanted)
-
-
-def raise_open_files_limit() -> int:
-    """Raise the soft RLIMIT_NOFILE to the hard limit: each connection costs a descriptor,
-    and at the usual soft limit of 1024 a thousand idle sockets would starve the token's
-    own files and new clients. Returns the soft limit now in force."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
-    if soft != resource.RLIM_INFINITY and soft < target:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
-        except (ValueError, OSError) as exc:
-            log.warning("cannot raise the open-files limit from %d: %s", soft, exc)
-    return soft
-
-
 PR_SET_PDEATHSIG = 1
 
 
@@ -294,7 +246,7 @@ def run_worker(
     policy_fallback: str | None = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT. Runs in its own (spawned) process, or in the parent."""
-    _configure_logging(index if reuse_port else None, config_path)
+    configure_logging(index if reuse_port else None, config_path)
     if parent_pid is not None:
         die_with_parent(parent_pid)
     raise_open_files_limit()
@@ -343,178 +295,3 @@ async def _serve(
     await daemon.stop()
     if watcher is not None:
         watcher.cancel()
-
-
-def keep_good_policy(config: SignerConfig) -> Path | None:
-    """Validate the policy file and keep its text as the last good policy (0600, written
-    atomically in the state dir); workers started while the file is broken use it.
-
-    Raises ConfigError when the file does not load: at start the daemon refuses to run,
-    on SIGHUP the caller keeps the previous copy."""
-    kept = config.state.dir / LAST_GOOD_POLICY
-    policy_file = config.policy.file
-    if policy_file is None:
-        kept.unlink(missing_ok=True)
-        return None
-    from signer.policy.file import FilePolicy
-
-    try:
-        text = policy_file.read_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read policy file {policy_file}: {exc}") from exc
-    FilePolicy.parse(text, str(policy_file))  # all or nothing: raises ConfigError
-    tmp = kept.with_name(f".{kept.name}.{os.getpid()}")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, kept)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return kept
-
-
-class Supervisor:
-    """Runs ``workers`` spawned processes, restarts those that die, forwards signals.
-
-    Signal handlers only queue the signal; the loop acts on it, so a handler never races
-    the loop over the process table. Whatever happens, the loop ends by stopping and
-    reaping every worker (no worker outlives a crashed supervisor).
-    """
-
-    def __init__(self, config_path: Path, config: SignerConfig) -> None:
-        self.config_path = config_path
-        self.config = config
-        self.ctx = multiprocessing.get_context("spawn")
-        self.procs: dict[int, multiprocessing.process.BaseProcess] = {}
-        self.started: dict[int, float] = {}
-        self.signals: deque[int] = deque()
-        self.wake = threading.Event()
-        self.policy_fallback: Path | None = None
-        self.metrics_dir: Path | None = None  # the workers' metric files ([metrics])
-        self.metrics_listener: MetricsListener | None = None
-
-    def _on_signal(self, signum: int, _frame: object) -> None:
-        self.signals.append(signum)
-        self.wake.set()
-
-    def start(self, index: int) -> None:
-        fallback = str(self.policy_fallback) if self.policy_fallback else None
-        proc = self.ctx.Process(
-            target=run_worker,
-            args=(str(self.config_path), index, True, os.getpid(), fallback),
-            name=f"signerd-{index}",
-        )
-        proc.start()
-        self.procs[index] = proc
-        self.started[index] = time.monotonic()
-
-    def send(self, signum: int) -> None:
-        """Signal every live worker; one that already exited is simply skipped."""
-        for proc in self.procs.values():
-            if proc.pid is None or proc.exitcode is not None:
-                continue
-            try:
-                os.kill(proc.pid, signum)
-            except ProcessLookupError:
-                pass  # exited since we looked: the loop restarts or reaps it
-
-    def reload(self) -> None:
-        try:
-            self.policy_fallback = keep_good_policy(self.config)
-        except ConfigError as exc:
-            log.error("%s; workers keep the last good policy", exc)
-        self.send(signal.SIGHUP)
-
-    def run(self) -> int:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, self._on_signal)
-        try:
-            self.policy_fallback = keep_good_policy(self.config)
-            self.start_metrics()
-            server = self.config.server
-            for index in range(server.workers):
-                self.start(index)
-            log.info("started %d workers on %s", server.workers, server.listen)
-            return self._loop()
-        except ConfigError as exc:
-            log.error("%s", exc)
-            return EXIT_CONFIG
-        except Exception:
-            log.exception("supervisor failed; stopping the workers")
-            return EXIT_CRASH
-        finally:
-            self.stop_all()
-            if self.metrics_listener is not None:
-                self.metrics_listener.close()
-            # Stopped: a late signal must not kill the exit itself (Python restores the
-            # default action of its handled signals while shutting down; SIG_IGN stays).
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                signal.signal(sig, signal.SIG_IGN)
-
-    def _loop(self) -> int:
-        while True:
-            self.wake.wait(0.5)
-            self.wake.clear()
-            while self.signals:
-                signum = self.signals.popleft()
-                if signum == signal.SIGHUP:
-                    self.reload()
-                else:
-                    log.info("stopping %d workers", len(self.procs))
-                    return 0
-            for index, proc in list(self.procs.items()):
-                if proc.is_alive():
-                    continue
-                if proc.exitcode == EXIT_CONFIG:
-                    log.error("worker %d cannot start (configuration); stopping", index)
-                    return EXIT_CONFIG
-                if time.monotonic() - self.started[index] < 1.0:
-                    continue  # at most one restart a second: a crash loop must not spin
-                log.error("worker %d exited with %s; restarting it", index, proc.exitcode)
-                self.forget_metrics(proc.pid)
-                self.start(index)
-
-    def start_metrics(self) -> None:
-        """With ``[metrics] listen``: the workers' value directory (named in the
-        environment they inherit, so before any starts) and the listener serving it."""
-        address = self.config.metrics.address
-        if address is None:
-            return
-        self.metrics_dir = prepare_directory(self.config.state.dir)
-        self.metrics_listener = serve_workers(address, self.metrics_dir)
-
-    def forget_metrics(self, pid: int | None) -> None:
-        """A worker exited: its live gauges (token state, queue depth...) go with it."""
-        if self.metrics_dir is not None and pid is not None:
-            worker_exited(pid, self.metrics_dir)
-
-    def stop_all(self) -> None:
-        """SIGTERM, the grace period (+5 s), then SIGKILL for any worker still there."""
-        self.send(signal.SIGTERM)
-        deadline = time.monotonic() + self.config.server.grace_seconds + 5
-        for proc in self.procs.values():
-            proc.join(max(0.1, deadline - time.monotonic()))
-        for proc in self.procs.values():
-            if proc.is_alive():
-                log.error("worker %s did not stop in time; killing it", proc.name)
-                proc.kill()
-                proc.join(5)
-
-
-def serve(config_path: Path) -> int:
-    """Run the daemon: in this process for one worker, else supervise spawned workers.
-
-    Exit status: 0 after SIGTERM/SIGINT, EXIT_CONFIG (2) for a configuration error,
-    EXIT_CRASH (1) when the supervisor itself failed."""
-    config = load_config(config_path)
-    ensure_state_dir(config.state.dir)
-    raise_open_files_limit()  # inherited by the workers
-    if config.server.workers <= 1:
-        run_worker(str(config_path), 0, reuse_port=False)
-        return 0
-    _configure_logging(None, config_path)
-    return Supervisor(config_path, config).run()

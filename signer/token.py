@@ -121,7 +121,7 @@ class SignItem:
 class KeyObjectMissing(ServiceError):
     """The registry names a key whose private object is not on the token."""
 
-    code = FailedPrecondition.code
+    status = FailedPrecondition.status
 
 
 class Token:

@@ -25,7 +25,7 @@ from certs_helpers import (
 
 from harness import Daemon, create_token, free_port, running_daemon
 from signer.devpki import make_ca
-from signer.server import EXIT_CONFIG
+from signer.process import EXIT_CONFIG
 from signer_api.v1 import signer_pb2 as pb
 from signer_api.v1 import signer_pb2_grpc as pb_grpc
 from signer_client import ClientConfig, ClientError, SignerClient

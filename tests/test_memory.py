@@ -1,0 +1,129 @@
+"""The supervisor imports only what supervising needs: no gRPC, token, cryptography or
+signing code (those are its workers'), so it stays small (docs/performance.md, "Idle
+memory"). Read from outside the running daemon: /proc/PID/maps and /proc/PID/status."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from harness import running_daemon
+
+# Shared objects that only a worker loads. Every worker maps each of them (checked, so a
+# renamed file cannot make the supervisor's check pass by matching nothing).
+WORKER_ONLY = {
+    "grpc": "/grpc/_cython/cygrpc.",
+    "python-pkcs11": "/pkcs11/_pkcs11.",
+    "SoftHSM": "/libsofthsm2.so",
+    "uvloop": "/uvloop/loop.",
+    "cryptography": "/cryptography/hazmat/bindings/_rust.",
+    "sqlite3": "/_sqlite3.",
+}
+# The supervisor's RSS measured 17 MiB (Python 3.11, 2 workers; 54 MiB when it imported the
+# serving code): twice that leaves room for other builds, not for importing it all again.
+SUPERVISOR_RSS_MIB = 36
+
+# Python modules the supervisor must not import (pure Python ones leave no trace in maps).
+NOT_IN_SUPERVISOR = (
+    "grpc",
+    "grpc_health",
+    "grpc_reflection",
+    "google.protobuf",
+    "pkcs11",
+    "uvloop",
+    "cryptography",
+    "tuf",
+    "securesystemslib",
+    "sqlite3",
+    "sqlite_utils",
+    "psycopg",
+    "prometheus_client",
+    "signer.server",
+    "signer.app",
+    "signer.pipeline",
+    "signer.service",
+    "signer.policy",
+    "signer.storage",
+    "signer.token",
+    "signer.audit",
+    "signer_api",
+    "signer_client",
+)
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[1]) == pid and fields[0] != "Z" and b"resource_tracker" not in cmdline:
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+def _mapped(pid: int) -> set[str]:
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    return {name for name, needle in WORKER_ONLY.items() if needle in maps}
+
+
+def test_the_supervisor_maps_no_worker_library_and_stays_small(tmp_path: Path) -> None:
+    with running_daemon(tmp_path / "d", workers=2) as daemon:
+        assert daemon.proc is not None
+        supervisor = daemon.proc.pid
+        with daemon.client() as client:
+            key = client.create_key("memory")
+            # New connections until both workers signed (SO_REUSEPORT spreads connections).
+            for i in range(16):
+                with daemon.client() as fresh:
+                    fresh.sign_digest(key.key_id, hashlib.sha256(b"%d" % i).digest())
+        deadline = time.monotonic() + 10
+        while len(workers := _children(supervisor)) != 2:
+            assert time.monotonic() < deadline, f"workers of {supervisor}: {workers}"
+            time.sleep(0.1)
+
+        for worker in workers:
+            assert _mapped(worker) == set(WORKER_ONLY), f"worker {worker}: {_mapped(worker)}"
+        assert _mapped(supervisor) == set(), "the supervisor loaded worker-only libraries"
+        rss = _rss_mib(supervisor)
+        assert rss < SUPERVISOR_RSS_MIB, f"supervisor RSS {rss:.1f} MiB"
+
+        with daemon.client() as client:  # still serving
+            assert client.sign_digest(key.key_id, hashlib.sha256(b"after").digest()).signature
+        assert daemon.stop() == 0
+        assert "Traceback" not in daemon.log(), daemon.log()
+
+
+def test_the_supervisor_path_imports_no_serving_module() -> None:
+    """What `signerd serve` imports before it spawns a worker: the CLI with its parser,
+    the supervisor, and multiprocessing's spawn machinery."""
+    script = (
+        "import sys, multiprocessing.popen_spawn_posix\n"
+        "import signer.cli, signer.supervisor\n"
+        "signer.cli.build_parser()\n"
+        f"bad = {NOT_IN_SUPERVISOR!r}\n"
+        "print(sorted(m for m in sys.modules if m in bad or m.startswith(tuple(b + '.' for b in bad))))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "[]", done.stdout
