@@ -10,8 +10,6 @@ import sqlite3
 from dataclasses import fields
 from pathlib import Path
 
-import sqlite_utils
-
 from signer.errors import AlreadyExists
 from signer.storage.records import KeyRecord, KeyState
 from signer.storage.sqlite import Database, transaction
@@ -21,39 +19,47 @@ COLUMNS = tuple(f.name for f in fields(KeyRecord))
 _ADDED_COLUMNS = {"certificate_pem": "TEXT NOT NULL DEFAULT ''"}
 
 
+# The table as sqlite-utils made it before (the same SQL): plain statements, so a worker
+# need not import sqlite-utils (and click, pluggy...: 12 MiB) to create one table.
+_SCHEMA = (
+    """CREATE TABLE "keys" (
+   "key_id" TEXT PRIMARY KEY,
+   "object_id" TEXT NOT NULL,
+   "algorithm_name" TEXT NOT NULL,
+   "label" TEXT,
+   "role" TEXT,
+   "repository" TEXT,
+   "public_key_pem" TEXT,
+   "tuf_key_json" TEXT,
+   "state" TEXT NOT NULL,
+   "quorum" INTEGER,
+   "created_at" REAL,
+   "created_by" TEXT,
+   "retired_at" REAL,
+   "destroyed_at" REAL,
+   "certificate_pem" TEXT
+)""",
+    'CREATE UNIQUE INDEX "idx_keys_object_id" ON "keys" ("object_id")',
+    'CREATE INDEX "idx_keys_role_repository" ON "keys" ("role", "repository")',
+)
+
+
+def _has_table(conn: sqlite3.Connection) -> bool:
+    found = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'keys'")
+    return found.fetchone() is not None
+
+
 class SqliteKeys:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._db = Database(path)
         self._versions: dict[int, int] = {}  # per connection: data_version last seen
         with self._db.use() as conn:
-            db = sqlite_utils.Database(conn)
-            if not db["keys"].exists():
+            if not _has_table(conn):
                 with transaction(conn):
-                    if not db["keys"].exists():
-                        db["keys"].create(  # type: ignore[union-attr]
-                            {
-                                "key_id": str,
-                                "object_id": str,
-                                "algorithm_name": str,
-                                "label": str,
-                                "role": str,
-                                "repository": str,
-                                "public_key_pem": str,
-                                "tuf_key_json": str,
-                                "state": str,
-                                "quorum": int,
-                                "created_at": float,
-                                "created_by": str,
-                                "retired_at": float,
-                                "destroyed_at": float,
-                                "certificate_pem": str,
-                            },
-                            pk="key_id",
-                            not_null={"object_id", "algorithm_name", "state"},
-                        )
-                        db["keys"].create_index(["object_id"], unique=True)  # type: ignore[union-attr]
-                        db["keys"].create_index(["role", "repository"])  # type: ignore[union-attr]
+                    if not _has_table(conn):  # another worker may have made it meanwhile
+                        for statement in _SCHEMA:
+                            conn.execute(statement)
             _add_missing_columns(conn)
 
     def close(self) -> None:
