@@ -195,14 +195,12 @@ class Pipeline:
             for queued in admitted:  # unaudited: the service layer records each request
                 queued.settle(None, exc)
             return
-        for queued in admitted:
-            batch = queued.batch
-            for index, item in enumerate(batch.items):
-                prepared = await inline_or_thread(
-                    self._prepare_one, queued.policy, batch, index, item
-                )
-                if prepared is not None:
-                    batch.prepared.append(prepared)
+        work = [
+            (queued.policy, queued.batch, index, item)
+            for queued in admitted
+            for index, item in enumerate(queued.batch.items)
+        ]
+        await inline_or_thread(self._prepare_items, work, [0])  # one thread hop at most
         batches = [queued.batch for queued in admitted]
         token_error = self._sign_in_token(batches)
         try:
@@ -246,11 +244,22 @@ class Pipeline:
 
     def _check_and_sign(self, policy: Policy, batch: _Batch) -> SignerError | None:
         self.registry.refresh()
-        for index, item in enumerate(batch.items):
+        self._prepare_items([(policy, batch, i, item) for i, item in enumerate(batch.items)], [0])
+        return self._sign_in_token([batch])
+
+    def _prepare_items(
+        self, work: Sequence[tuple[Policy, _Batch, int, SignInput]], cursor: list[int]
+    ) -> None:
+        """Check the items from ``cursor[0]`` on. Run again after WouldBlock (in a thread),
+        it goes on where the inline run stopped: no item is checked twice, and a store
+        that would wait (PostgreSQL, a locked SQLite file) costs one thread hop per group,
+        not one per item."""
+        while cursor[0] < len(work):
+            policy, batch, index, item = work[cursor[0]]
             prepared = self._prepare_one(policy, batch, index, item)
             if prepared is not None:
                 batch.prepared.append(prepared)
-        return self._sign_in_token([batch])
+            cursor[0] += 1
 
     def _prepare_one(
         self, policy: Policy, batch: _Batch, index: int, item: SignInput

@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 from psycopg import errors
 
-from signer.errors import AlreadyExists
+from signer.errors import AlreadyExists, StorageUnavailable
 from signer.storage.postgresql.db import Database
 from signer.storage.records import (
     KeyRecord,
@@ -171,49 +171,45 @@ class PostgresKeys:
 _LAST = "SELECT version, payload_sha256 FROM tuf_versions WHERE key_id = %s AND role = %s"
 
 
+_CLAIM = (
+    "INSERT INTO tuf_versions (key_id, role, version, payload_sha256, expires, signed_by, time) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (key_id, role) DO UPDATE SET "
+    "version = EXCLUDED.version, payload_sha256 = EXCLUDED.payload_sha256, "
+    "expires = EXCLUDED.expires, signed_by = EXCLUDED.signed_by, time = EXCLUDED.time "
+    "WHERE tuf_versions.version < EXCLUDED.version RETURNING version"
+)
+
+
 class PostgresVersions:
-    """The claim locks the (key, role) row: replicas claim one after the other."""
+    """A claim is one upsert that moves the (key, role) row only forwards: replicas claim
+    one after the other (the row lock), and the common case is one round trip."""
 
     def __init__(self, db: Database) -> None:
         self._db = db
 
     def claim(self, claim: VersionClaim, now: float) -> tuple[int, str] | None:
-        def work(conn: psycopg.Connection[Any]) -> tuple[int, str] | None:
-            # No fsync of its own: the signature is released only after its audit entry
-            # commits (synchronously), which flushes the WAL up to and past this claim.
-            conn.execute("SET LOCAL synchronous_commit = off")
-            args = (claim.key_id, claim.role)
-            row = conn.execute(_LAST + " FOR UPDATE", args).fetchone()
-            if row is None:
-                inserted = conn.execute(
-                    "INSERT INTO tuf_versions VALUES (%s, %s, %s, %s, %s, %s, %s) "
-                    "ON CONFLICT (key_id, role) DO NOTHING RETURNING version",
-                    (
-                        *args,
-                        claim.version,
-                        claim.payload_sha256,
-                        claim.expires,
-                        claim.principal,
-                        now,
-                    ),
-                ).fetchone()
-                if inserted is not None:
-                    return None
-                row = conn.execute(_LAST + " FOR UPDATE", args).fetchone()  # another won
-            latest = (int(row[0]), str(row[1])) if row else None
-            if latest == (claim.version, claim.payload_sha256):
-                return None
-            refused = refusal(latest, claim)
-            if refused is not None:
-                return refused
-            conn.execute(
-                "UPDATE tuf_versions SET version = %s, payload_sha256 = %s, expires = %s, "
-                "signed_by = %s, time = %s WHERE key_id = %s AND role = %s",
-                (claim.version, claim.payload_sha256, claim.expires, claim.principal, now, *args),
-            )
-            return None
+        args = (claim.key_id, claim.role)
+        params = (*args, claim.version, claim.payload_sha256, claim.expires, claim.principal, now)
 
-        return self._db.run(work)
+        def work(conn: psycopg.Connection[Any]) -> bool:
+            # One round trip: BEGIN, SET, the upsert and COMMIT pipelined. No fsync of its
+            # own: the signature is released only after its audit entry commits
+            # (synchronously), which flushes the WAL up to and past this claim.
+            with conn.pipeline(), conn.transaction():
+                conn.execute("SET LOCAL synchronous_commit = off")
+                cursor = conn.execute(_CLAIM, params)
+            return cursor.fetchone() is not None
+
+        if self._db.run(work, transaction=False):
+            return None  # a new row, or a higher version: claimed
+        # Not moved: the stored version is as high or higher. The same payload again is
+        # a re-sign (allowed); anything else is a rollback or a fork.
+        latest = self.last(*args)
+        if latest == (claim.version, claim.payload_sha256):
+            return None
+        if latest is None:  # rows are never deleted: only a damaged table gets here
+            raise StorageUnavailable(f"the version claim for {claim.key_id} was lost")
+        return refusal(latest, claim) or latest
 
     def last(self, key_id: str, role: str) -> tuple[int, str] | None:
         row = self._db.run(
