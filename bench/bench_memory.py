@@ -6,7 +6,10 @@ worker, waits until it is idle, then reads from /proc, for the supervisor, each 
 multiprocessing's resource tracker: RSS (VmRSS), PSS and USS (smaps_rollup: Pss,
 Private_Clean + Private_Dirty) and which heavy shared objects each maps.
 
-    python bench/bench_memory.py [--workers 2] [--settle 3] [--runs 1]
+    python bench/bench_memory.py [--workers 2] [--settle 3] [--runs 1] [--policy] [--metrics]
+
+``--policy``: with a policy file (the supervisor validates it); ``--metrics``: with
+``[metrics] listen`` (the supervisor serves the workers' values).
 """
 
 from __future__ import annotations
@@ -22,7 +25,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "clients"), str(ROOT / "tests")]
 
-from harness import running_daemon  # noqa: E402
+from harness import free_port, running_daemon  # noqa: E402
+
+POLICY = """
+[[rules]]
+principals = ["admin"]
+operations = ["create", "read", "sign", "sign-raw"]
+
+[rate_limits]
+"*" = { rate = 1000.0, burst = 1000 }
+"""
 
 # Shared objects that only a worker needs: a supervisor mapping one imported too much.
 HEAVY = {
@@ -71,10 +83,17 @@ def role(pid: int) -> str:
     return "resource tracker" if b"resource_tracker" in cmdline else "worker"
 
 
-def measure(workers: int, settle: float) -> list[tuple[str, dict[str, float], list[str]]]:
+def measure(
+    workers: int, settle: float, policy: bool, metrics: bool
+) -> list[tuple[str, dict[str, float], list[str]]]:
+    options: dict[str, str] = {}
+    if policy:
+        options["policy"] = POLICY
+    if metrics:
+        options["extra_config"] = f'[metrics]\nlisten = "127.0.0.1:{free_port()}"\n'
     with (
         tempfile.TemporaryDirectory() as tmp,
-        running_daemon(Path(tmp) / "d", workers=workers) as daemon,
+        running_daemon(Path(tmp) / "d", workers=workers, **options) as daemon,
     ):
         assert daemon.proc is not None
         supervisor = daemon.proc.pid
@@ -97,8 +116,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--settle", type=float, default=3.0, help="idle seconds before reading")
     parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--policy", action="store_true", help="with a policy file")
+    parser.add_argument("--metrics", action="store_true", help="with [metrics] listen")
     args = parser.parse_args()
-    runs = [measure(args.workers, args.settle) for _ in range(args.runs)]
+    runs = [measure(args.workers, args.settle, args.policy, args.metrics) for _ in range(args.runs)]
     print(f"{'process':18} {'RSS MiB':>8} {'PSS MiB':>8} {'USS MiB':>8}  heavy shared objects")
     for index, (name, _, maps) in enumerate(runs[0]):
         values = {

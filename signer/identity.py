@@ -21,7 +21,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import grpc
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
@@ -30,8 +29,11 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 from signer.errors import ConfigError, Unauthenticated
+from signer.principal import Principal  # defined apart (light), used from here too
 
 if TYPE_CHECKING:
+    import grpc
+
     from signer.config import TlsConfig
 
 log = logging.getLogger(__name__)
@@ -46,17 +48,6 @@ _ISSUER_KEYS = (
     ed448.Ed448PublicKey,
     dsa.DSAPublicKey,
 )
-SOURCES = ("uri", "dns", "cn")  # where a principal's name came from; policy prefixes
-
-
-@dataclass(frozen=True)
-class Principal:
-    name: str  # e.g. "spiffe://example.org/build-farm", "ci.example.org", "alice"
-    source: str  # "uri", "dns" or "cn"
-    fingerprint: str  # sha256 of the certificate (DER), hex
-
-    def __str__(self) -> str:
-        return self.name
 
 
 @dataclass(frozen=True)

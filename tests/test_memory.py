@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import running_daemon
+from harness import free_port, running_daemon
 
 # Shared objects that only a worker loads. Every worker maps each of them (checked, so a
 # renamed file cannot make the supervisor's check pass by matching nothing).
@@ -42,18 +42,50 @@ NOT_IN_SUPERVISOR = (
     "sqlite3",
     "sqlite_utils",
     "psycopg",
-    "prometheus_client",
+    "prometheus_client",  # unless [metrics] is on
     "signer.server",
     "signer.app",
     "signer.pipeline",
     "signer.service",
-    "signer.policy",
-    "signer.storage",
     "signer.token",
+    "signer.keys",
+    "signer.registry",
+    "signer.identity",
     "signer.audit",
+    "signer.storage.sqlite",
+    "signer.storage.postgresql",
+    "signer.storage.records",
     "signer_api",
     "signer_client",
 )
+
+POLICY = """
+[groups]
+admins = ["admin"]
+
+[[rules]]
+principals = ["group:admins"]
+operations = ["create", "read", "sign", "sign-raw"]
+
+[rate_limits]
+"*" = { rate = 1000.0, burst = 1000 }
+
+[tuf]
+max_expiry_days = { timestamp = 1 }
+"""
+CONFIGURATIONS = ("make run", "policy file", "metrics")
+
+
+def _options(configuration: str) -> dict[str, str]:
+    """The daemon's options: as scripts/dev-up.sh writes them (no policy file, no
+    metrics), with a policy file (the supervisor validates it), or with [metrics] on (the
+    supervisor serves the workers' values, with prometheus_client)."""
+    if configuration == "policy file":
+        return {"policy": POLICY}
+    if configuration == "metrics":
+        return {"extra_config": f'[metrics]\nlisten = "127.0.0.1:{free_port()}"\n'}
+    return {}
+
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
@@ -86,8 +118,11 @@ def _mapped(pid: int) -> set[str]:
     return {name for name, needle in WORKER_ONLY.items() if needle in maps}
 
 
-def test_the_supervisor_maps_no_worker_library_and_stays_small(tmp_path: Path) -> None:
-    with running_daemon(tmp_path / "d", workers=2) as daemon:
+@pytest.mark.parametrize("configuration", CONFIGURATIONS)
+def test_the_supervisor_maps_no_worker_library_and_stays_small(
+    tmp_path: Path, configuration: str
+) -> None:
+    with running_daemon(tmp_path / "d", workers=2, **_options(configuration)) as daemon:
         assert daemon.proc is not None
         supervisor = daemon.proc.pid
         with daemon.client() as client:
@@ -115,15 +150,18 @@ def test_the_supervisor_maps_no_worker_library_and_stays_small(tmp_path: Path) -
 
 def test_the_supervisor_path_imports_no_serving_module() -> None:
     """What `signerd serve` imports before it spawns a worker: the CLI with its parser,
-    the supervisor, and multiprocessing's spawn machinery."""
+    the supervisor, multiprocessing's spawn machinery, and the policy file's parser (the
+    supervisor validates the file)."""
     script = (
         "import sys, multiprocessing.popen_spawn_posix\n"
         "import signer.cli, signer.supervisor\n"
         "signer.cli.build_parser()\n"
+        "from signer.policy.file import FilePolicy\n"
+        "FilePolicy.parse(sys.argv[1], 'policy.toml')\n"
         f"bad = {NOT_IN_SUPERVISOR!r}\n"
-        "print(sorted(m for m in sys.modules if m in bad or m.startswith(tuple(b + '.' for b in bad))))"
+        "print(sorted(m for m in sys.modules if (m + '.').startswith(tuple(b + '.' for b in bad))))"
     )
     done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+        [sys.executable, "-c", script, POLICY], capture_output=True, text=True, check=True
     )
     assert done.stdout.strip() == "[]", done.stdout

@@ -19,7 +19,8 @@ import pytest
 from harness import Daemon, running_daemon
 from signer.errors import ResourceExhausted
 from signer.policy.file import FilePolicy
-from signer.storage.buckets import MemoryBuckets, SqliteBuckets
+from signer.storage.buckets import MemoryBuckets
+from signer.storage.sqlite.buckets import SqliteBuckets
 from signer_client import ClientError, SignerClient
 
 # -- the store ----------------------------------------------------------------------------

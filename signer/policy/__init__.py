@@ -16,7 +16,7 @@ from enum import StrEnum
 from typing import Protocol
 
 from signer.errors import PermissionDenied
-from signer.identity import Principal
+from signer.principal import Principal
 
 
 class Operation(StrEnum):

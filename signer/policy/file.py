@@ -29,14 +29,16 @@ import math
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from signer.errors import ConfigError
-from signer.identity import Principal
+from signer.principal import Principal
+
+if TYPE_CHECKING:
+    from signer.storage.interfaces import Buckets
 from signer.policy import Operation, QuorumSettings, Resource, TufLimits
 from signer.policy.ratelimit import Limit, RateLimiter
 from signer.policy.rules import Groups, KeySelector, Rule, RulePolicy, split_source
-from signer.storage.buckets import Buckets
 
 _TOP_LEVEL = {"groups", "rules", "rate_limits", "tuf", "quorum"}
 _OPERATIONS = {op.value: op for op in Operation}

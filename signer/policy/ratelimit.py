@@ -11,9 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from signer.errors import ResourceExhausted
-from signer.storage.buckets import Buckets, MemoryBuckets
+from signer.storage.buckets import MemoryBuckets
+
+if TYPE_CHECKING:
+    from signer.storage.interfaces import Buckets
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
 from signer.errors import PermissionDenied
-from signer.identity import SOURCES, Principal
 from signer.policy import Operation, Resource, denial
+from signer.principal import SOURCES, Principal
 
 
 @dataclass(frozen=True)

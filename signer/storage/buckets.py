@@ -18,11 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from signer.storage.interfaces import Buckets
-from signer.storage.sqlite.buckets import SqliteBuckets
 from signer.storage.tokenbucket import refill, wait
-
-__all__ = ["Buckets", "MemoryBuckets", "SqliteBuckets", "refill"]
 
 
 class MemoryBuckets:
