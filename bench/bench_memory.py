@@ -1,9 +1,10 @@
 """Idle memory of the daemon as `make run` configures it: a supervisor and 2 workers.
 
 Starts a SoftHSM token and a real signerd (tests/harness.py: mutual TLS, SQLite state, no
-policy file, no metrics listener, as scripts/dev-up.sh writes it), signs once on each
-worker, waits until it is idle, then reads from /proc, for the supervisor, each worker and
-multiprocessing's resource tracker: RSS (VmRSS), PSS and USS (smaps_rollup: Pss,
+policy file, no metrics listener, as scripts/dev-up.sh writes it), signs on every
+worker, waits until it is idle, then reads from /proc, for the supervisor and each of its
+children (the workers; multiprocessing's resource tracker too, in trees whose supervisor
+started workers with multiprocessing): RSS (VmRSS), PSS and USS (smaps_rollup: Pss,
 Private_Clean + Private_Dirty) and which heavy shared objects each maps.
 
     python bench/bench_memory.py [--workers 2] [--settle 3] [--runs 1] [--policy] [--metrics]

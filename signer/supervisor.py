@@ -1,20 +1,22 @@
 """``signerd serve``: the supervisor of the worker processes, and the daemon's entry point.
 
 The supervisor only supervises: it loads the configuration, validates the policy file,
-starts ``workers`` spawned processes (never forked: each opens the token itself, and no
-process may fork after C_Initialize), restarts those that die, forwards signals and, with
-``[metrics] listen``, serves the workers' metrics. It imports nothing else: no gRPC, no
-PKCS#11, no cryptography, no storage or signing code (those are the workers', in
-signer/server.py, imported in the worker process only). docs/performance.md ("Idle
-memory") has what that saves; tests/test_memory.py keeps it so.
+starts ``workers`` processes (each a new interpreter, ``python -m signer.worker``: never
+forked, since each opens the token itself and no process may fork after C_Initialize),
+restarts those that die, forwards signals and, with ``[metrics] listen``, serves the
+workers' metrics. It imports nothing else: no gRPC, no PKCS#11, no cryptography, no
+storage or signing code (those are the workers', in signer/server.py, imported in the
+worker process only), and no multiprocessing (whose spawn start method would add a
+resource-tracker process). docs/performance.md ("Idle memory") has what that saves;
+tests/test_memory.py keeps it so.
 """
 
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import signal
+import subprocess
 import threading
 import time
 from collections import deque
@@ -24,10 +26,9 @@ from typing import TYPE_CHECKING
 from signer.config import SignerConfig, ensure_state_dir, load_config
 from signer.errors import ConfigError
 from signer.process import EXIT_CONFIG, EXIT_CRASH, configure_logging, raise_open_files_limit
+from signer.worker import command as worker_command
 
 if TYPE_CHECKING:
-    from multiprocessing.process import BaseProcess
-
     from signer.metrics import MetricsListener
 
 log = logging.getLogger(__name__)
@@ -67,18 +68,8 @@ def keep_good_policy(config: SignerConfig) -> Path | None:
     return kept
 
 
-def run_spawned_worker(
-    config_path: str, index: int, parent_pid: int, policy_fallback: str | None
-) -> None:
-    """A worker process's entry point: the serving code is imported here, in the worker
-    (the supervisor pickles a reference to this function, so it never imports it)."""
-    from signer.server import run_worker
-
-    run_worker(config_path, index, True, parent_pid, policy_fallback)
-
-
 class Supervisor:
-    """Runs ``workers`` spawned processes, restarts those that die, forwards signals.
+    """Runs ``workers`` worker processes, restarts those that die, forwards signals.
 
     Signal handlers only queue the signal; the loop acts on it, so a handler never races
     the loop over the process table. Whatever happens, the loop ends by stopping and
@@ -88,8 +79,7 @@ class Supervisor:
     def __init__(self, config_path: Path, config: SignerConfig) -> None:
         self.config_path = config_path
         self.config = config
-        self.ctx = multiprocessing.get_context("spawn")
-        self.procs: dict[int, BaseProcess] = {}
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self.started: dict[int, float] = {}
         self.signals: deque[int] = deque()
         self.wake = threading.Event()
@@ -103,24 +93,17 @@ class Supervisor:
 
     def start(self, index: int) -> None:
         fallback = str(self.policy_fallback) if self.policy_fallback else None
-        proc = self.ctx.Process(
-            target=run_spawned_worker,
-            args=(str(self.config_path), index, os.getpid(), fallback),
-            name=f"signerd-{index}",
-        )
-        proc.start()
-        self.procs[index] = proc
+        argv = worker_command(str(self.config_path), index, os.getpid(), fallback)
+        # Its output is ours (the log); its environment too ([metrics] names the directory
+        # there); nothing else: no other descriptor, no stdin.
+        self.procs[index] = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
         self.started[index] = time.monotonic()
 
     def send(self, signum: int) -> None:
-        """Signal every live worker; one that already exited is simply skipped."""
+        """Signal every live worker; one that already exited is simply skipped (and
+        reaped: ``send_signal`` polls first, so a reused pid is never signalled)."""
         for proc in self.procs.values():
-            if proc.pid is None or proc.exitcode is not None:
-                continue
-            try:
-                os.kill(proc.pid, signum)
-            except ProcessLookupError:
-                pass  # exited since we looked: the loop restarts or reaps it
+            proc.send_signal(signum)
 
     def reload(self) -> None:
         try:
@@ -167,14 +150,14 @@ class Supervisor:
                     log.info("stopping %d workers", len(self.procs))
                     return 0
             for index, proc in list(self.procs.items()):
-                if proc.is_alive():
+                if proc.poll() is None:
                     continue
-                if proc.exitcode == EXIT_CONFIG:
+                if proc.returncode == EXIT_CONFIG:
                     log.error("worker %d cannot start (configuration); stopping", index)
                     return EXIT_CONFIG
                 if time.monotonic() - self.started[index] < 1.0:
                     continue  # at most one restart a second: a crash loop must not spin
-                log.error("worker %d exited with %s; restarting it", index, proc.exitcode)
+                log.error("worker %d exited with %s; restarting it", index, proc.returncode)
                 self.forget_metrics(proc.pid)
                 self.start(index)
 
@@ -202,16 +185,22 @@ class Supervisor:
         self.send(signal.SIGTERM)
         deadline = time.monotonic() + self.config.server.grace_seconds + 5
         for proc in self.procs.values():
-            proc.join(max(0.1, deadline - time.monotonic()))
-        for proc in self.procs.values():
-            if proc.is_alive():
-                log.error("worker %s did not stop in time; killing it", proc.name)
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass  # killed below
+        for index, proc in self.procs.items():
+            if proc.poll() is None:
+                log.error("worker %d did not stop in time; killing it", index)
                 proc.kill()
-                proc.join(5)
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    log.error("worker %d (pid %d) did not die in 5 s", index, proc.pid)
 
 
 def serve(config_path: Path) -> int:
-    """Run the daemon: in this process for one worker, else supervise spawned workers.
+    """Run the daemon: in this process for one worker, else supervise worker processes.
 
     Exit status: 0 after SIGTERM/SIGINT, EXIT_CONFIG (2) for a configuration error,
     EXIT_CRASH (1) when the supervisor itself failed."""

@@ -57,6 +57,7 @@ NOT_IN_SUPERVISOR = (
     "signer.storage.records",
     "signer_api",
     "signer_client",
+    "multiprocessing",  # its spawn start method adds a process (the resource tracker)
 )
 
 POLICY = """
@@ -101,7 +102,7 @@ def _children(pid: int) -> list[int]:
         except OSError:
             continue
         fields = stat[stat.rindex(")") + 2 :].split()
-        if int(fields[1]) == pid and fields[0] != "Z" and b"resource_tracker" not in cmdline:
+        if int(fields[1]) == pid and fields[0] != "Z" and b"signer.worker" in cmdline:
             found.append(int(entry.name))
     return sorted(found)
 
@@ -149,11 +150,10 @@ def test_the_supervisor_maps_no_worker_library_and_stays_small(
 
 
 def test_the_supervisor_path_imports_no_serving_module() -> None:
-    """What `signerd serve` imports before it spawns a worker: the CLI with its parser,
-    the supervisor, multiprocessing's spawn machinery, and the policy file's parser (the
-    supervisor validates the file)."""
+    """What `signerd serve` imports before it starts a worker: the CLI with its parser,
+    the supervisor, and the policy file's parser (the supervisor validates the file)."""
     script = (
-        "import sys, multiprocessing.popen_spawn_posix\n"
+        "import sys\n"
         "import signer.cli, signer.supervisor\n"
         "signer.cli.build_parser()\n"
         "from signer.policy.file import FilePolicy\n"

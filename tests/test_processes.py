@@ -49,7 +49,7 @@ def running(pid: int) -> bool:
 
 
 def workers_of(supervisor: int) -> list[int]:
-    """The worker processes (spawned, so `spawn_main` in their command line)."""
+    """The worker processes (`python -m signer.worker ...`)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -61,7 +61,7 @@ def workers_of(supervisor: int) -> list[int]:
             cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if b"spawn_main" in cmdline and b"resource_tracker" not in cmdline:
+        if b"signer.worker" in cmdline:
             found.append(int(entry.name))
     return sorted(found)
 

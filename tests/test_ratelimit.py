@@ -269,7 +269,6 @@ def test_two_workers_share_the_limit(tmp_path: Path) -> None:
                 client.close()
         assert not other, other
         # Both workers served: the fresh connections are spread over the two processes.
-        # (The supervisor's other child, multiprocessing's resource tracker, holds none.)
         assert len([n for n in per_worker.values() if n > 0]) == 2, per_worker
         assert sum(per_worker.values()) >= len(clients) * 0.9, (per_worker, len(clients))
         allowed = (BURST + RATE * elapsed) * 1.1
