@@ -237,6 +237,28 @@ def test_audit_chain_verifies(backend: Backend) -> None:
     assert "edited" not in report.kinds() and "deleted" not in report.kinds()
 
 
+def test_appenders_in_turn_extend_one_chain(backend: Backend) -> None:
+    """Two writers (workers or replicas) appending in turn: each append starts from a tip
+    the other has moved (the one-statement append finds it stale and inserts nothing),
+    so every append takes the locked path; the chain stays whole and verifies."""
+    logs = [AuditLog(backend.audit()), AuditLog(backend.audit())]  # two chains, one store
+    try:
+        for i in range(12):
+            log = logs[i % 2]
+            events = [AuditEvent(f"w{i % 2}", "sign", Outcome.ALLOWED, key_id=f"k{i}")] * (
+                1 + i % 3
+            )
+            log.record(*events)
+        for _ in range(3):  # and again from the same writer: the fast path
+            logs[0].record(AuditEvent("w0", "sign", Outcome.ALLOWED, key_id="again"))
+    finally:
+        for log in logs:
+            log.close()
+    entries, _ = backend.audit_reader().snapshot()
+    assert [e["seq"] for e in entries] == list(range(1, 1 + sum(1 + i % 3 for i in range(12)) + 3))
+    assert not verify(backend.audit_reader(), {}).kinds() & {"edited", "deleted", "inserted"}
+
+
 def test_replicas_append_one_chain(pg: tuple[str, str], tmp_path: Path) -> None:
     url, password = pg
     a, b = open_backend(tmp_path, url, password), open_backend(tmp_path, url, password)
