@@ -7,6 +7,9 @@ Documentation that no longer loads is a bug users copy; this keeps it honest.
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -58,3 +61,33 @@ def test_snippet_loads(doc: str, line: int, block: str, tmp_path: Path) -> None:
         missing = "".join(text for name, text in MINIMAL.items() if name not in data)
         path.write_text(missing + "\n" + block)
         load_config(path)
+
+
+def unit_files() -> list[tuple[str, int, str]]:
+    """The systemd units in docs/ (``ini`` blocks that start with their path)."""
+    found = []
+    for doc in sorted(DOCS.glob("*.md")):
+        text = doc.read_text()
+        for match in re.finditer(
+            r"```ini\n(# /etc/systemd/system/\S+\.service\n.*?)```", text, re.S
+        ):
+            line = text[: match.start()].count("\n") + 1
+            found.append((doc.name, line, match.group(1)))
+    return found
+
+
+@pytest.mark.parametrize(("doc", "line", "unit"), unit_files())
+def test_a_documented_systemd_unit_is_valid(doc: str, line: int, unit: str, tmp_path: Path) -> None:
+    """systemd reads only whole-line comments: a `# ...` after a value becomes part of the
+    value (an unparsable timeout, a boolean that is ignored). `systemd-analyze verify`
+    reports every directive it cannot parse; the unit must give it nothing to say."""
+    analyze = shutil.which("systemd-analyze")
+    assert analyze, "systemd-analyze (Debian's systemd package) is needed to check the unit"
+    signerd = Path(sys.executable).with_name("signerd")
+    assert signerd.exists(), signerd
+    path = tmp_path / "signerd.service"
+    path.write_text(unit.replace("/opt/signerd/.venv/bin/signerd", str(signerd)))
+    done = subprocess.run(
+        [analyze, "verify", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0 and not done.stderr.strip(), f"{doc}:{line}:\n{done.stderr}"
