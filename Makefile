@@ -14,7 +14,7 @@ APT_PACKAGES := softhsm2 notary docker-registry skopeo postgresql
 empty :=
 space := $(empty) $(empty)
 comma := ,
-PY_IMPORTS := signer signer_api signer_client pkcs11 grpc grpc_tools grpc_health grpc_reflection grpc_status google.protobuf cryptography sqlite_utils tuf securesystemslib uvloop pytest pytest_timeout psycopg psycopg_pool prometheus_client
+PY_IMPORTS := signer signer_api signer_client pkcs11 grpc grpc_tools grpc_health grpc_reflection grpc_status google.protobuf cryptography tuf securesystemslib uvloop pytest pytest_timeout psycopg psycopg_pool prometheus_client
 
 # buf (proto lint): from PATH, else installed by `make deps` into $(VENV)/buf with npm, if npm
 # is there; without it buf-lint is skipped and tests/test_proto_lint.py checks the same rules.

@@ -12,6 +12,7 @@ from psycopg import errors
 
 from signer.errors import AlreadyExists, StorageUnavailable
 from signer.storage.postgresql.db import Database
+from signer.storage.queries import find_keys
 from signer.storage.records import (
     KeyRecord,
     KeyState,
@@ -108,20 +109,7 @@ class PostgresKeys:
         after: tuple[float, str] | None = None,
         limit: int | None = None,
     ) -> list[KeyRecord]:
-        where: list[str] = []
-        args: list[object] = []
-        for column, value in (("role", role), ("repository", repository), ("state", state)):
-            if value:
-                where.append(f"{column} = %s")
-                args.append(value)
-        if after is not None:
-            where.append("(created_at, key_id) > (%s, %s)")
-            args.extend(after)
-        sql = _SELECT_KEYS + (" WHERE " + " AND ".join(where) if where else "")
-        sql += " ORDER BY created_at, key_id"
-        if limit is not None:
-            sql += " LIMIT %s"
-            args.append(limit)
+        sql, args = find_keys(_SELECT_KEYS, "%s", role, repository, state, after, limit)
         rows = self._db.run(
             lambda conn: conn.execute(sql, args).fetchall(),
             transaction=False,

@@ -11,6 +11,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from signer.errors import AlreadyExists
+from signer.storage.queries import find_keys
 from signer.storage.records import KeyRecord, KeyState
 from signer.storage.sqlite import Database, transaction
 
@@ -93,20 +94,7 @@ class SqliteKeys:
         after: tuple[float, str] | None = None,
         limit: int | None = None,
     ) -> list[KeyRecord]:
-        where: list[str] = []
-        args: list[object] = []
-        for column, value in (("role", role), ("repository", repository), ("state", state)):
-            if value:
-                where.append(f"{column} = ?")
-                args.append(value)
-        if after is not None:
-            where.append("(created_at, key_id) > (?, ?)")
-            args.extend(after)
-        sql = SELECT + (" WHERE " + " AND ".join(where) if where else "")
-        sql += " ORDER BY created_at, key_id"
-        if limit is not None:
-            sql += " LIMIT ?"
-            args.append(limit)
+        sql, args = find_keys(SELECT, "?", role, repository, state, after, limit)
         with self._db.use() as conn:
             rows = conn.execute(sql, args).fetchall()
         return [record_of(r) for r in rows]
