@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "clients"), str(ROOT / "tests")]
 
-from harness import free_port, running_daemon  # noqa: E402
+from harness import child_pids, free_port, running_daemon  # noqa: E402
 
 POLICY = """
 [[rules]]
@@ -47,19 +47,6 @@ HEAVY = {
     "sqlite3": "_sqlite3",
     "protobuf": "_message",
 }
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
-                found.append(int(entry.name))
-    return sorted(found)
 
 
 def memory(pid: int) -> dict[str, float]:
@@ -107,7 +94,7 @@ def measure(
                 client.sign_digest(key.key_id, hashlib.sha256(b"%d" % i).digest())
         time.sleep(settle)
         rows = [("supervisor", memory(supervisor), heavy_maps(supervisor))]
-        for pid in children(supervisor):
+        for pid in child_pids(supervisor):
             rows.append((role(pid), memory(pid), heavy_maps(pid)))
         return rows
 

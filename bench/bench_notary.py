@@ -37,7 +37,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "clients"), str(ROOT / "tests")]
 
-from harness import Daemon, free_port, running_daemon  # noqa: E402
+from harness import Daemon, child_pids, free_port, running_daemon  # noqa: E402
 from signer.notary import keys as nkeys  # noqa: E402
 
 PAYLOAD = b'{"_type":"Timestamp","version":1}'
@@ -140,21 +140,11 @@ def drive(
 
 def process_tree(pid: int) -> list[int]:
     """``pid`` and its descendants (signerd's worker processes), from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
     found, todo = [], [pid]
     while todo:
         current = todo.pop()
         found.append(current)
-        todo.extend(children.get(current, []))
+        todo.extend(child_pids(current))
     return found
 
 

@@ -29,6 +29,26 @@ SO_PIN = "test-so-pin-0815"
 MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 
 
+def proc_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after "(comm)": state, ppid, ... (None: gone)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2 :].split()
+
+
+def child_pids(pid: int) -> list[int]:
+    """The live (not zombie) child processes of ``pid``, from /proc: a daemon's workers."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = proc_stat(int(entry.name))
+            if fields is not None and fields[0] != "Z" and int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return sorted(found)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

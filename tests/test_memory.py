@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import free_port, running_daemon
+from harness import child_pids, free_port, running_daemon
 
 # Shared objects that only a worker loads. Every worker maps each of them (checked, so a
 # renamed file cannot make the supervisor's check pass by matching nothing).
@@ -92,23 +92,6 @@ def _options(configuration: str) -> dict[str, str]:
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
 
-def _children(pid: int) -> list[int]:
-    """The live child processes of ``pid``: its workers, and nothing else (multiprocessing
-    would add its resource tracker)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found.append(int(entry.name))
-    return sorted(found)
-
-
 def _rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -135,7 +118,7 @@ def test_the_supervisor_maps_no_worker_library_and_stays_small(
                 with daemon.client() as fresh:
                     fresh.sign_digest(key.key_id, hashlib.sha256(b"%d" % i).digest())
         deadline = time.monotonic() + 10
-        while len(workers := _children(supervisor)) != 2:
+        while len(workers := child_pids(supervisor)) != 2:
             assert time.monotonic() < deadline, f"children of {supervisor}: {workers}"
             time.sleep(0.1)
         for worker in workers:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import Daemon, create_token, free_port, running_daemon
+from harness import Daemon, child_pids, create_token, free_port, proc_stat, running_daemon
 from signer_client import ClientError, PermissionDeniedError
 
 POLICY = """
@@ -35,35 +35,22 @@ def wait_for(condition: Callable[[], bool], timeout: float = 15.0, what: str = "
         time.sleep(0.1)
 
 
-def _stat(pid: int) -> list[str] | None:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return text[text.rindex(")") + 2 :].split()  # fields after "(comm)": state, ppid, ...
-
-
 def running(pid: int) -> bool:
-    fields = _stat(pid)
+    fields = proc_stat(pid)
     return fields is not None and fields[0] != "Z"
 
 
 def workers_of(supervisor: int) -> list[int]:
     """The worker processes (`python -m signer.worker ...`)."""
     found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        fields = _stat(int(entry.name))
-        if fields is None or fields[0] == "Z" or int(fields[1]) != supervisor:
-            continue
+    for pid in child_pids(supervisor):
         try:
-            cmdline = (entry / "cmdline").read_bytes()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
         if b"signer.worker" in cmdline:
-            found.append(int(entry.name))
-    return sorted(found)
+            found.append(pid)
+    return found
 
 
 def replaced(supervisor: int, victim: int) -> Callable[[], bool]:

@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 import pytest
 
-from harness import Daemon, running_daemon
+from harness import Daemon, child_pids, running_daemon
 from signer.errors import ResourceExhausted
 from signer.policy.file import FilePolicy
 from signer.storage.buckets import MemoryBuckets
@@ -172,22 +172,6 @@ ci = {{ rate = {RATE}, burst = {BURST} }}
 """
 
 
-def _workers(daemon: Daemon) -> list[int]:
-    """The pids of the daemon's worker processes (children of the supervisor)."""
-    assert daemon.proc is not None
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            if ppid == daemon.proc.pid:
-                pids.append(int(entry))
-    return pids
-
-
 def _established(pid: int, port: int) -> int:
     """How many ESTABLISHED TCP connections to ``port`` process ``pid`` holds."""
     inodes = set()
@@ -263,7 +247,9 @@ def test_two_workers_share_the_limit(tmp_path: Path) -> None:
             t.join()
         elapsed = time.monotonic() - start
         try:
-            per_worker = {pid: _established(pid, daemon.port) for pid in _workers(daemon)}
+            per_worker = {
+                pid: _established(pid, daemon.port) for pid in child_pids(daemon.proc.pid)
+            }
         finally:
             for client in clients:
                 client.close()
