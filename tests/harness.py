@@ -29,6 +29,17 @@ SO_PIN = "test-so-pin-0815"
 MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 
 
+# A script that holds an exclusive lock on a SQLite file (argv[1]) for argv[2] seconds.
+HOLD_LOCK = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+conn.execute("ROLLBACK")
+"""
+
+
 def proc_stat(pid: int) -> list[str] | None:
     """The fields of /proc/PID/stat after "(comm)": state, ppid, ... (None: gone)."""
     try:

@@ -21,7 +21,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from securesystemslib.signer import Signature
 
-from harness import Daemon, audit_rows, pull_token, reinsert_token, running_daemon
+from harness import HOLD_LOCK, Daemon, audit_rows, pull_token, reinsert_token, running_daemon
 from signer_api.v1 import signer_pb2 as pb
 from signer_api.v1 import signer_pb2_grpc as pb_grpc
 from signer_client import UnavailableError
@@ -180,16 +180,6 @@ def test_token_outage_under_load_audits_every_refusal(tmp_path: Path) -> None:
         tuf_key(key).verify_signature(Signature(key.key_id, response.signature.hex()), b"after")
 
 
-_HOLD_LOCK = """
-import sqlite3, sys, time
-conn = sqlite3.connect(sys.argv[1], isolation_level=None)
-conn.execute("BEGIN EXCLUSIVE")
-print("locked", flush=True)
-time.sleep(float(sys.argv[2]))
-conn.execute("ROLLBACK")
-"""
-
-
 @pytest.mark.parametrize("database", ["tuf.db", "audit.db", "ratelimit.db", "quorum.db"])
 def test_health_answers_while_a_state_database_is_locked(tmp_path: Path, database: str) -> None:
     policy = """
@@ -210,7 +200,7 @@ operations = ["create", "read", "sign", "sign-raw", "approve"]
         ]
         client.sign(keys[0].key_id, tuf("timestamp", 1))
         holder = subprocess.Popen(
-            [sys.executable, "-c", _HOLD_LOCK, str(daemon.state / database), "3"],
+            [sys.executable, "-c", HOLD_LOCK, str(daemon.state / database), "3"],
             stdout=subprocess.PIPE,
             text=True,
         )

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import re
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import grpc
@@ -18,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from harness import Daemon, audit_rows, running_daemon
+from harness import HOLD_LOCK, Daemon, audit_rows, running_daemon
 from signer_api.v1 import signer_pb2 as pb
 from signer_api.v1 import signer_pb2_grpc as pb_grpc
 
@@ -141,3 +145,59 @@ def test_concurrent_requests_keep_their_own_outcomes(tmp_path: Path) -> None:
     entries, commits, callers = map(int, closed[-1])
     assert entries >= 3 * CALLS_EACH
     assert commits <= callers < entries, (entries, commits, callers)
+
+
+def _tuf(version: int) -> bytes:
+    body = {"_type": "timestamp", "expires": "2030-01-01T00:00:00Z", "meta": {}, "version": version}
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
+def test_callers_that_give_up_while_their_group_waits(tmp_path: Path) -> None:
+    """A group waits (another process holds the TUF version database's lock); its callers'
+    deadlines pass and they go away. The group still finishes: each request leaves its one
+    audit entry, nothing hangs, and the next request signs at once."""
+    with running_daemon(tmp_path, workers=1) as daemon:
+        with daemon.client() as admin:
+            keys = [admin.create_key(f"g{i}", "ecdsa-sha2-nistp256", "timestamp") for i in range(4)]
+            admin.sign(keys[0].key_id, _tuf(1))
+        before = max(r["seq"] for r in audit_rows(daemon))
+        holder = subprocess.Popen(
+            [sys.executable, "-c", HOLD_LOCK, str(daemon.state / "tuf.db"), "2"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+
+        async def impatient() -> list[grpc.StatusCode]:
+            channel, stub = _stub(daemon, "admin")
+            try:
+                calls = [
+                    stub.Sign(pb.SignRequest(key_id=k.key_id, payload=_tuf(2)), timeout=0.5)
+                    for k in keys
+                ]
+                codes = []
+                for call in calls:
+                    try:
+                        await call
+                        codes.append(grpc.StatusCode.OK)
+                    except grpc.aio.AioRpcError as exc:
+                        codes.append(exc.code())
+                return codes
+            finally:
+                await channel.close()
+
+        codes = asyncio.run(impatient())
+        assert codes == [grpc.StatusCode.DEADLINE_EXCEEDED] * 4, codes
+        holder.wait(timeout=10)
+
+        with daemon.client() as admin:  # the daemon is free again, and not stuck
+            assert admin.sign(keys[0].key_id, _tuf(3)).signature
+            deadline = time.monotonic() + 10
+            while len([r for r in audit_rows(daemon) if r["seq"] > before]) < 5:
+                assert time.monotonic() < deadline, audit_rows(daemon)[-6:]
+                time.sleep(0.05)
+        rows = [r for r in audit_rows(daemon) if r["seq"] > before]
+        assert len(rows) == 5  # one per request: the four that gave up, and the last
+        assert sorted(r["key_id"] for r in rows[:4]) == sorted(k.key_id for k in keys)
+        assert all(r["operation"] == "sign" for r in rows)
+        assert daemon.health() == 1
