@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 REQUESTS = logging.getLogger("signer.requests")
+_DENIED_CODES = frozenset(("PERMISSION_DENIED", "UNAUTHENTICATED", "RESOURCE_EXHAUSTED"))
 REQUEST_FIELDS = ("request_id", "principal", "rpc", "key_id", "outcome", "code", "latency_ms")
 
 
@@ -84,9 +85,11 @@ def log_request(
     started: float,
 ) -> None:
     """The request line (call only when ``REQUESTS.isEnabledFor(logging.INFO)``)."""
+    # The audit log's and the metrics' words: refused for who asked or how often is
+    # denied, anything else that went wrong failed.
     if code == "OK":
-        outcome = "ok"
-    elif code in ("PERMISSION_DENIED", "UNAUTHENTICATED"):
+        outcome = "allowed"
+    elif code in _DENIED_CODES:
         outcome = "denied"
     else:
         outcome = "failed"

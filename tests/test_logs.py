@@ -34,7 +34,7 @@ def test_json_lines_one_per_request(tmp_path: Path) -> None:
     assert set(by_rpc) >= {"CreateKey", "Sign", "GetKey"}
     sign = by_rpc["Sign"]
     assert sign["principal"] == "admin" and sign["key_id"] == key.key_id
-    assert sign["outcome"] == "ok" and sign["code"] == "OK"
+    assert sign["outcome"] == "allowed" and sign["code"] == "OK"
     assert isinstance(sign["latency_ms"], float) and sign["latency_ms"] >= 0
     assert len(str(sign["request_id"])) == 16
     missing = by_rpc["GetKey"]
@@ -51,7 +51,7 @@ def test_text_stays_the_default_without_request_lines(tmp_path: Path) -> None:
         text = d.log()
     assert "listening on" in text
     assert not any(line.startswith("{") for line in text.splitlines())
-    assert "Sign ok OK" not in text
+    assert "Sign allowed OK" not in text
 
 
 def test_request_lines_in_text_when_asked(tmp_path: Path) -> None:
@@ -62,4 +62,27 @@ def test_request_lines_in_text_when_asked(tmp_path: Path) -> None:
         client.sign(key.key_id, SECRET_PAYLOAD)
         time.sleep(0.3)
         text = d.log()
-    assert "signer.requests: Sign ok OK admin" in text
+    assert "signer.requests: Sign allowed OK admin" in text
+
+
+def test_a_request_line_names_the_outcome_as_the_audit_log_does(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """allowed / denied / failed, with a rate limit counted as denied (as in the audit log
+    and the metrics), whatever the transport's status name."""
+    import logging
+
+    from signer.logs import REQUESTS, log_request
+
+    with caplog.at_level(logging.INFO, logger=REQUESTS.name):
+        for code in (
+            "OK",
+            "PERMISSION_DENIED",
+            "UNAUTHENTICATED",
+            "RESOURCE_EXHAUSTED",
+            "NOT_FOUND",
+            "UNAVAILABLE",
+        ):
+            log_request("r", "p", "Sign", "k", code, time.perf_counter())
+    outcomes = [record.__dict__["outcome"] for record in caplog.records]
+    assert outcomes == ["allowed", "denied", "denied", "denied", "failed", "failed"]
