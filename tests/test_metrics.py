@@ -128,7 +128,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, i
 
 def signing_workers(daemon: Daemon) -> set[str]:
     """The workers whose request lines show a signature made ([log] requests)."""
-    lines = [line for line in daemon.log().splitlines() if "signer.requests: Sign ok" in line]
+    lines = [line for line in daemon.log().splitlines() if "signer.requests: Sign allowed" in line]
     return {m.group(1) for line in lines if (m := re.search(r" worker (\d) ", line))}
 
 
