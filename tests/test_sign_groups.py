@@ -201,3 +201,43 @@ def test_callers_that_give_up_while_their_group_waits(tmp_path: Path) -> None:
         assert sorted(r["key_id"] for r in rows[:4]) == sorted(k.key_id for k in keys)
         assert all(r["operation"] == "sign" for r in rows)
         assert daemon.health() == 1
+
+
+def test_a_flood_over_the_rate_limit_is_audited_in_few_commits(tmp_path: Path) -> None:
+    """Refusals of one group are recorded together: a principal flooding the daemon over
+    its limit costs a commit per group, not one per request (which would make every
+    other caller wait behind the flood's commits)."""
+    flood = 60
+    with running_daemon(tmp_path, policy=POLICY, clients=["admin", "burst"], workers=1) as daemon:
+        with daemon.client("admin") as admin:
+            key = admin.create_key("t", "ecdsa-sha2-nistp256", role="targets")
+        before = max(r["seq"] for r in audit_rows(daemon))
+
+        async def storm() -> list[object]:
+            channel, stub = _stub(daemon, "burst")
+            try:
+                request = pb.SignRequest(key_id=key.key_id, digest=b"\1" * 32)
+
+                async def one() -> object:
+                    try:
+                        return await stub.Sign(request)
+                    except grpc.aio.AioRpcError as exc:
+                        return exc.code()
+
+                return await asyncio.gather(*(one() for _ in range(flood)))
+            finally:
+                await channel.close()
+
+        results = asyncio.run(storm())
+        signed = [r for r in results if isinstance(r, pb.SignResponse)]
+        assert len(signed) == 3  # the burst
+        assert results.count(grpc.StatusCode.RESOURCE_EXHAUSTED) == flood - 3
+        rows = [r for r in audit_rows(daemon) if r["seq"] > before]
+        assert len(rows) == flood
+        assert sum(r["outcome"] == "denied" for r in rows) == flood - 3
+        assert daemon.health() == 1
+    closed = re.findall(
+        r"audit log closed: (\d+) entries in (\d+) commits .* from (\d+) callers", daemon.log()
+    )
+    entries, _, callers = map(int, closed[-1])
+    assert callers <= flood * 2 // 3, (entries, callers)  # one a request: >= flood

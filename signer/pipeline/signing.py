@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -70,7 +71,7 @@ class _Batch:
     prepared: list[_Prepared] = field(default_factory=list)
     refusals: list[tuple[int, AuditEvent]] = field(default_factory=list)
     signed: list[tuple[_Prepared, bytes]] = field(default_factory=list)
-    whole_error: SignerError | None = None  # refused as a whole (rate limit), audited
+    whole_error: SignerError | None = None  # refused as a whole (rate limit)
 
     def refuse(
         self,
@@ -126,7 +127,7 @@ class Pipeline:
         self.policy = policy  # the current policy: it may be reloaded (SIGHUP)
         self.max_payload_bytes = max_payload_bytes
         self.guards = tuple(guards)
-        self._queue: list[_Queued] = []
+        self._queue: deque[_Queued] = deque()
         self._drainer: asyncio.Task[None] | None = None
 
     async def sign(
@@ -151,8 +152,10 @@ class Pipeline:
 
     async def _sign_alone(self, policy: Policy, batch: _Batch) -> list[Signed | SignerError]:
         """A large batch: its checks and token call run in a thread (the loop stays free)."""
-        if not await self._admit(policy, batch):
+        refusal = await self._over_rate(policy, batch)
+        if refusal is not None:
             assert batch.whole_error is not None
+            await self.recorder.refusals_async([refusal], [batch.whole_error])
             raise batch.whole_error
         token_error = await asyncio.to_thread(self._check_and_sign, policy, batch)
         return self._release(batch, await self._audit([batch], token_error))
@@ -165,7 +168,7 @@ class Pipeline:
             while self._queue and (
                 not group or size + len(self._queue[0].batch.items) <= INLINE_ITEMS
             ):
-                queued = self._queue.pop(0)
+                queued = self._queue.popleft()
                 group.append(queued)
                 size += len(queued.batch.items)
             try:
@@ -175,17 +178,23 @@ class Pipeline:
                 for queued in group:
                     queued.settle(None, exc)
             except BaseException:  # cancelled (the server stops): tell every waiter
-                for queued in group + self._queue:
+                for queued in [*group, *self._queue]:
                     queued.settle(None, asyncio.CancelledError())
                 self._queue.clear()
                 raise
 
     async def _sign_group(self, group: list[_Queued]) -> None:
-        admitted = []
+        admitted, refused = [], []
         for queued in group:
-            if await self._admit(queued.policy, queued.batch):
+            refusal = await self._over_rate(queued.policy, queued.batch)
+            if refusal is None:
                 admitted.append(queued)
             else:
+                refused.append((queued, refusal))
+        if refused:  # one commit for the group's refusals: a flood is not one commit each
+            errors = [q.batch.whole_error for q, _ in refused if q.batch.whole_error]
+            await self.recorder.refusals_async([event for _, event in refused], errors)
+            for queued, _ in refused:
                 queued.settle(None, queued.batch.whole_error)
         if not admitted:
             return
@@ -216,16 +225,16 @@ class Pipeline:
             queued.settle(self._release(batch, seqs[at : at + n]))
             at += n
 
-    async def _admit(self, policy: Policy, batch: _Batch) -> bool:
-        """The rate limit: False (and the refusal audited) when the request is over it."""
+    async def _over_rate(self, policy: Policy, batch: _Batch) -> AuditEvent | None:
+        """The rate limit: the refusal's entry (for the caller to record) when the request
+        is over it; ``batch.whole_error`` is then the error to answer with."""
         try:
             await inline_or_thread(take_rate, policy, batch.principal, len(batch.items))
         except ResourceExhausted as exc:
             self.recorder.metrics.rate_limited(exc.error_reason)
-            await self._refuse_whole(batch, exc)
             batch.whole_error = exc
-            return False
-        return True
+            return await self._whole_refusal(batch, exc)
+        return None
 
     async def _audit(self, batches: list[_Batch], token_error: SignerError | None) -> list[int]:
         """Commit every entry of the batches in one transaction. Raises the token fault
@@ -392,15 +401,14 @@ class Pipeline:
             )
         return [r for r in batch.results if r is not None]
 
-    async def _refuse_whole(self, batch: _Batch, exc: SignerError) -> None:
-        """A request refused as a whole (rate limit) is audited once, not once per item."""
+    async def _whole_refusal(self, batch: _Batch, exc: SignerError) -> AuditEvent:
+        """A request refused as a whole (rate limit) has one entry, not one per item."""
         key_ids = {item.key_id for item in batch.items}
         key_id = key_ids.pop() if len(key_ids) == 1 else ""
         payload = batch.items[0].payload if len(batch.items) == 1 else None
         digest = hashlib.sha256(payload).hexdigest() if payload else ""
         resource = await inline_or_thread(self._resource, key_id)
-        event = failure_event(batch.principal, batch.operation, resource, exc, digest)
-        await self.recorder.refusals_async([event], [exc])
+        return failure_event(batch.principal, batch.operation, resource, exc, digest)
 
     def _resource(self, key_id: str) -> Resource:
         """The key's role and repository for a refusal's entry, if the key exists."""
