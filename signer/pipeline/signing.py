@@ -11,7 +11,10 @@ registry refresh, one token call and one audit commit for the group, while the n
 gathers behind it. Alone, a request is taken at once (no added wait); under load the
 group grows with the commit it waits behind, so the per-request costs (a cold-cache
 token signature ~130 us against ~60 us in a run, the commit hand-off, the refresh) are
-shared. Each request keeps its own principal, policy, rate limit and refusals.
+shared. Each request keeps its own principal, policy, rate limit and refusals. Groups
+run one after another: while a check waits for a lock another process holds on a state
+database (in a thread meanwhile), the requests queued behind it on this worker wait too;
+health and the other workers do not.
 
 On the asyncio server every stage runs inline (no thread hop on the hot path) unless a
 store it touches would wait for a lock: then that stage re-runs in a thread
