@@ -11,10 +11,10 @@ registry refresh, one token call and one audit commit for the group, while the n
 gathers behind it. Alone, a request is taken at once (no added wait); under load the
 group grows with the commit it waits behind, so the per-request costs (a cold-cache
 token signature ~130 us against ~60 us in a run, the commit hand-off, the refresh) are
-shared. Each request keeps its own principal, policy, rate limit and refusals. Groups
-run one after another: while a check waits for a lock another process holds on a state
-database (in a thread meanwhile), the requests queued behind it on this worker wait too;
-health and the other workers do not.
+shared. Each request keeps its own principal, policy, rate limit and refusals. A group
+that waits for a lock another process holds on a state database (its check runs in a
+thread meanwhile) is left to finish on its own after ``GROUP_PATIENCE_SECONDS``, and the
+requests queued behind it go on.
 
 On the asyncio server every stage runs inline (no thread hop on the hot path) unless a
 store it touches would wait for a lock: then that stage re-runs in a thread
@@ -51,6 +51,9 @@ from signer.token import SignItem, Token
 log = logging.getLogger(__name__)
 
 INLINE_ITEMS = 64  # larger batches hold the token a while: keep the event loop free
+# A group still running after this long (waiting for a lock another process holds) no
+# longer holds up the requests queued behind it.
+GROUP_PATIENCE_SECONDS = 0.05
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,7 @@ class Pipeline:
         self.guards = tuple(guards)
         self._queue: deque[_Queued] = deque()
         self._drainer: asyncio.Task[None] | None = None
+        self._stragglers: set[asyncio.Task[None]] = set()  # groups left to finish alone
 
     async def sign(
         self, principal: Principal, items: Sequence[SignInput], operation: str = "sign"
@@ -164,7 +168,12 @@ class Pipeline:
         return self._release(batch, await self._audit([batch], token_error))
 
     async def _drain(self) -> None:
-        """Take the queue group by group until it is empty (one drain task per loop)."""
+        """Take the queue group by group until it is empty (one drain task per loop).
+
+        Each group is waited for, so the next one gathers meanwhile; but a group still
+        running after ``GROUP_PATIENCE_SECONDS`` (a check waiting in a thread for a lock
+        another process holds) is left to finish on its own, and the queue goes on."""
+        loop = asyncio.get_running_loop()
         while self._queue:
             group: list[_Queued] = []
             size = 0
@@ -174,17 +183,31 @@ class Pipeline:
                 queued = self._queue.popleft()
                 group.append(queued)
                 size += len(queued.batch.items)
+            task = loop.create_task(self._sign_group_safely(group))
             try:
-                await self._sign_group(group)
-            except Exception as exc:  # a bug: it costs this group, and nobody waits forever
-                log.exception("unexpected error in a signing group")
-                for queued in group:
-                    queued.settle(None, exc)
+                done, _ = await asyncio.wait({task}, timeout=GROUP_PATIENCE_SECONDS)
             except BaseException:  # cancelled (the server stops): tell every waiter
-                for queued in [*group, *self._queue]:
+                task.cancel()
+                for queued in self._queue:
                     queued.settle(None, asyncio.CancelledError())
                 self._queue.clear()
                 raise
+            if not done:
+                self._stragglers.add(task)  # a reference until it ends
+                task.add_done_callback(self._stragglers.discard)
+
+    async def _sign_group_safely(self, group: list[_Queued]) -> None:
+        """``_sign_group``; whatever happens, every caller of the group gets an answer."""
+        try:
+            await self._sign_group(group)
+        except Exception as exc:  # a bug: it costs this group, and nobody waits forever
+            log.exception("unexpected error in a signing group")
+            for queued in group:
+                queued.settle(None, exc)
+        except BaseException:
+            for queued in group:
+                queued.settle(None, asyncio.CancelledError())
+            raise
 
     async def _sign_group(self, group: list[_Queued]) -> None:
         admitted, refused = [], []
