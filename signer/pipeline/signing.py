@@ -77,7 +77,6 @@ class _Batch:
     prepared: list[_Prepared] = field(default_factory=list)
     refusals: list[tuple[int, AuditEvent]] = field(default_factory=list)
     signed: list[tuple[_Prepared, bytes]] = field(default_factory=list)
-    whole_error: SignerError | None = None  # refused as a whole (rate limit)
 
     def refuse(
         self,
@@ -161,9 +160,9 @@ class Pipeline:
         """A large batch: its checks and token call run in a thread (the loop stays free)."""
         refusal = await self._over_rate(policy, batch)
         if refusal is not None:
-            assert batch.whole_error is not None
-            await self.recorder.refusals_async([refusal], [batch.whole_error])
-            raise batch.whole_error
+            event, error = refusal
+            await self.recorder.refusals_async([event], [error])
+            raise error
         token_error = await asyncio.to_thread(self._check_and_sign, policy, batch)
         return self._release(batch, await self._audit([batch], token_error))
 
@@ -218,10 +217,10 @@ class Pipeline:
             else:
                 refused.append((queued, refusal))
         if refused:  # one commit for the group's refusals: a flood is not one commit each
-            errors = [q.batch.whole_error for q, _ in refused if q.batch.whole_error]
-            await self.recorder.refusals_async([event for _, event in refused], errors)
-            for queued, _ in refused:
-                queued.settle(None, queued.batch.whole_error)
+            events = [event for _, (event, _) in refused]
+            await self.recorder.refusals_async(events, [error for _, (_, error) in refused])
+            for queued, (_, error) in refused:
+                queued.settle(None, error)
         if not admitted:
             return
         try:
@@ -251,15 +250,16 @@ class Pipeline:
             queued.settle(self._release(batch, seqs[at : at + n]))
             at += n
 
-    async def _over_rate(self, policy: Policy, batch: _Batch) -> AuditEvent | None:
-        """The rate limit: the refusal's entry (for the caller to record) when the request
-        is over it; ``batch.whole_error`` is then the error to answer with."""
+    async def _over_rate(
+        self, policy: Policy, batch: _Batch
+    ) -> tuple[AuditEvent, SignerError] | None:
+        """The rate limit: when the request is over it, the refusal's entry (for the
+        caller to record) and the error to answer with."""
         try:
             await inline_or_thread(take_rate, policy, batch.principal, len(batch.items))
         except ResourceExhausted as exc:
             self.recorder.metrics.rate_limited(exc.error_reason)
-            batch.whole_error = exc
-            return await self._whole_refusal(batch, exc)
+            return await self._whole_refusal(batch, exc), exc
         return None
 
     async def _audit(self, batches: list[_Batch], token_error: SignerError | None) -> list[int]:
