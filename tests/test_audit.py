@@ -622,3 +622,39 @@ def test_an_anchor_that_fails_never_blocks_signing(tmp_path: Path) -> None:
         assert "exited 3: anchor store down" in log
         assert daemon.proc is not None and daemon.proc.poll() is None
         wait_for(lambda: _checkpoint_seqs(daemon.state)[-1:] >= [13])  # made all the same
+
+
+@pytest.mark.parametrize("replica", ["", "replica-é"])
+def test_the_writers_fast_encoding_hashes_as_the_verifier_does(
+    tmp_path: Path, replica: str
+) -> None:
+    """The writer spells the hashed JSON out by hand; the verifier uses ``json``. Awkward
+    values (escapes, control characters, non-ASCII, an int or huge time) must agree."""
+    from signer.audit.log import AuditEvent, AuditLog, Outcome
+
+    awkward = ["", "é", "\u2028", '"\\', "\x00\x1f", "𝄞", "a\nb", "plain"]
+    times: list[float] = [1.5, 0.0, 1e-7, 1e22, 1700000000.123456]
+    audit = AuditLog(tmp_path / "audit.db", replica=replica)
+    try:
+        for n, text in enumerate(awkward):
+            audit.record(
+                AuditEvent(
+                    text,
+                    "sign",
+                    Outcome.ALLOWED,
+                    text,
+                    text,
+                    text,
+                    text,
+                    text,
+                    text,
+                    text,
+                    times[n % len(times)],
+                ),
+                AuditEvent("p", "sign", Outcome.DENIED, time=n),  # an int time: the encoder
+            )
+    finally:
+        audit.close()
+    report = verify_log(tmp_path / "audit.db", {}, settings=AuditConfig(1000))
+    assert report.ok, report
+    assert report.entries == 2 * len(awkward)

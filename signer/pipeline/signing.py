@@ -54,6 +54,10 @@ INLINE_ITEMS = 64  # larger batches hold the token a while: keep the event loop 
 # A group still running after this long (waiting for a lock another process holds) no
 # longer holds up the requests queued behind it.
 GROUP_PATIENCE_SECONDS = 0.05
+# While a group waits for its audit commit (an fsync), the next one may use the token if
+# this many items are queued: full batches overlap their commits with the next group's
+# signatures; a few unary requests rather wait and join a larger group.
+OVERLAP_ITEMS = 16
 
 
 @dataclass(frozen=True)
@@ -169,9 +173,11 @@ class Pipeline:
     async def _drain(self) -> None:
         """Take the queue group by group until it is empty (one drain task per loop).
 
-        Each group is waited for, so the next one gathers meanwhile; but a group still
-        running after ``GROUP_PATIENCE_SECONDS`` (a check waiting in a thread for a lock
-        another process holds) is left to finish on its own, and the queue goes on."""
+        Each group is waited for, so the next one gathers meanwhile, until its token
+        call is done and it waits for its commit: then, with ``OVERLAP_ITEMS`` queued,
+        the next group starts (the token works during the fsync). A group still running
+        after ``GROUP_PATIENCE_SECONDS`` (a check waiting in a thread for a lock another
+        process holds) is left to finish on its own, and the queue goes on."""
         loop = asyncio.get_running_loop()
         while self._queue:
             group: list[_Queued] = []
@@ -182,9 +188,10 @@ class Pipeline:
                 queued = self._queue.popleft()
                 group.append(queued)
                 size += len(queued.batch.items)
-            task = loop.create_task(self._sign_group_safely(group))
+            signed = loop.create_future()
+            task = loop.create_task(self._sign_group_safely(group, signed))
             try:
-                done, _ = await asyncio.wait({task}, timeout=GROUP_PATIENCE_SECONDS)
+                done = await self._wait_for_group(task, signed)
             except BaseException:  # cancelled (the server stops): tell every waiter
                 task.cancel()
                 for queued in self._queue:
@@ -195,10 +202,34 @@ class Pipeline:
                 self._stragglers.add(task)  # a reference until it ends
                 task.add_done_callback(self._stragglers.discard)
 
-    async def _sign_group_safely(self, group: list[_Queued]) -> None:
+    async def _wait_for_group(self, task: asyncio.Task[None], signed: asyncio.Future[None]) -> bool:
+        """Until the group ends, or has signed with enough queued behind it; False when
+        it is still running after ``GROUP_PATIENCE_SECONDS``."""
+        deadline = asyncio.get_running_loop().time() + GROUP_PATIENCE_SECONDS
+        waiting: set[asyncio.Future[None]] = {task, signed}
+        while not task.done():
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                return False
+            await asyncio.wait(waiting, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            if signed.done():
+                waiting.discard(signed)
+                if self._queued_items() >= OVERLAP_ITEMS:
+                    return True  # its commit goes on; the token takes the next group
+        return True
+
+    def _queued_items(self) -> int:
+        total = 0
+        for queued in self._queue:
+            total += len(queued.batch.items)
+            if total >= OVERLAP_ITEMS:
+                break
+        return total
+
+    async def _sign_group_safely(self, group: list[_Queued], signed: asyncio.Future[None]) -> None:
         """``_sign_group``; whatever happens, every caller of the group gets an answer."""
         try:
-            await self._sign_group(group)
+            await self._sign_group(group, signed)
         except Exception as exc:  # a bug: it costs this group, and nobody waits forever
             log.exception("unexpected error in a signing group")
             for queued in group:
@@ -208,7 +239,7 @@ class Pipeline:
                 queued.settle(None, asyncio.CancelledError())
             raise
 
-    async def _sign_group(self, group: list[_Queued]) -> None:
+    async def _sign_group(self, group: list[_Queued], signed: asyncio.Future[None]) -> None:
         admitted, refused = [], []
         for queued in group:
             refusal = await self._over_rate(queued.policy, queued.batch)
@@ -237,6 +268,7 @@ class Pipeline:
         await inline_or_thread(self._prepare_items, work, [0])  # one thread hop at most
         batches = [queued.batch for queued in admitted]
         token_error = self._sign_in_token(batches)
+        signed.set_result(None)  # the token is free for the next group
         try:
             seqs = await self._audit(batches, token_error)
         except SignerError as exc:

@@ -11,7 +11,7 @@ may raise ``WouldBlock`` before changing anything instead of waiting.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 from signer.storage.records import (
@@ -152,9 +152,10 @@ class Buckets(Protocol):
     def close(self) -> None: ...
 
 
-# Builds the rows to append from the chain's tip (seq, hash), None for an empty chain:
-# called inside the append transaction, so the rows link to the tip everyone sees.
-RowBuilder = Callable[[tuple[int, str] | None], Sequence[Mapping[str, Any]]]
+# Builds the rows to append (tuples in AUDIT_COLUMNS order) from the chain's tip (seq,
+# hash), None for an empty chain: called inside the append transaction, so the rows link
+# to the tip everyone sees.
+RowBuilder = Callable[[tuple[int, str] | None], Sequence[tuple[Any, ...]]]
 
 
 class AuditChain(Protocol):

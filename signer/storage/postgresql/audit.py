@@ -43,7 +43,7 @@ class PostgresAuditChain:
             rows = build((int(tip[0]), str(tip[1])) if tip else None)
             if rows:
                 with conn.cursor() as cursor:
-                    cursor.executemany(_INSERT, [tuple(r[c] for c in AUDIT_COLUMNS) for r in rows])
+                    cursor.executemany(_INSERT, rows)
 
         self._db.run(work)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -114,9 +114,9 @@ class SqliteAuditChain:
                 self._tip = (int(tip[0]), str(tip[1])) if tip else None
                 rows = build(self._tip)
                 if rows:
-                    conn.executemany(_INSERT, [tuple(r[c] for c in AUDIT_COLUMNS) for r in rows])
+                    conn.executemany(_INSERT, rows)
             if rows:
-                self._tip = (int(rows[-1]["seq"]), str(rows[-1]["hash"]))
+                self._tip = (int(rows[-1][0]), str(rows[-1][-1]))
         except BaseException:
             self._tip = False  # unknown: read it again under the lock next time
             if conn.in_transaction:  # the ROLLBACK failed too (disk full): try once more
@@ -124,7 +124,7 @@ class SqliteAuditChain:
                     conn.execute("ROLLBACK")
             raise
 
-    def _insert_if_tip(self, rows: Sequence[Mapping[str, Any]]) -> bool:
+    def _insert_if_tip(self, rows: Sequence[tuple[Any, ...]]) -> bool:
         """Insert ``rows`` in one statement if the chain's tip is still ``self._tip``."""
         sql = _GUARDED_INSERTS.get(len(rows))
         if sql is None:
@@ -135,10 +135,10 @@ class SqliteAuditChain:
                 f"AND (SELECT hash FROM audit ORDER BY seq DESC LIMIT 1) IS ?"
             )
         tip = self._tip
-        params = [r[c] for r in rows for c in AUDIT_COLUMNS]
+        params = [value for row in rows for value in row]
         params += [tip[0], tip[1]] if tip else [None, None]
         if self._conn.execute(sql, params).rowcount == len(rows):
-            self._tip = (int(rows[-1]["seq"]), str(rows[-1]["hash"]))
+            self._tip = (int(rows[-1][0]), str(rows[-1][-1]))
             return True
         self._tip = False  # another writer appended: read the tip under the lock
         return False
