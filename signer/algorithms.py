@@ -23,6 +23,8 @@ from securesystemslib.signer import SSlibKey
 from signer.errors import InvalidArgument
 
 Family = Literal["ec", "ed25519", "rsa"]
+# Asked once per signed digest: looked up, not computed (hashlib.new each time).
+_DIGEST_SIZES = {name: hashlib.new(name).digest_size for name in ("sha256", "sha384", "sha512")}
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,7 @@ class Algorithm:
 
     @property
     def digest_size(self) -> int:
-        return hashlib.new(self.hash_name).digest_size if self.hash_name else 0
+        return _DIGEST_SIZES[self.hash_name] if self.hash_name else 0
 
     @property
     def accepts_digest(self) -> bool:

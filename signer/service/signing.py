@@ -16,6 +16,8 @@ from signer.service.rpc import rpc
 from signer_api.v1 import signer_pb2 as pb
 from signer_api.v1 import signer_pb2_grpc as pb_grpc
 
+_OK = pb.ItemStatus(code=0)
+
 
 class SigningServicer(pb_grpc.SigningServiceServicer):
     def __init__(self, pipeline: Pipeline, quorum: QuorumService, max_batch_items: int) -> None:
@@ -48,23 +50,22 @@ class SigningServicer(pb_grpc.SigningServiceServicer):
                 f"{len(request.items)} items; a batch holds at most {self.max_batch_items}"
             )
         inputs = [_input(item.key_id or request.key_id, item) for item in request.items]
-        results = []
+        response = pb.SignBatchResponse()
+        add = response.results.add  # in place: no result message built, then copied
         for outcome in await self.pipeline.sign(principal, inputs):
             if isinstance(outcome, SignerError):
                 status = pb.ItemStatus(
                     code=outcome.code.value[0], message=status_message(outcome.message)
                 )
-                results.append(pb.SignBatchResult(status=status))
+                add(status=status)
             else:
-                results.append(
-                    pb.SignBatchResult(
-                        status=pb.ItemStatus(code=0),
-                        key_id=outcome.key_id,
-                        signature=outcome.signature,
-                        scheme=outcome.scheme,
-                    )
+                add(
+                    status=_OK,
+                    key_id=outcome.key_id,
+                    signature=outcome.signature,
+                    scheme=outcome.scheme,
                 )
-        return pb.SignBatchResponse(results=results)
+        return response
 
     # -- quorum keys: RequestSignature -> Approve (x M) -> Sign(request_id) -------------------
 
