@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import pkcs11
 from asn1crypto.core import OctetString
@@ -111,8 +111,7 @@ class TokenObject:
     object_class: str  # "private" or "public"
 
 
-@dataclass(frozen=True)
-class SignItem:
+class SignItem(NamedTuple):  # a tuple: made per item, 4x cheaper than a frozen dataclass
     object_id: str
     algorithm: Algorithm
     data: bytes  # what the mechanism signs: a digest, or the message for EdDSA

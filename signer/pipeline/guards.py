@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from signer.identity import Principal
 from signer.policy import Operation, Policy
@@ -29,8 +29,7 @@ class SignInput:
     role: str = ""  # the metadata role the payload is for; empty: the key's own role
 
 
-@dataclass(frozen=True)
-class Signed:
+class Signed(NamedTuple):  # a tuple: made per item, 4x cheaper than a frozen dataclass
     key_id: str
     signature: bytes  # the algorithm's wire encoding (hex DER for ECDSA, raw otherwise)
     raw: bytes  # what the token returned (raw r||s for ECDSA)

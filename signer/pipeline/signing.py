@@ -31,6 +31,7 @@ import logging
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from signer.audit import AuditEvent
 from signer.errors import InvalidArgument, ResourceExhausted, ServiceError, SignerError
@@ -60,9 +61,8 @@ GROUP_PATIENCE_SECONDS = 0.05
 OVERLAP_ITEMS = 16
 
 
-@dataclass(frozen=True)
-class _Prepared:
-    index: int
+class _Prepared(NamedTuple):  # a tuple: made per item, 4x cheaper than a frozen dataclass
+    at: int  # the item's index in its request
     key: KeyRecord
     item: SignInput
     payload_sha256: str
@@ -396,7 +396,7 @@ class Pipeline:
             )
         except SignerError as exc:
             for batch, p in prepared:
-                batch.refuse(p.index, resource_of(p.key), exc, p.payload_sha256, p.operation)
+                batch.refuse(p.at, resource_of(p.key), exc, p.payload_sha256, p.operation)
             return exc
         for (batch, p), signature in zip(prepared, raw, strict=True):
             if isinstance(signature, bytes):
@@ -407,7 +407,7 @@ class Pipeline:
                 if isinstance(signature, SignerError)
                 else ServiceError(f"the token failed to sign: {signature}")
             )
-            batch.refuse(p.index, resource_of(p.key), error, p.payload_sha256, p.operation)
+            batch.refuse(p.at, resource_of(p.key), error, p.payload_sha256, p.operation)
         return None
 
     def _events(self, batch: _Batch) -> list[AuditEvent]:
@@ -416,7 +416,7 @@ class Pipeline:
         for p, _ in batch.signed:
             entries.append(
                 (
-                    p.index,
+                    p.at,
                     allowed_event(
                         batch.principal,
                         p.operation.value,
@@ -437,7 +437,7 @@ class Pipeline:
         """After the audit entries are committed: hand out the signatures."""
         seq_of = dict(
             zip(
-                sorted([i for i, _ in batch.refusals] + [p.index for p, _ in batch.signed]),
+                sorted([i for i, _ in batch.refusals] + [p.at for p, _ in batch.signed]),
                 seqs,
                 strict=True,
             )
@@ -450,12 +450,12 @@ class Pipeline:
                     log.exception("after signing with key %s", p.key.key_id)
             self.recorder.metrics.signed(p.key.algorithm_name, p.key.role)
             alg = p.key.algorithm
-            batch.results[p.index] = Signed(
+            batch.results[p.at] = Signed(
                 p.key.key_id,
                 alg.encode_signature(signature),
                 signature,
                 alg.scheme,
-                seq_of.get(p.index, 0),
+                seq_of.get(p.at, 0),
             )
         return [r for r in batch.results if r is not None]
 
