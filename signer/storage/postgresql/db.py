@@ -1,8 +1,10 @@
 """A connection pool and the one way to run a transaction on it, failing closed.
 
 A database that cannot be reached (down, restarted, the network gone) raises
-StorageUnavailable (UNAVAILABLE): nothing is signed. The pool checks each connection
-before handing it out, so after a restart the next request reconnects: nothing to
+StorageUnavailable (UNAVAILABLE): nothing is signed. The pool checks a connection that
+has been idle for ``IDLE_CHECK_SECONDS`` before handing it out (one round trip; a
+connection in steady use is not checked, which would double the round trips of a claim),
+and after an outage the pool is renewed: the next request reconnects, nothing to
 restart. ``healthy`` probes the database on a connection of its own (the daemon's state
 watcher asks twice a second), so health says NOT_SERVING within a second of an outage
 even when no request comes; while the probe fails, requests wait for a connection only
@@ -16,6 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -31,6 +34,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 CONNECT_TIMEOUT = 5.0
 OUTAGE_TIMEOUT = 1.0  # the wait for a pooled connection while the probe fails
+IDLE_CHECK_SECONDS = 1.0  # a pooled connection unused this long is checked before use
 # Serialization failures and deadlocks are the database asking us to try again.
 _RETRY = (errors.SerializationFailure, errors.DeadlockDetected)
 
@@ -51,6 +55,10 @@ class Database:
             kwargs["password"] = password
         self.kwargs = kwargs
         self.max_size = max_size
+        # When each pooled connection last ran work (its check is skipped while in use).
+        self._used: weakref.WeakKeyDictionary[psycopg.Connection[Any], float] = (
+            weakref.WeakKeyDictionary()
+        )
         self.pool = self._new_pool()
 
     def _new_pool(self) -> psycopg_pool.ConnectionPool[Any]:
@@ -61,11 +69,18 @@ class Database:
             max_size=self.max_size,
             open=False,
             timeout=CONNECT_TIMEOUT,
-            check=psycopg_pool.ConnectionPool.check_connection,
+            check=self._check_if_idle,
             name="signer-state",
         )
         pool.open(wait=False)
         return pool
+
+    def _check_if_idle(self, conn: psycopg.Connection[Any]) -> None:
+        """The pool's check: a round trip, but only for a connection idle a while (or new
+        to this process's use), where a dropped connection is likely."""
+        last = self._used.get(conn)
+        if last is None or time.monotonic() - last > IDLE_CHECK_SECONDS:
+            psycopg_pool.ConnectionPool.check_connection(conn)
 
     def _renew_pool(self) -> None:
         """A fresh pool once the database is back: the old one may be waiting out its
@@ -124,6 +139,7 @@ class Database:
                     f"state database {self.where} is unavailable: {_first_line(exc)}"
                 ) from exc
             finally:
+                self._used[conn] = time.monotonic()
                 pool.putconn(conn)
         raise StorageUnavailable(f"state database {self.where} is unavailable (pool renewed)")
 
