@@ -138,7 +138,7 @@ class Pipeline:
         self.guards = tuple(guards)
         self._queue: deque[_Queued] = deque()
         self._drainer: asyncio.Task[None] | None = None
-        self._stragglers: set[asyncio.Task[None]] = set()  # groups left to finish alone
+        self._in_flight: set[asyncio.Task[None]] = set()  # groups the drain has moved past
 
     async def sign(
         self, principal: Principal, items: Sequence[SignInput], operation: str = "sign"
@@ -191,16 +191,16 @@ class Pipeline:
             signed = loop.create_future()
             task = loop.create_task(self._sign_group_safely(group, signed))
             try:
-                done = await self._wait_for_group(task, signed)
+                await self._wait_for_group(task, signed)
             except BaseException:  # cancelled (the server stops): tell every waiter
                 task.cancel()
                 for queued in self._queue:
                     queued.settle(None, asyncio.CancelledError())
                 self._queue.clear()
                 raise
-            if not done:
-                self._stragglers.add(task)  # a reference until it ends
-                task.add_done_callback(self._stragglers.discard)
+            if not task.done():  # overlapping its commit, or a straggler
+                self._in_flight.add(task)  # a reference until it ends
+                task.add_done_callback(self._in_flight.discard)
 
     async def _wait_for_group(self, task: asyncio.Task[None], signed: asyncio.Future[None]) -> bool:
         """Until the group ends, or has signed with enough queued behind it; False when
