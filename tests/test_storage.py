@@ -137,6 +137,43 @@ def test_versions(backend: Backend) -> None:
     versions.close()
 
 
+def test_claims_of_a_group_answer_each_as_one_claim_would(backend: Backend) -> None:
+    """claim_many (one round trip on PostgreSQL): new rows, moves forward, re-signs,
+    rollbacks and forks in one group, each answered as ``claim`` answers it; a group
+    naming one (key, role) twice claims in order."""
+    versions = backend.versions()
+
+    def c(key: str, version: int, digest: str, role: str = "timestamp") -> VersionClaim:
+        return VersionClaim(key, role, version, digest * 64, "2030-01-01T00:00:00Z", "ci")
+
+    assert versions.claim_many([c("a", 3, "a"), c("b", 3, "b"), c("c", 3, "c")], 1.0) == [
+        None,
+        None,
+        None,
+    ]
+    answers = versions.claim_many(
+        [
+            c("a", 4, "d"),  # forward
+            c("b", 3, "b"),  # the same payload again: a re-sign
+            c("c", 2, "e"),  # rollback
+            c("new", 1, "f"),  # a new row
+            c("c", 3, "x", role="snapshot"),  # another role of the same key: its own row
+        ],
+        2.0,
+    )
+    assert answers == [None, None, (3, "c" * 64), None, None]
+    fork = versions.claim_many([c("a", 4, "z"), c("b", 9, "b")], 3.0)
+    assert fork == [(4, "d" * 64), None]
+    assert versions.last("a", "timestamp") == (4, "d" * 64)
+    assert versions.last("b", "timestamp") == (9, "b" * 64)
+    assert versions.last("c", "timestamp") == (3, "c" * 64)  # the rollback wrote nothing
+    assert versions.last("new", "timestamp") == (1, "f" * 64)
+    # One (key, role) twice in a group: claimed in order, the second one refused.
+    twice = versions.claim_many([c("d", 5, "p"), c("d", 4, "q")], 4.0)
+    assert twice == [None, (5, "p" * 64)]
+    versions.close()
+
+
 def test_concurrent_claims_of_one_version_sign_one_payload(backend: Backend) -> None:
     stores = [backend.versions() for _ in range(4)]
     won: list[str] = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
@@ -57,6 +58,30 @@ class SignGuard(Protocol):
     def signed(self, principal: Principal, key: KeyRecord, item: SignInput) -> None: ...
 
 
+# What a guard is handed for each item of a group: the principal, the key, the item and
+# the policy of its request.
+GuardEntry = tuple[Principal, KeyRecord, SignInput, Policy]
+
+
+def check_each(guard: SignGuard, entries: Sequence[GuardEntry]) -> list[Exception | None]:
+    """``guard.check`` for each entry: the exception it raised, or None. A guard with a
+    ``check_many`` (one that records state, e.g. the TUF version claims) checks the
+    group at once, in fewer round trips."""
+    many = getattr(guard, "check_many", None)
+    if many is not None:
+        answers: list[Exception | None] = many(entries)
+        return answers
+    out: list[Exception | None] = []
+    for principal, key, item, policy in entries:
+        try:
+            guard.check(principal, key, item, policy)
+        except Exception as exc:
+            out.append(exc)
+        else:
+            out.append(None)
+    return out
+
+
 def stricter(a: Operation, b: Operation) -> Operation:
     """SIGN_RAW needs the stronger grant: a guard may raise SIGN to SIGN_RAW, never lower it."""
     return Operation.SIGN_RAW if Operation.SIGN_RAW in (a, b) else a
@@ -77,6 +102,13 @@ class ForDialect:
     def check(self, principal: Principal, key: KeyRecord, item: SignInput, policy: Policy) -> None:
         if item.dialect == self.dialect:
             self.guard.check(principal, key, item, policy)
+
+    def check_many(self, entries: Sequence[GuardEntry]) -> list[Exception | None]:
+        answers: list[Exception | None] = [None] * len(entries)
+        mine = [n for n, entry in enumerate(entries) if entry[2].dialect == self.dialect]
+        for n, answer in zip(mine, check_each(self.guard, [entries[n] for n in mine]), strict=True):
+            answers[n] = answer
+        return answers
 
     def signed(self, principal: Principal, key: KeyRecord, item: SignInput) -> None:
         if item.dialect == self.dialect:

@@ -43,10 +43,10 @@ from signer.pipeline.auditing import (
     failure_event,
     mark_audited,
 )
-from signer.pipeline.guards import Signed, SignGuard, SignInput, stricter
+from signer.pipeline.guards import Signed, SignGuard, SignInput, check_each, stricter
 from signer.policy import Operation, Policy, Resource
 from signer.registry import KeyRecord, KeyRegistry
-from signer.storage.sqlite import inline_or_thread
+from signer.storage.sqlite import inline_or_thread, waiting_forbidden
 from signer.token import SignItem, Token
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,25 @@ class _Prepared(NamedTuple):  # a tuple: made per item, 4x cheaper than a frozen
     payload_sha256: str
     tbs: bytes  # what the token signs
     operation: Operation  # the grant it needed: sign or sign-raw (for the audit entry)
+
+
+def _to_be_signed(key: KeyRecord, item: SignInput) -> bytes:
+    """What the token signs for the item: its digest as given, or the payload's."""
+    alg = key.algorithm
+    if item.payload is not None:
+        return alg.to_be_signed(item.payload)
+    return alg.check_digest(item.digest) if item.digest is not None else b""
+
+
+def _worded(exc: Exception) -> SignerError:
+    """A check's failure as the item's refusal: a SignerError as it is, a payload a
+    parser choked on as INVALID_ARGUMENT, anything else a bug that costs one item."""
+    if isinstance(exc, SignerError):
+        return exc
+    if isinstance(exc, RecursionError | ValueError | TypeError | OverflowError):
+        return InvalidArgument(f"the payload cannot be checked: {exc}")
+    log.error("unexpected error checking a sign request", exc_info=exc)
+    return ServiceError("internal error checking this item; see the daemon's log")
 
 
 @dataclass
@@ -321,6 +340,10 @@ class Pipeline:
         it goes on where the inline run stopped: no item is checked twice, and a store
         that would wait (PostgreSQL, a locked SQLite file) costs one thread hop per group,
         not one per item."""
+        if not waiting_forbidden():  # in a thread: a store may be asked for the group at once
+            self._prepare_together(work[cursor[0] :])
+            cursor[0] = len(work)
+            return
         while cursor[0] < len(work):
             policy, batch, index, item = work[cursor[0]]
             prepared = self._prepare_one(policy, batch, index, item)
@@ -328,34 +351,66 @@ class Pipeline:
                 batch.prepared.append(prepared)
             cursor[0] += 1
 
+    def _prepare_together(self, work: Sequence[tuple[Policy, _Batch, int, SignInput]]) -> None:
+        """The checks of ``_prepare_one`` stage by stage over the group: every item is
+        authorised, then each guard checks every item still standing (``check_each``:
+        the TUF version claims of the group in one round trip), then what the token signs.
+        Off the event loop only (a guard may wait for its store)."""
+        standing = []
+        for policy, batch, index, item in work:
+            admitted = self._prepare_one(policy, batch, index, item, guards=False)
+            if admitted is not None:
+                standing.append((policy, batch, admitted))
+        for guard in self.guards:
+            if not standing:
+                return
+            answers = check_each(
+                guard, [(b.principal, p.key, p.item, policy) for policy, b, p in standing]
+            )
+            kept = []
+            for entry, exc in zip(standing, answers, strict=True):
+                if exc is None:
+                    kept.append(entry)
+                    continue
+                _, batch, p = entry
+                batch.refuse(p.at, resource_of(p.key), _worded(exc), p.payload_sha256, p.operation)
+            standing = kept
+        for _, batch, p in standing:
+            try:
+                batch.prepared.append(p._replace(tbs=_to_be_signed(p.key, p.item)))
+            except Exception as exc:
+                batch.refuse(p.at, resource_of(p.key), _worded(exc), p.payload_sha256, p.operation)
+
     def _prepare_one(
-        self, policy: Policy, batch: _Batch, index: int, item: SignInput
+        self, policy: Policy, batch: _Batch, index: int, item: SignInput, guards: bool = True
     ) -> _Prepared | None:
-        """Check one item; a refusal is noted in the batch (and audited with it)."""
+        """Check one item; a refusal is noted in the batch (and audited with it). Without
+        ``guards``, only up to its authorisation (no guard checks, nothing to sign yet)."""
         resource = Resource(item.key_id[:256])
         digest = hashlib.sha256(item.payload).hexdigest() if item.payload else ""
         operation: Operation | None = None
         try:
             try:
-                return self._prepare(policy, batch.principal, index, item, digest)
+                return self._prepare(policy, batch.principal, index, item, digest, guards)
             except SignerError as exc:
                 key, operation = getattr(exc, "key", None), getattr(exc, "operation", None)
                 if isinstance(key, KeyRecord):
                     resource = resource_of(key)
                 raise
-            except (RecursionError, ValueError, TypeError, OverflowError) as exc:
-                raise InvalidArgument(f"the payload cannot be checked: {exc}") from exc
-            except Exception as unexpected:  # a bug must cost one item, not the batch
-                log.exception("unexpected error checking a sign request")
-                raise ServiceError(
-                    "internal error checking this item; see the daemon's log"
-                ) from unexpected
+            except Exception as exc:
+                raise _worded(exc) from exc
         except SignerError as exc:
             batch.refuse(index, resource, exc, digest, operation)
             return None
 
     def _prepare(
-        self, policy: Policy, principal: Principal, index: int, item: SignInput, digest: str
+        self,
+        policy: Policy,
+        principal: Principal,
+        index: int,
+        item: SignInput,
+        digest: str,
+        guards: bool = True,
     ) -> _Prepared:
         if not item.key_id:
             raise InvalidArgument("key_id is required")
@@ -373,12 +428,11 @@ class Pipeline:
             # Authorise first: a principal who may not sign learns nothing from the guards.
             policy.authorize(principal, operation, resource_of(key))
             check_usable(key)
+            if not guards:
+                return _Prepared(index, key, item, digest, b"", operation)
             for guard in self.guards:  # in order: the last ones record state (versions, claims)
                 guard.check(principal, key, item, policy)
-            alg = key.algorithm
-            tbs = alg.check_digest(item.digest) if item.digest is not None else b""
-            if item.payload is not None:
-                tbs = alg.to_be_signed(item.payload)
+            tbs = _to_be_signed(key, item)
         except SignerError as exc:
             exc.key = key  # type: ignore[attr-defined]  # for the refusal's audit entry
             exc.operation = operation  # type: ignore[attr-defined]

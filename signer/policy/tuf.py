@@ -24,10 +24,13 @@ retrying the same bytes still works.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import datetime as dt
 import hashlib
 import re
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from functools import lru_cache
@@ -36,7 +39,7 @@ from typing import Any
 
 from securesystemslib.formats import encode_canonical
 
-from signer.errors import InvalidArgument, PermissionDenied, shown
+from signer.errors import InvalidArgument, PermissionDenied, SignerError, shown
 from signer.identity import Principal
 from signer.payload import NotJson, parse_payload
 from signer.policy import Operation, Policy, tuf_limits_of
@@ -137,6 +140,27 @@ def max_expiry_days(policy: Policy, role: str) -> float | None:
     return limits.get(expected_type(role))
 
 
+_COLLECTING: contextvars.ContextVar[list[VersionClaim] | None] = contextvars.ContextVar(
+    "collecting_claims", default=None
+)
+
+
+def _refusal(claim: VersionClaim, latest: tuple[int, str]) -> PermissionDenied:
+    """Why ``claim`` is refused by the ``latest`` (version, sha256) the store holds."""
+    if claim.version < latest[0]:
+        return PermissionDenied(
+            f"{claim.role} version {claim.version} is lower than version {latest[0]}, "
+            f"already signed with key {claim.key_id}: versions never go back",
+            reason="VERSION_ROLLBACK",
+        )
+    return PermissionDenied(
+        f"{claim.role} version {claim.version} was already signed with key "
+        f"{claim.key_id} for different content; a new payload needs a new "
+        "version",
+        reason="VERSION_ALREADY_SIGNED",
+    )
+
+
 class VersionStore:
     """The last version each key signed for its role, in a ``VersionClaims`` store shared
     by every worker and replica (the claim is one transaction there).
@@ -172,22 +196,38 @@ class VersionStore:
         claim = VersionClaim(
             key.key_id, role, payload.version, payload_sha256, payload.expires_text, principal
         )
-        refused = self._store.claim(claim, time.time())
-        if refused is None:
+        collected = _COLLECTING.get()
+        if collected is not None:  # inside ``collecting``: made later, with the others
+            collected.append(claim)
             return
-        last = refused[0]
-        if payload.version < last:
-            raise PermissionDenied(
-                f"{role} version {payload.version} is lower than version {last}, "
-                f"already signed with key {key.key_id}: versions never go back",
-                reason="VERSION_ROLLBACK",
-            )
-        raise PermissionDenied(
-            f"{role} version {payload.version} was already signed with key "
-            f"{key.key_id} for different content; a new payload needs a new "
-            "version",
-            reason="VERSION_ALREADY_SIGNED",
-        )
+        refused = self._store.claim(claim, time.time())
+        if refused is not None:
+            raise _refusal(claim, refused)
+
+    @contextlib.contextmanager
+    def collecting(self) -> Iterator[list[VersionClaim]]:
+        """Within it (this thread), ``claim`` only notes its claim in the list yielded,
+        for ``claim_all`` to make with the claims of other items."""
+        collected: list[VersionClaim] = []
+        token = _COLLECTING.set(collected)
+        try:
+            yield collected
+        finally:
+            _COLLECTING.reset(token)
+
+    def claim_all(self, claims: Sequence[VersionClaim]) -> list[SignerError | None]:
+        """Make noted claims together (one round trip for PostgreSQL): each one's refusal
+        (as ``claim`` raises it), or None; a store fault is every claim's answer."""
+        if not claims:
+            return []
+        try:
+            answers = self._store.claim_many(claims, time.time())
+        except SignerError as exc:
+            return [exc] * len(claims)
+        return [
+            None if refused is None else _refusal(claim, refused)
+            for claim, refused in zip(claims, answers, strict=True)
+        ]
 
     def last(self, key_id: str, role: str) -> tuple[int, str] | None:
         return self._store.last(key_id, role)
@@ -240,6 +280,26 @@ class TufRules:
         payload = self.inspect(key, parsed, policy)
         digest = hashlib.sha256(item.payload).hexdigest()
         self.versions.claim(key, payload, digest, principal.name)
+
+    def check_many(
+        self, entries: Sequence[tuple[Principal, KeyRecord, Any, Policy]]
+    ) -> list[Exception | None]:
+        """``check`` for the items of a group, their version claims made together (one
+        round trip for PostgreSQL rather than one each): each item's error, or None."""
+        answers: list[Exception | None] = [None] * len(entries)
+        noted: list[tuple[int, VersionClaim]] = []
+        for n, (principal, key, item, policy) in enumerate(entries):
+            try:
+                with self.versions.collecting() as claims:
+                    self.check(principal, key, item, policy)
+            except Exception as exc:  # the pipeline words it, as for ``check``
+                answers[n] = exc
+                continue
+            noted.extend((n, claim) for claim in claims)
+        made = self.versions.claim_all([claim for _, claim in noted])
+        for (n, _), refused in zip(noted, made, strict=True):
+            answers[n] = answers[n] or refused
+        return answers
 
     def inspect(self, key: KeyRecord, parsed: dict[str, Any], policy: Policy) -> TufPayload:
         """Role and expiry checks, without touching the version state."""

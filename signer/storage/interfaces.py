@@ -97,6 +97,13 @@ class VersionClaims(Protocol):
         (version, payload_sha256) that refuses it, writing nothing."""
         ...
 
+    def claim_many(
+        self, claims: Sequence[VersionClaim], now: float
+    ) -> list[tuple[int, str] | None]:
+        """``claim`` for each of ``claims`` (a group of concurrent requests), in as few
+        round trips as the store allows; each answer as ``claim``'s."""
+        ...
+
     def last(self, key_id: str, role: str) -> tuple[int, str] | None: ...
 
     def close(self) -> None: ...

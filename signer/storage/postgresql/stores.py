@@ -168,6 +168,20 @@ _CLAIM = (
 )
 
 
+# The multi-row form of _CLAIM, answering which (key, role) rows moved.
+_CLAIM_MANY = (
+    "INSERT INTO tuf_versions (key_id, role, version, payload_sha256, expires, signed_by, time) "
+    "VALUES {values} ON CONFLICT (key_id, role) DO UPDATE SET "
+    "version = EXCLUDED.version, payload_sha256 = EXCLUDED.payload_sha256, "
+    "expires = EXCLUDED.expires, signed_by = EXCLUDED.signed_by, time = EXCLUDED.time "
+    "WHERE tuf_versions.version < EXCLUDED.version RETURNING key_id, role"
+)
+_LAST_MANY = (
+    "SELECT key_id, role, version, payload_sha256 FROM tuf_versions "
+    "WHERE (key_id, role) IN ({pairs})"
+)
+
+
 class PostgresVersions:
     """A claim is one upsert that moves the (key, role) row only forwards: replicas claim
     one after the other (the row lock), and the common case is one round trip."""
@@ -198,6 +212,51 @@ class PostgresVersions:
         if latest is None:  # rows are never deleted: only a damaged table gets here
             raise StorageUnavailable(f"the version claim for {claim.key_id} was lost")
         return refusal(latest, claim) or latest
+
+    def claim_many(
+        self, claims: Sequence[VersionClaim], now: float
+    ) -> list[tuple[int, str] | None]:
+        """The claims of a group in one transaction: one multi-row upsert (each row moves
+        only forwards) and, for the rows that did not move, one read. Two claims for the
+        same (key, role) cannot share an upsert: such a group claims one by one."""
+        pairs = [(c.key_id, c.role) for c in claims]
+        if len(claims) < 2 or len(set(pairs)) < len(pairs):
+            return [self.claim(c, now) for c in claims]
+        values = ", ".join(["(%s, %s, %s, %s, %s, %s, %s)"] * len(claims))
+        params = [
+            v
+            for c in claims
+            for v in (c.key_id, c.role, c.version, c.payload_sha256, c.expires, c.principal, now)
+        ]
+
+        def work(conn: psycopg.Connection[Any]) -> dict[tuple[str, str], tuple[int, str]]:
+            with conn.pipeline(), conn.transaction():
+                conn.execute("SET LOCAL synchronous_commit = off")
+                moved = conn.execute(_CLAIM_MANY.format(values=values), params)
+            stay = set(pairs) - {(str(r[0]), str(r[1])) for r in moved.fetchall()}
+            if not stay:
+                return {}
+            keys = sorted(stay)
+            rows = conn.execute(
+                _LAST_MANY.format(pairs=", ".join(["(%s, %s)"] * len(keys))),
+                [v for pair in keys for v in pair],
+            ).fetchall()
+            found = {(str(r[0]), str(r[1])): (int(r[2]), str(r[3])) for r in rows}
+            return {pair: found[pair] for pair in keys if pair in found} | {
+                pair: (-1, "") for pair in keys if pair not in found
+            }
+
+        latest_of = self._db.run(work, transaction=False)
+        answers: list[tuple[int, str] | None] = []
+        for claim, pair in zip(claims, pairs, strict=True):
+            latest = latest_of.get(pair)
+            if latest is None or latest == (claim.version, claim.payload_sha256):
+                answers.append(None)  # moved (claimed), or the same payload again
+            elif latest == (-1, ""):  # rows are never deleted: only a damaged table
+                raise StorageUnavailable(f"the version claim for {claim.key_id} was lost")
+            else:
+                answers.append(refusal(latest, claim) or latest)
+        return answers
 
     def last(self, key_id: str, role: str) -> tuple[int, str] | None:
         row = self._db.run(

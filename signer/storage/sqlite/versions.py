@@ -64,6 +64,12 @@ class SqliteVersions:
                         pass
                 raise
 
+    def claim_many(
+        self, claims: Sequence[VersionClaim], now: float
+    ) -> list[tuple[int, str] | None]:
+        """One transaction each, as ``claim``: a local call, no round trip to save."""
+        return [self.claim(claim, now) for claim in claims]
+
     @staticmethod
     def _claim(conn: sqlite3.Connection, claim: VersionClaim, now: float) -> tuple[int, str] | None:
         # Re-signing exactly the latest payload changes nothing: a read, no write lock.
