@@ -658,3 +658,14 @@ def test_the_writers_fast_encoding_hashes_as_the_verifier_does(
     report = verify_log(tmp_path / "audit.db", {}, settings=AuditConfig(1000))
     assert report.ok, report
     assert report.entries == 2 * len(awkward)
+
+
+def test_the_writers_rows_follow_the_audit_columns() -> None:
+    """``_row`` spells the column order out for speed: it must be AUDIT_COLUMNS'."""
+    from signer.audit.log import _FIELDS, AuditEvent, _row
+    from signer.storage.interfaces import AUDIT_COLUMNS
+
+    probe = AuditEvent(**{name: name for name in _FIELDS if name != "time"}, time=7.5)
+    row = _row(1, probe, "outcome", "replica", "prev_hash", "hash")
+    named = {1: "seq", 7.5: "time"}
+    assert tuple(named.get(value, value) for value in row) == AUDIT_COLUMNS
