@@ -287,8 +287,9 @@ def test_rate_limited_client(served: Daemon, key: object) -> None:
     with served.client("limited") as client:
         for version in (1, 2, 3):  # burst 3
             client.sign(other.key_id, tuf_payload("snapshot", version))
+        refused = tuf_payload("snapshot", 4)  # kept: its expiry is taken from the clock
         with pytest.raises(ClientError) as info:
-            client.sign(other.key_id, tuf_payload("snapshot", 4))
+            client.sign(other.key_id, refused)
         assert _code(info) == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert info.value.message.startswith("rate limit for limited: 0.2/s, burst 3; retry in")
         with pytest.raises(ClientError) as info:  # SignBatch items count one each
@@ -301,7 +302,7 @@ def test_rate_limited_client(served: Daemon, key: object) -> None:
     rows = audit_rows(served.state, "principal = 'limited' AND code = 'RESOURCE_EXHAUSTED'")
     assert [r["operation"] for r in rows] == ["sign", "sign"]
     assert {r["outcome"] for r in rows} == {"denied"}
-    assert rows[0]["payload_sha256"] == sha256(tuf_payload("snapshot", 4))
+    assert rows[0]["payload_sha256"] == sha256(refused)
 
 
 # -- reload -------------------------------------------------------------------------------
