@@ -25,6 +25,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -108,7 +109,6 @@ def entry_hash(prev_hash: str, seq: int, event: dict[str, object]) -> str:
 
 
 _quote = json.encoder.encode_basestring_ascii  # what ``_ENCODER`` does to a str (C)
-_INF = float("inf")
 
 
 def _body_json(event: AuditEvent, outcome: str, replica: str) -> str:
@@ -119,7 +119,7 @@ def _body_json(event: AuditEvent, outcome: str, replica: str) -> str:
     when = float(event.time)  # the column is REAL: an int reads back as a float
     q = _quote
     try:
-        if when != when or when in (_INF, -_INF):
+        if not math.isfinite(when):
             raise TypeError(when)
         named = f'"replica":{q(replica)},' if replica else ""
         return (

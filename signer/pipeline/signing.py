@@ -117,6 +117,10 @@ class _Batch:
         )
         self.refusals.append((index, event))
 
+    def refuse_prepared(self, p: _Prepared, exc: SignerError) -> None:
+        """Refuse an item that got past its authorisation (its key and grant known)."""
+        self.refuse(p.at, resource_of(p.key), exc, p.payload_sha256, p.operation)
+
 
 @dataclass
 class _Queued:
@@ -221,21 +225,20 @@ class Pipeline:
                 self._in_flight.add(task)  # a reference until it ends
                 task.add_done_callback(self._in_flight.discard)
 
-    async def _wait_for_group(self, task: asyncio.Task[None], signed: asyncio.Future[None]) -> bool:
-        """Until the group ends, or has signed with enough queued behind it; False when
-        it is still running after ``GROUP_PATIENCE_SECONDS``."""
+    async def _wait_for_group(self, task: asyncio.Task[None], signed: asyncio.Future[None]) -> None:
+        """Until the group ends, or has signed with enough queued behind it, or is still
+        running after ``GROUP_PATIENCE_SECONDS``."""
         deadline = asyncio.get_running_loop().time() + GROUP_PATIENCE_SECONDS
         waiting: set[asyncio.Future[None]] = {task, signed}
         while not task.done():
             left = deadline - asyncio.get_running_loop().time()
             if left <= 0:
-                return False
+                return
             await asyncio.wait(waiting, timeout=left, return_when=asyncio.FIRST_COMPLETED)
             if signed.done():
                 waiting.discard(signed)
                 if self._queued_items() >= OVERLAP_ITEMS:
-                    return True  # its commit goes on; the token takes the next group
-        return True
+                    return  # its commit goes on; the token takes the next group
 
     def _queued_items(self) -> int:
         total = 0
@@ -373,13 +376,13 @@ class Pipeline:
                     kept.append(entry)
                     continue
                 _, batch, p = entry
-                batch.refuse(p.at, resource_of(p.key), _worded(exc), p.payload_sha256, p.operation)
+                batch.refuse_prepared(p, _worded(exc))
             standing = kept
         for _, batch, p in standing:
             try:
                 batch.prepared.append(p._replace(tbs=_to_be_signed(p.key, p.item)))
             except Exception as exc:
-                batch.refuse(p.at, resource_of(p.key), _worded(exc), p.payload_sha256, p.operation)
+                batch.refuse_prepared(p, _worded(exc))
 
     def _prepare_one(
         self, policy: Policy, batch: _Batch, index: int, item: SignInput, guards: bool = True
@@ -450,7 +453,7 @@ class Pipeline:
             )
         except SignerError as exc:
             for batch, p in prepared:
-                batch.refuse(p.at, resource_of(p.key), exc, p.payload_sha256, p.operation)
+                batch.refuse_prepared(p, exc)
             return exc
         for (batch, p), signature in zip(prepared, raw, strict=True):
             if isinstance(signature, bytes):
@@ -461,7 +464,7 @@ class Pipeline:
                 if isinstance(signature, SignerError)
                 else ServiceError(f"the token failed to sign: {signature}")
             )
-            batch.refuse(p.at, resource_of(p.key), error, p.payload_sha256, p.operation)
+            batch.refuse_prepared(p, error)
         return None
 
     def _events(self, batch: _Batch) -> list[AuditEvent]:

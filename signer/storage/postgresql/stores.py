@@ -182,6 +182,17 @@ _LAST_MANY = (
 )
 
 
+def _not_moved(claim: VersionClaim, latest: tuple[int, str] | None) -> tuple[int, str] | None:
+    """A claim whose upsert did not move the row: the stored version is as high or higher.
+    The same payload again is a re-sign (None: allowed); anything else is a rollback or a
+    fork (the latest that refuses it)."""
+    if latest == (claim.version, claim.payload_sha256):
+        return None
+    if latest is None:  # rows are never deleted: only a damaged table gets here
+        raise StorageUnavailable(f"the version claim for {claim.key_id} was lost")
+    return refusal(latest, claim) or latest
+
+
 class PostgresVersions:
     """A claim is one upsert that moves the (key, role) row only forwards: replicas claim
     one after the other (the row lock), and the common case is one round trip."""
@@ -204,14 +215,7 @@ class PostgresVersions:
 
         if self._db.run(work, transaction=False):
             return None  # a new row, or a higher version: claimed
-        # Not moved: the stored version is as high or higher. The same payload again is
-        # a re-sign (allowed); anything else is a rollback or a fork.
-        latest = self.last(*args)
-        if latest == (claim.version, claim.payload_sha256):
-            return None
-        if latest is None:  # rows are never deleted: only a damaged table gets here
-            raise StorageUnavailable(f"the version claim for {claim.key_id} was lost")
-        return refusal(latest, claim) or latest
+        return _not_moved(claim, self.last(*args))
 
     def claim_many(
         self, claims: Sequence[VersionClaim], now: float
@@ -229,34 +233,27 @@ class PostgresVersions:
             for v in (c.key_id, c.role, c.version, c.payload_sha256, c.expires, c.principal, now)
         ]
 
-        def work(conn: psycopg.Connection[Any]) -> dict[tuple[str, str], tuple[int, str]]:
+        def work(
+            conn: psycopg.Connection[Any],
+        ) -> tuple[set[tuple[str, str]], dict[tuple[str, str], tuple[int, str]]]:
             with conn.pipeline(), conn.transaction():
                 conn.execute("SET LOCAL synchronous_commit = off")
                 moved = conn.execute(_CLAIM_MANY.format(values=values), params)
             stay = set(pairs) - {(str(r[0]), str(r[1])) for r in moved.fetchall()}
             if not stay:
-                return {}
+                return stay, {}
             keys = sorted(stay)
             rows = conn.execute(
                 _LAST_MANY.format(pairs=", ".join(["(%s, %s)"] * len(keys))),
                 [v for pair in keys for v in pair],
             ).fetchall()
-            found = {(str(r[0]), str(r[1])): (int(r[2]), str(r[3])) for r in rows}
-            return {pair: found[pair] for pair in keys if pair in found} | {
-                pair: (-1, "") for pair in keys if pair not in found
-            }
+            return stay, {(str(r[0]), str(r[1])): (int(r[2]), str(r[3])) for r in rows}
 
-        latest_of = self._db.run(work, transaction=False)
-        answers: list[tuple[int, str] | None] = []
-        for claim, pair in zip(claims, pairs, strict=True):
-            latest = latest_of.get(pair)
-            if latest is None or latest == (claim.version, claim.payload_sha256):
-                answers.append(None)  # moved (claimed), or the same payload again
-            elif latest == (-1, ""):  # rows are never deleted: only a damaged table
-                raise StorageUnavailable(f"the version claim for {claim.key_id} was lost")
-            else:
-                answers.append(refusal(latest, claim) or latest)
-        return answers
+        stay, latest_of = self._db.run(work, transaction=False)
+        return [
+            _not_moved(claim, latest_of.get(pair)) if pair in stay else None
+            for claim, pair in zip(claims, pairs, strict=True)
+        ]
 
     def last(self, key_id: str, role: str) -> tuple[int, str] | None:
         row = self._db.run(
