@@ -161,6 +161,54 @@ def test_replicas_share_keys_versions_and_the_audit_chain(
     assert ("sign-raw", "allowed", "b") in mine and mine[-1] == ("sign-raw", "failed", "b")
 
 
+def test_a_batch_of_version_claims_is_judged_item_by_item_across_replicas(
+    replicas: tuple[Daemon, Daemon],
+) -> None:
+    """One SignBatch through B with TUF payloads for several keys: on PostgreSQL the
+    group's claims are one multi-row upsert; each item is still judged as alone (forward,
+    re-sign, rollback, fork, first version) against versions signed through A."""
+    from authz_helpers import verify
+
+    from signer_api.v1 import signer_pb2_grpc as pb_grpc
+
+    a, b = replicas
+    with a.client("admin") as admin_a:
+        keys = [
+            admin_a.create_key(f"batch-{n}", "ecdsa-sha2-nistp256", role="targets")
+            for n in range(5)
+        ]
+        for key in keys[:4]:
+            admin_a.sign(key.key_id, _tuf(5))
+    plan = [
+        (keys[0], _tuf(6), grpc.StatusCode.OK),  # forward
+        (keys[1], _tuf(5), grpc.StatusCode.OK),  # the same bytes again
+        (keys[2], _tuf(4), grpc.StatusCode.PERMISSION_DENIED),  # rollback
+        (keys[3], _tuf(5, "fork"), grpc.StatusCode.PERMISSION_DENIED),  # fork
+        (keys[4], _tuf(1), grpc.StatusCode.OK),  # a key's first version
+    ]
+    request = pb.SignBatchRequest(
+        items=[pb.SignBatchItem(key_id=k.key_id, payload=payload) for k, payload, _ in plan]
+    )
+    with b.channel("admin") as channel:
+        response = pb_grpc.SigningServiceStub(channel).SignBatch(request, timeout=10)
+    codes = [r.status.code for r in response.results]
+    assert codes == [want.value[0] for _, _, want in plan], response
+    for (key, payload, want), result in zip(plan, response.results, strict=True):
+        if want == grpc.StatusCode.OK:
+            verify(key, payload, result.signature)
+    assert "lower than version 5" in response.results[2].status.message
+    assert "different content" in response.results[3].status.message
+    # The refusals wrote nothing: the versions stand as the plan left them, seen from A.
+    with a.client("admin") as admin_a:
+        assert admin_a.sign(keys[0].key_id, _tuf(6)).signature  # re-sign of the new 6
+        assert refused(lambda: admin_a.sign(keys[2].key_id, _tuf(4))).code == (
+            grpc.StatusCode.PERMISSION_DENIED
+        )
+        assert admin_a.sign(keys[2].key_id, _tuf(5)).signature
+    for replica in (a, b):
+        assert replica.health() == health_pb2.HealthCheckResponse.SERVING
+
+
 QUORUM_POLICY = """
 [[rules]]
 principals = ["admin"]
