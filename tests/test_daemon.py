@@ -15,6 +15,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from grpc_health.v1 import health_pb2
 from securesystemslib.signer import Signature, SSlibKey
 
 from harness import Daemon, audit_rows, object_id_of, read_token_objects
@@ -279,6 +280,41 @@ def test_sign_batch_reports_each_item(daemon: Daemon, keys: dict[str, pb.Key]) -
     sslib_verify(key, response.results[5].signature, b"six")
     assert "no key" in response.results[1].status.message
     assert response.results[1].signature == b""
+
+
+def test_a_large_batch_reports_each_item_as_a_small_one_does(
+    daemon: Daemon, keys: dict[str, pb.Key]
+) -> None:
+    """Over 64 items a batch is checked in a thread, stage by stage over its items
+    (authorisation, then each guard over all, then what the token signs): each refusal
+    lands on its own item as in a small batch, and the rest are signed."""
+    from authz_helpers import tuf_payload
+
+    key = keys["ecdsa-sha2-nistp256"]
+    newer, older = tuf_payload("targets", 5), tuf_payload("targets", 4)
+    daemon.client().sign(key.key_id, newer)
+    odd = {
+        3: (pb.SignBatchItem(key_id="0" * 64, payload=b"x"), grpc.StatusCode.NOT_FOUND),
+        10: (pb.SignBatchItem(digest=b"short"), grpc.StatusCode.INVALID_ARGUMENT),
+        20: (pb.SignBatchItem(payload=older), grpc.StatusCode.PERMISSION_DENIED),  # rollback
+        30: (
+            pb.SignBatchItem(key_id=keys["ed25519"].key_id, digest=b"d" * 32),
+            grpc.StatusCode.INVALID_ARGUMENT,  # EdDSA signs whole messages
+        ),
+        40: (pb.SignBatchItem(payload=newer), grpc.StatusCode.OK),  # the same bytes again
+    }
+    items = [odd[n][0] if n in odd else pb.SignBatchItem(payload=b"item-%d" % n) for n in range(70)]
+    stub = pb_grpc.SigningServiceStub(daemon.channel())
+    response = stub.SignBatch(pb.SignBatchRequest(key_id=key.key_id, items=items), timeout=20)
+    codes = [r.status.code for r in response.results]
+    assert codes == [odd[n][1].value[0] if n in odd else 0 for n in range(70)]
+    assert "lower than version 5" in response.results[20].status.message
+    assert "payload, not digest" in response.results[30].status.message
+    sslib_verify(key, response.results[40].signature, newer)
+    for n in range(70):
+        if n not in odd:
+            sslib_verify(key, response.results[n].signature, b"item-%d" % n)
+    assert daemon.health() == health_pb2.HealthCheckResponse.SERVING
 
 
 def test_sign_batch_many_items_in_order(daemon: Daemon, keys: dict[str, pb.Key]) -> None:
