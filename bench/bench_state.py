@@ -22,6 +22,11 @@ hold an audit entry for each signature counted.
 
     PYTHONPATH=$PWD:$PWD/clients:$PWD/tests python3 bench/bench_state.py   # ~2 min
         [--seconds 4] [--rounds 3] [--clients 2] [--concurrency 8] [--batch 64]
+        [--postgres-cpus 1]
+
+``--postgres-cpus`` gives PostgreSQL CPUs of its own, as a database host would have: its
+processes run there, and the daemons and clients of every set-up (SQLite's too) on the
+other CPUs, so both backends have the same signer side.
 """
 
 from __future__ import annotations
@@ -170,6 +175,21 @@ def drive(
     return total / seconds, p50, p99
 
 
+def pin_postgres(cluster: Any, cpus: set[int]) -> None:
+    """The cluster's processes on ``cpus``: the postmaster and what it has started (the
+    backends it forks later inherit the postmaster's affinity)."""
+    postmaster = int((cluster.data / "postmaster.pid").read_text().split()[0])
+    pids = [postmaster]
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == postmaster:
+                    pids.append(int(entry.name))
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(pid, cpus)
+
+
 @contextlib.contextmanager
 def setups(tmp: Path, cluster: Any) -> Iterator[list[Setup]]:
     made: list[Setup] = []
@@ -240,16 +260,30 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=2, help="client processes")
     ap.add_argument("--concurrency", type=int, default=8, help="callers (keys) per client")
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument(
+        "--postgres-cpus",
+        type=lambda text: {int(n) for n in text.split(",")},
+        help="CPUs of PostgreSQL's own, e.g. 1; the daemons and clients get the others",
+    )
     args = ap.parse_args()
     if not pg_harness.available():
         print("PostgreSQL 15 is not installed: run `make deps`")
         return 2
     callers = args.clients * args.concurrency
+    pg_cpus: set[int] = args.postgres_cpus or set()
+    signer_cpus = os.sched_getaffinity(0) - pg_cpus
+    if pg_cpus:
+        if not signer_cpus or not pg_cpus <= os.sched_getaffinity(0):
+            print(f"--postgres-cpus {sorted(pg_cpus)}: leave the signer side a CPU of this host")
+            return 2
+        os.sched_setaffinity(0, signer_cpus)  # inherited by every daemon and client
     with (
         tempfile.TemporaryDirectory() as tmp_name,
         pg_harness.running_cluster() as cluster,
         setups(Path(tmp_name), cluster) as made,
     ):
+        if pg_cpus:
+            pin_postgres(cluster, pg_cpus)
         for setup in made:
             with setup.daemons[0].client() as client:
                 for n in range(callers):
@@ -266,9 +300,15 @@ def main() -> int:
                     setup.results.setdefault(mode, []).append(got)
         checks = [(s, audited(s, cluster)) for s in made]
 
+    where = (
+        f"PostgreSQL on CPU {','.join(map(str, sorted(pg_cpus)))}, daemons and clients on "
+        f"{','.join(map(str, sorted(signer_cpus)))}"
+        if pg_cpus
+        else "daemons, PostgreSQL and clients on all of them"
+    )
     print(
-        f"signerd state bench: ECDSA P-256 on SoftHSM2, mTLS, {os.cpu_count()} cores (daemons, "
-        f"PostgreSQL and clients on one machine); {args.clients} client processes, "
+        f"signerd state bench: ECDSA P-256 on SoftHSM2, mTLS, {os.cpu_count()} cores ({where}); "
+        f"{args.clients} client processes, "
         f"{callers} callers (a key each); {args.rounds} interleaved rounds of "
         f"{args.seconds:g} s; medians"
     )
