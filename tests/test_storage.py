@@ -277,14 +277,14 @@ def test_audit_chain_verifies(backend: Backend) -> None:
 def test_appenders_in_turn_extend_one_chain(backend: Backend) -> None:
     """Two writers (workers or replicas) appending in turn: each append starts from a tip
     the other has moved (the one-statement append finds it stale and inserts nothing),
-    so every append takes the locked path; the chain stays whole and verifies."""
+    so every append takes the locked path; the chain stays whole and verifies. One of them
+    holds 1,100 entries (more than one statement's worth of rows on SQLite)."""
     logs = [AuditLog(backend.audit()), AuditLog(backend.audit())]  # two chains, one store
+    sizes = [1100 if i == 5 else 1 + i % 3 for i in range(12)]
     try:
-        for i in range(12):
+        for i, size in enumerate(sizes):
             log = logs[i % 2]
-            events = [AuditEvent(f"w{i % 2}", "sign", Outcome.ALLOWED, key_id=f"k{i}")] * (
-                1 + i % 3
-            )
+            events = [AuditEvent(f"w{i % 2}", "sign", Outcome.ALLOWED, key_id=f"k{i}")] * size
             log.record(*events)
         for _ in range(3):  # and again from the same writer: the fast path
             logs[0].record(AuditEvent("w0", "sign", Outcome.ALLOWED, key_id="again"))
@@ -292,7 +292,8 @@ def test_appenders_in_turn_extend_one_chain(backend: Backend) -> None:
         for log in logs:
             log.close()
     entries, _ = backend.audit_reader().snapshot()
-    assert [e["seq"] for e in entries] == list(range(1, 1 + sum(1 + i % 3 for i in range(12)) + 3))
+    assert [e["seq"] for e in entries] == list(range(1, 1 + sum(sizes) + 3))
+    assert [e["key_id"] for e in entries].count("k5") == 1100
     assert not verify(backend.audit_reader(), {}).kinds() & {"edited", "deleted", "inserted"}
 
 

@@ -56,15 +56,12 @@ CREATE TABLE IF NOT EXISTS audit_checkpoints (
 )
 """
 
-_INSERT = (
-    f"INSERT INTO audit ({', '.join(AUDIT_COLUMNS)}) "
-    f"VALUES ({', '.join('?' for _ in AUDIT_COLUMNS)})"
-)
 _TIP = "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1"
 _ROW_PLACEHOLDERS = f"({', '.join('?' for _ in AUDIT_COLUMNS)})"
 # Rows per guarded INSERT: far below SQLite's 32,766 bound parameters (15 per row).
 _GUARDED_ROWS = 512
 _GUARDED_INSERTS: dict[int, str] = {}
+_INSERTS: dict[int, str] = {}
 _CHECKPOINT_COLUMNS = "id, seq, hash, key_id, body, signature"
 
 
@@ -88,6 +85,7 @@ class SqliteAuditChain:
             ) from exc
         # The tip this connection last wrote or read; False: unknown (read it under the lock).
         self._tip: tuple[int, str] | Literal[False] | None = False
+        self._guess = True  # whether to try the insert guarded by the tip (see append)
         self._side: sqlite3.Connection | None = None  # the checkpointer's
         self._side_lock = threading.Lock()
 
@@ -99,12 +97,15 @@ class SqliteAuditChain:
         fsync'd). Each SQLite call hands the GIL over twice, and the writer thread's
         waits for it back cost more CPU than the SQL, so fewer calls matter. If another
         worker appended meanwhile, nothing is inserted and the append runs again as a
-        transaction that reads the tip under the write lock.
+        transaction that reads the tip under the write lock, its rows again in one
+        statement. Where the workers append in turn, the guess would miss each time: it
+        is tried again only once a locked read finds the tip it would have guessed.
         """
         conn = self._conn
         try:
-            if self._tip is not False:
-                rows = build(self._tip)
+            known = self._tip
+            if known is not False and self._guess:
+                rows = build(known)
                 if not rows:
                     return
                 if len(rows) <= _GUARDED_ROWS and self._insert_if_tip(rows):
@@ -112,9 +113,11 @@ class SqliteAuditChain:
             with transaction(conn):
                 tip = conn.execute(_TIP).fetchone()
                 self._tip = (int(tip[0]), str(tip[1])) if tip else None
+                # Would the guarded insert have done? (Not known: try it next time.)
+                self._guess = known is False or self._tip == known
                 rows = build(self._tip)
                 if rows:
-                    conn.executemany(_INSERT, rows)
+                    self._insert_rows(rows)
             if rows:
                 self._tip = (int(rows[-1][0]), str(rows[-1][-1]))
         except BaseException:
@@ -123,6 +126,19 @@ class SqliteAuditChain:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
             raise
+
+    def _insert_rows(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Insert ``rows`` (inside a transaction), ``_GUARDED_ROWS`` to a statement: one
+        SQLite step each, where ``executemany`` takes one (and two GIL hand-overs) a row."""
+        for start in range(0, len(rows), _GUARDED_ROWS):
+            chunk = rows[start : start + _GUARDED_ROWS]
+            sql = _INSERTS.get(len(chunk))
+            if sql is None:
+                values = ", ".join([_ROW_PLACEHOLDERS] * len(chunk))
+                sql = _INSERTS[len(chunk)] = (
+                    f"INSERT INTO audit ({', '.join(AUDIT_COLUMNS)}) VALUES {values}"
+                )
+            self._conn.execute(sql, [value for row in chunk for value in row])
 
     def _insert_if_tip(self, rows: Sequence[tuple[Any, ...]]) -> bool:
         """Insert ``rows`` in one statement if the chain's tip is still ``self._tip``."""
