@@ -10,6 +10,7 @@ file read-only (``signerd audit verify`` works with the daemon running or not).
 from __future__ import annotations
 
 import contextlib
+import functools
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -58,11 +59,28 @@ CREATE TABLE IF NOT EXISTS audit_checkpoints (
 
 _TIP = "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1"
 _ROW_PLACEHOLDERS = f"({', '.join('?' for _ in AUDIT_COLUMNS)})"
-# Rows per guarded INSERT: far below SQLite's 32,766 bound parameters (15 per row).
-_GUARDED_ROWS = 512
-_GUARDED_INSERTS: dict[int, str] = {}
-_INSERTS: dict[int, str] = {}
+# Rows per INSERT statement: far below SQLite's 32,766 bound parameters (15 per row).
+_ROWS_PER_INSERT = 512
 _CHECKPOINT_COLUMNS = "id, seq, hash, key_id, body, signature"
+
+
+@functools.lru_cache(maxsize=2 * _ROWS_PER_INSERT)
+def _insert_sql(rows: int, guarded: bool) -> str:
+    """One INSERT of ``rows`` rows; ``guarded``: only if the tip is still the (seq, hash)
+    bound after the rows' values."""
+    values = ", ".join([_ROW_PLACEHOLDERS] * rows)
+    into = f"INSERT INTO audit ({', '.join(AUDIT_COLUMNS)})"
+    if not guarded:
+        return f"{into} VALUES {values}"
+    return (
+        f"{into} SELECT * FROM (VALUES {values}) "
+        f"WHERE (SELECT seq FROM audit ORDER BY seq DESC LIMIT 1) IS ? "
+        f"AND (SELECT hash FROM audit ORDER BY seq DESC LIMIT 1) IS ?"
+    )
+
+
+def _values(rows: Sequence[tuple[Any, ...]]) -> list[Any]:
+    return [value for row in rows for value in row]
 
 
 class SqliteAuditChain:
@@ -108,7 +126,7 @@ class SqliteAuditChain:
                 rows = build(known)
                 if not rows:
                     return
-                if len(rows) <= _GUARDED_ROWS and self._insert_if_tip(rows):
+                if len(rows) <= _ROWS_PER_INSERT and self._insert_if_tip(rows):
                     return
             with transaction(conn):
                 tip = conn.execute(_TIP).fetchone()
@@ -128,32 +146,17 @@ class SqliteAuditChain:
             raise
 
     def _insert_rows(self, rows: Sequence[tuple[Any, ...]]) -> None:
-        """Insert ``rows`` (inside a transaction), ``_GUARDED_ROWS`` to a statement: one
+        """Insert ``rows`` (inside a transaction), ``_ROWS_PER_INSERT`` to a statement: one
         SQLite step each, where ``executemany`` takes one (and two GIL hand-overs) a row."""
-        for start in range(0, len(rows), _GUARDED_ROWS):
-            chunk = rows[start : start + _GUARDED_ROWS]
-            sql = _INSERTS.get(len(chunk))
-            if sql is None:
-                values = ", ".join([_ROW_PLACEHOLDERS] * len(chunk))
-                sql = _INSERTS[len(chunk)] = (
-                    f"INSERT INTO audit ({', '.join(AUDIT_COLUMNS)}) VALUES {values}"
-                )
-            self._conn.execute(sql, [value for row in chunk for value in row])
+        for start in range(0, len(rows), _ROWS_PER_INSERT):
+            chunk = rows[start : start + _ROWS_PER_INSERT]
+            self._conn.execute(_insert_sql(len(chunk), guarded=False), _values(chunk))
 
     def _insert_if_tip(self, rows: Sequence[tuple[Any, ...]]) -> bool:
         """Insert ``rows`` in one statement if the chain's tip is still ``self._tip``."""
-        sql = _GUARDED_INSERTS.get(len(rows))
-        if sql is None:
-            values = ", ".join([_ROW_PLACEHOLDERS] * len(rows))
-            sql = _GUARDED_INSERTS[len(rows)] = (
-                f"INSERT INTO audit ({', '.join(AUDIT_COLUMNS)}) SELECT * FROM (VALUES {values}) "
-                f"WHERE (SELECT seq FROM audit ORDER BY seq DESC LIMIT 1) IS ? "
-                f"AND (SELECT hash FROM audit ORDER BY seq DESC LIMIT 1) IS ?"
-            )
         tip = self._tip
-        params = [value for row in rows for value in row]
-        params += [tip[0], tip[1]] if tip else [None, None]
-        if self._conn.execute(sql, params).rowcount == len(rows):
+        params = _values(rows) + ([tip[0], tip[1]] if tip else [None, None])
+        if self._conn.execute(_insert_sql(len(rows), guarded=True), params).rowcount == len(rows):
             self._tip = (int(rows[-1][0]), str(rows[-1][-1]))
             return True
         self._tip = False  # another writer appended: read the tip under the lock
