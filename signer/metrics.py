@@ -74,8 +74,8 @@ class Observer:
     def refused(self, rpc: str, error: SignerError, started: float) -> None:
         """An RPC ended with ``error``'s status."""
 
-    def signed(self, algorithm: str, role: str) -> None:
-        """The token made a signature that was audited and handed out."""
+    def signed(self, algorithm: str, role: str, count: int = 1) -> None:
+        """The token made ``count`` signatures that were audited and handed out."""
 
     def rate_limited(self, reason: str) -> None:
         """A request refused by its rate limit (``reason``: the ErrorInfo reason)."""
@@ -280,14 +280,14 @@ class PrometheusMetrics(Observer):
             latency.buckets[index] += 1
             latency.total += elapsed
 
-    def signed(self, algorithm: str, role: str) -> None:
+    def signed(self, algorithm: str, role: str, count: int = 1) -> None:
         with self._lock:
             cell = self._signed.get((algorithm, role))
             if cell is None:
                 cell = self._signed[(algorithm, role)] = self._counted(
                     self._signatures.labels(algorithm, role)
                 )
-            cell.n += 1
+            cell.n += count
 
     def rate_limited(self, reason: str) -> None:
         with self._lock:

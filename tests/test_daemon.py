@@ -442,6 +442,38 @@ def test_every_request_is_audited_in_a_chain(daemon: Daemon, keys: dict[str, pb.
         assert row["prev_hash"] == prev["hash"] and row["seq"] == prev["seq"] + 1
 
 
+def test_each_signed_digest_is_named_in_its_audit_entry(
+    daemon: Daemon, keys: dict[str, pb.Key]
+) -> None:
+    """A raw digest's entry says which digest was signed: the SHA-256 one in
+    ``payload_sha256`` (it is the artefact's SHA-256), any other in the detail."""
+    client = daemon.client("alice")
+    p256, p384 = keys["ecdsa-sha2-nistp256"].key_id, keys["ecdsa-sha2-nistp384"].key_id
+    before = len(audit_rows(daemon))
+    sha256s = [hashlib.sha256(b"artefact-%d" % n).digest() for n in range(3)]
+    sha384 = hashlib.sha384(b"artefact").digest()
+    client.sign_digest(p256, sha256s[0])
+    request = pb.SignBatchRequest(
+        items=[pb.SignBatchItem(key_id=p256, digest=d) for d in sha256s[1:]]
+        + [pb.SignBatchItem(key_id=p384, digest=sha384), pb.SignBatchItem(key_id=p256, digest=b"x")]
+    )
+    results = client.signing.SignBatch(request).results
+    assert [r.status.code for r in results] == [0, 0, 0, grpc.StatusCode.INVALID_ARGUMENT.value[0]]
+    rows = audit_rows(daemon)[before:]
+    assert [(r["operation"], r["outcome"], r["payload_sha256"], r["detail"]) for r in rows[:4]] == [
+        ("sign-raw", "allowed", sha256s[0].hex(), ""),
+        ("sign-raw", "allowed", sha256s[1].hex(), ""),
+        ("sign-raw", "allowed", sha256s[2].hex(), ""),
+        ("sign-raw", "allowed", "", f"digest {sha384.hex()}"),
+    ]
+    refused = rows[4]
+    assert (refused["outcome"], refused["payload_sha256"]) == ("failed", "")
+    assert (
+        refused["detail"].startswith(f"digest {b'x'.hex()}: ") and "32 bytes" in refused["detail"]
+    )
+    assert daemon.proc.poll() is None
+
+
 def test_hostile_payloads_get_a_status_not_a_crash(daemon: Daemon, keys: dict[str, pb.Key]) -> None:
     """Deep nesting and huge versions must not escape as INTERNAL or fail a whole batch."""
     key = daemon.client().create_key("hostile", "ecdsa-sha2-nistp256", "timestamp")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 from signer.identity import Principal
@@ -11,8 +10,7 @@ from signer.policy import Operation, Policy
 from signer.registry import KeyRecord
 
 
-@dataclass(frozen=True)
-class SignInput:
+class SignInput(NamedTuple):  # a tuple: made per item, 2x cheaper than a frozen dataclass
     """One thing to sign: a payload, or (raw signing) a pre-computed digest.
 
     ``dialect`` names the API the payload came through: ``"tuf"`` for signer_api.v1 (standard
@@ -43,7 +41,8 @@ class SignGuard(Protocol):
 
     ``operation`` says which permission the item needs (SIGN for a payload the guard
     understands, SIGN_RAW otherwise) from the request alone, reading no state, so the
-    policy is asked before a guard reveals anything (a version, a request's state).
+    policy is asked before a guard reveals anything (a version, a request's state); the
+    guards are asked in turn only until one says SIGN_RAW (nothing is stricter).
     ``check`` raises a SignerError to refuse; it may record state (the version being
     signed) because the signature follows. ``signed`` is told once the signature has been
     audited and released.

@@ -64,10 +64,25 @@ OVERLAP_ITEMS = 16
 class _Prepared(NamedTuple):  # a tuple: made per item, 4x cheaper than a frozen dataclass
     at: int  # the item's index in its request
     key: KeyRecord
+    resource: Resource  # the key's, as authorised and audited
     item: SignInput
     payload_sha256: str
+    detail: str  # for the audit entry
     tbs: bytes  # what the token signs
     operation: Operation  # the grant it needed: sign or sign-raw (for the audit entry)
+
+
+def _what_is_signed(item: SignInput) -> tuple[str, str]:
+    """The audit entry's ``payload_sha256`` and ``detail`` for an item: the payload's
+    SHA-256, or the digest sent (a SHA-256 digest is the artefact's SHA-256; any other
+    size is named in the detail), so the log says what each signature covers."""
+    if item.payload:
+        return hashlib.sha256(item.payload).hexdigest(), item.detail
+    if item.digest:
+        if len(item.digest) == 32:
+            return item.digest.hex(), item.detail
+        return "", f"digest {item.digest[:128].hex()}"
+    return "", item.detail
 
 
 def _to_be_signed(key: KeyRecord, item: SignInput) -> bytes:
@@ -107,19 +122,19 @@ class _Batch:
         resource: Resource,
         exc: SignerError,
         digest: str,
+        detail: str,
         operation: Operation | None = None,
     ) -> None:
         self.results[index] = exc
-        item = self.items[index]
         name = operation.value if operation is not None else self.operation
         event = failure_event(
-            self.principal, name, resource, exc, digest, item.request_id, item.detail
+            self.principal, name, resource, exc, digest, self.items[index].request_id, detail
         )
         self.refusals.append((index, event))
 
     def refuse_prepared(self, p: _Prepared, exc: SignerError) -> None:
         """Refuse an item that got past its authorisation (its key and grant known)."""
-        self.refuse(p.at, resource_of(p.key), exc, p.payload_sha256, p.operation)
+        self.refuse(p.at, p.resource, exc, p.payload_sha256, p.detail, p.operation)
 
 
 @dataclass
@@ -389,21 +404,20 @@ class Pipeline:
     ) -> _Prepared | None:
         """Check one item; a refusal is noted in the batch (and audited with it). Without
         ``guards``, only up to its authorisation (no guard checks, nothing to sign yet)."""
-        resource = Resource(item.key_id[:256])
-        digest = hashlib.sha256(item.payload).hexdigest() if item.payload else ""
-        operation: Operation | None = None
+        digest, detail = _what_is_signed(item)
         try:
             try:
-                return self._prepare(policy, batch.principal, index, item, digest, guards)
-            except SignerError as exc:
-                key, operation = getattr(exc, "key", None), getattr(exc, "operation", None)
-                if isinstance(key, KeyRecord):
-                    resource = resource_of(key)
+                return self._prepare(policy, batch.principal, index, item, digest, detail, guards)
+            except SignerError:
                 raise
             except Exception as exc:
                 raise _worded(exc) from exc
         except SignerError as exc:
-            batch.refuse(index, resource, exc, digest, operation)
+            key, operation = getattr(exc, "key", None), getattr(exc, "operation", None)
+            resource = (
+                resource_of(key) if isinstance(key, KeyRecord) else Resource(item.key_id[:256])
+            )
+            batch.refuse(index, resource, exc, digest, detail, operation)
             return None
 
     def _prepare(
@@ -413,6 +427,7 @@ class Pipeline:
         index: int,
         item: SignInput,
         digest: str,
+        detail: str,
         guards: bool = True,
     ) -> _Prepared:
         if not item.key_id:
@@ -425,14 +440,17 @@ class Pipeline:
             check_payload(item.payload, self.max_payload_bytes)
         key = self.registry.get(item.key_id, refresh=False)  # refreshed once per request
         operation = Operation.SIGN if item.digest is None else Operation.SIGN_RAW
+        resource = resource_of(key)
         try:
             for guard in self.guards:
+                if operation is Operation.SIGN_RAW:
+                    break  # the strongest grant already: no guard can raise it further
                 operation = stricter(operation, guard.operation(key, item))
             # Authorise first: a principal who may not sign learns nothing from the guards.
-            policy.authorize(principal, operation, resource_of(key))
+            policy.authorize(principal, operation, resource)
             check_usable(key)
             if not guards:
-                return _Prepared(index, key, item, digest, b"", operation)
+                return _Prepared(index, key, resource, item, digest, detail, b"", operation)
             for guard in self.guards:  # in order: the last ones record state (versions, claims)
                 guard.check(principal, key, item, policy)
             tbs = _to_be_signed(key, item)
@@ -440,7 +458,7 @@ class Pipeline:
             exc.key = key  # type: ignore[attr-defined]  # for the refusal's audit entry
             exc.operation = operation  # type: ignore[attr-defined]
             raise
-        return _Prepared(index, key, item, digest, tbs, operation)
+        return _Prepared(index, key, resource, item, digest, detail, tbs, operation)
 
     def _sign_in_token(self, batches: Sequence[_Batch]) -> SignerError | None:
         """One token call for every prepared item. A token fault refuses them all."""
@@ -469,52 +487,52 @@ class Pipeline:
 
     def _events(self, batch: _Batch) -> list[AuditEvent]:
         """Every item's entry, in item order: signatures and refusals in one commit."""
-        entries = list(batch.refusals)
-        for p, _ in batch.signed:
-            entries.append(
-                (
-                    p.at,
-                    allowed_event(
-                        batch.principal,
-                        p.operation.value,
-                        resource_of(p.key),
-                        p.payload_sha256,
-                        p.item.detail,
-                        p.item.request_id,
-                    ),
-                )
+        principal = str(batch.principal)
+        allowed = [
+            allowed_event(
+                principal,
+                p.operation.value,
+                p.resource,
+                p.payload_sha256,
+                p.detail,
+                p.item.request_id,
             )
+            for p, _ in batch.signed
+        ]
+        if not batch.refusals:  # signed in item order: nothing to interleave
+            return allowed
+        entries = list(batch.refusals)
+        entries.extend(zip([p.at for p, _ in batch.signed], allowed, strict=True))
         entries.sort(key=lambda entry: entry[0])
-        for exc in batch.results:
-            if isinstance(exc, SignerError):
-                mark_audited(exc)
+        for result in batch.results:
+            if isinstance(result, SignerError):
+                mark_audited(result)
         return [event for _, event in entries]
 
     def _release(self, batch: _Batch, seqs: Sequence[int]) -> list[Signed | SignerError]:
         """After the audit entries are committed: hand out the signatures."""
-        seq_of = dict(
-            zip(
-                sorted([i for i, _ in batch.refusals] + [p.at for p, _ in batch.signed]),
-                seqs,
-                strict=True,
-            )
-        )
+        order = [p.at for p, _ in batch.signed]
+        if batch.refusals:
+            order = sorted([i for i, _ in batch.refusals] + order)
+        seq_of = dict(zip(order, seqs, strict=True))
+        counted: dict[tuple[str, str], int] = {}
+        results = batch.results
         for p, signature in batch.signed:
+            key = p.key
             for guard in self.guards:
                 try:  # the signature is audited: bookkeeping must not withhold it
-                    guard.signed(batch.principal, p.key, p.item)
+                    guard.signed(batch.principal, key, p.item)
                 except Exception:
-                    log.exception("after signing with key %s", p.key.key_id)
-            self.recorder.metrics.signed(p.key.algorithm_name, p.key.role)
-            alg = p.key.algorithm
-            batch.results[p.at] = Signed(
-                p.key.key_id,
-                alg.encode_signature(signature),
-                signature,
-                alg.scheme,
-                seq_of.get(p.at, 0),
+                    log.exception("after signing with key %s", key.key_id)
+            labels = (key.algorithm_name, key.role)
+            counted[labels] = counted.get(labels, 0) + 1
+            alg = key.algorithm
+            results[p.at] = Signed(
+                key.key_id, alg.encode_signature(signature), signature, alg.scheme, seq_of[p.at]
             )
-        return [r for r in batch.results if r is not None]
+        for (algorithm, role), n in counted.items():
+            self.recorder.metrics.signed(algorithm, role, n)
+        return [r for r in results if r is not None]
 
     async def _whole_refusal(self, batch: _Batch, exc: SignerError) -> AuditEvent:
         """A request refused as a whole (rate limit) has one entry, not one per item."""

@@ -129,11 +129,8 @@ def request_message(request: SignatureRequest) -> pb.SignatureRequest:
 def _input(
     key_id: str, message: pb.SignRequest | pb.SignBatchItem, request_id: str = ""
 ) -> SignInput:
-    content = message.WhichOneof("content")
-    return SignInput(
-        key_id=key_id,
-        payload=message.payload if content == "payload" else None,
-        digest=message.digest if content == "digest" else None,
-        request_id=request_id,
-        role=message.role,
-    )
+    content = message.WhichOneof("content")  # positional below: made per batch item
+    if content == "digest":
+        return SignInput(key_id, None, message.digest, request_id, "tuf", "", message.role)
+    payload = message.payload if content == "payload" else None
+    return SignInput(key_id, payload, None, request_id, "tuf", "", message.role)

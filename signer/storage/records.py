@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import cached_property
 
 from signer.algorithms import Algorithm, get_algorithm
 
@@ -36,7 +37,7 @@ class KeyRecord:
     destroyed_at: float | None = None
     certificate_pem: str = ""  # the last certificate issued for the key (IssueCertificate)
 
-    @property
+    @cached_property  # asked several times per signature; a frozen record keeps it
     def algorithm(self) -> Algorithm:
         return get_algorithm(self.algorithm_name)
 
