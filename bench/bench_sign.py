@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -143,6 +144,54 @@ def _cpu_seconds(root_pid: int) -> float:
     return total
 
 
+def _workers(root_pid: int) -> list[int]:
+    """The daemon's worker processes (itself when it runs one worker)."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == root_pid:
+                children.append(int(entry.name))
+    return sorted(children) or [root_pid]
+
+
+def connections_per_worker(root_pid: int) -> list[int]:
+    """Established TCP connections each worker holds (Linux /proc). SO_REUSEPORT hashes
+    each connection to a worker, so a few long-lived connections may split unevenly."""
+    owner: dict[str, int] = {}
+    workers = _workers(root_pid)
+    for n, pid in enumerate(workers):
+        try:
+            fds = list(Path(f"/proc/{pid}/fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                owner[target[8:-1]] = n
+    counts = [0] * len(workers)
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 9 and fields[3] == "01" and fields[9] in owner:  # ESTABLISHED
+                counts[owner[fields[9]]] += 1
+    return counts
+
+
+# The split of the last drive()'s connections over the workers, sampled mid-window.
+last_split: list[int] = []
+
+
 def drive(
     daemon,
     key_id: str,
@@ -170,6 +219,11 @@ def drive(
         p.start()
     time.sleep(max(0.0, start_at - time.time()))
     cpu_before = _cpu_seconds(daemon.proc.pid)
+    sampler = threading.Timer(
+        seconds / 2,
+        lambda: last_split.__setitem__(slice(None), connections_per_worker(daemon.proc.pid)),
+    )
+    sampler.start()
     total, lats, client_cpu = 0, [], 0.0
     for _ in procs:
         n, lat, used = out.get()
@@ -177,6 +231,7 @@ def drive(
         lats.extend(lat)
         client_cpu += used
     cpu = _cpu_seconds(daemon.proc.pid) - cpu_before
+    sampler.join()
     for p in procs:
         p.join()
     lats.sort()
@@ -235,6 +290,7 @@ def main() -> int:
             TUF_PAYLOAD,
         )
         batch = drive(daemon, key.key_id, "batch", args.clients, 4, args.batch, args.seconds)
+        split = list(last_split)
         # The VM's speed drifts: the token is measured before and after the daemon, and
         # the ratios use the faster of the two (the stricter baseline).
         raw_after = raw_rate(daemon, object_id, args.seconds)
@@ -266,6 +322,7 @@ def main() -> int:
             f"{name:44} {rate:10.0f} {p50:8.2f} {p99:8.2f} {rate / raw[0]:7.2f} {cpu:18.3f} "
             f"{client_cpu:18.3f}"
         )
+    print(f"SignBatch connections per worker (mid-window, incl. the set-up client's): {split}")
     counted = round(sum(r[0] for r in (unary, unary_tuf, batch)) * args.seconds)
     print(f"audit rows for allowed signatures: {audited} (signatures counted above: {counted})")
     if audited < counted:

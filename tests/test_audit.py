@@ -653,11 +653,23 @@ def test_the_writers_fast_encoding_hashes_as_the_verifier_does(
                 ),
                 AuditEvent("p", "sign", Outcome.DENIED, time=n),  # an int time: the encoder
             )
+        # One commit whose entries share all but payload_sha256 and time (a SignBatch):
+        # the shared fields are encoded once, each entry's own two every time.
+        audit.record(
+            *(
+                AuditEvent("p", "sign-raw", Outcome.ALLOWED, "k", "r", "", text, time=1 + i / 7)
+                for text in awkward
+                for i in range(len(times))
+            ),
+            AuditEvent(
+                "q", "sign-raw", Outcome.FAILED, "k", "r", "", "x", "INVALID_ARGUMENT", time=2
+            ),
+        )
     finally:
         audit.close()
     report = verify_log(tmp_path / "audit.db", {}, settings=AuditConfig(1000))
     assert report.ok, report
-    assert report.entries == 2 * len(awkward)
+    assert report.entries == 2 * len(awkward) + len(awkward) * len(times) + 1
 
 
 def test_the_writers_rows_follow_the_audit_columns() -> None:

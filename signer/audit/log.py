@@ -111,24 +111,49 @@ def entry_hash(prev_hash: str, seq: int, event: dict[str, object]) -> str:
 _quote = json.encoder.encode_basestring_ascii  # what ``_ENCODER`` does to a str (C)
 
 
-def _body_json(event: AuditEvent, outcome: str, replica: str) -> str:
+# An entry's hashed fields but two, encoded: the text before the payload_sha256 value and
+# the text between it and the time. The entries of one SignBatch differ only in those two.
+_Shape = tuple[str, str]
+
+
+def _shape(event: AuditEvent, outcome: str, replica: str) -> _Shape:
+    q = _quote
+    named = f'"replica":{q(replica)},' if replica else ""
+    return (
+        f'{{"code":{q(event.code)},"detail":{q(event.detail)},"key_id":{q(event.key_id)},'
+        f'"operation":{q(event.operation)},"outcome":{q(outcome)},"payload_sha256":',
+        f',"principal":{q(event.principal)},{named}"repository":{q(event.repository)},'
+        f'"request_id":{q(event.request_id)},"role":{q(event.role)},"time":',
+    )
+
+
+def _body_json(
+    event: AuditEvent, outcome: str, replica: str, shapes: dict[tuple[str, ...], _Shape]
+) -> str:
     """``_ENCODER.encode`` of the entry's hashed fields (``entry_hash``'s ``fields``),
-    spelled out in ``sort_keys`` order: the same bytes at a fraction of the cost. A value
+    spelled out in ``sort_keys`` order: the same bytes at a fraction of the cost, the
+    fields shared with an earlier entry of the commit (``shapes``) encoded once. A value
     the fast path does not know (a time that is not finite, a field that is not a str)
     takes the encoder."""
     when = float(event.time)  # the column is REAL: an int reads back as a float
-    q = _quote
     try:
         if not math.isfinite(when):
             raise TypeError(when)
-        named = f'"replica":{q(replica)},' if replica else ""
-        return (
-            f'{{"code":{q(event.code)},"detail":{q(event.detail)},"key_id":{q(event.key_id)},'
-            f'"operation":{q(event.operation)},"outcome":{q(outcome)},'
-            f'"payload_sha256":{q(event.payload_sha256)},"principal":{q(event.principal)},'
-            f'{named}"repository":{q(event.repository)},"request_id":{q(event.request_id)},'
-            f'"role":{q(event.role)},"time":{when!r}}}'
+        key = (
+            event.code,
+            event.detail,
+            event.key_id,
+            event.operation,
+            outcome,
+            event.principal,
+            event.repository,
+            event.request_id,
+            event.role,
         )
+        shape = shapes.get(key)
+        if shape is None:
+            shape = shapes[key] = _shape(event, outcome, replica)
+        return f"{shape[0]}{_quote(event.payload_sha256)}{shape[1]}{when!r}}}"
     except TypeError:
         body: dict[str, object] = dict(zip(_FIELDS, astuple_flat(event), strict=True))
         body["outcome"], body["time"] = outcome, when
@@ -355,10 +380,12 @@ class AuditLog:
 
         # Each entry's hashed fields, encoded once: they do not depend on the tip.
         bodies = []
+        shapes: dict[tuple[str, ...], _Shape] = {}
         for pending in batch:
             for event in pending.events:
                 outcome = str(event.outcome)
-                bodies.append((pending, event, outcome, _body_json(event, outcome, replica)))
+                body = _body_json(event, outcome, replica, shapes)
+                bodies.append((pending, event, outcome, body))
 
         def build(tip: tuple[int, str] | None) -> list[tuple[object, ...]]:
             seq, prev = tip if tip else (0, GENESIS)

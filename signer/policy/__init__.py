@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from signer.errors import PermissionDenied
 from signer.principal import Principal
@@ -31,8 +31,7 @@ class Operation(StrEnum):
     CERTIFY = "certify"  # issue a certificate for a key (IssueCertificate)
 
 
-@dataclass(frozen=True)
-class Resource:
+class Resource(NamedTuple):  # a tuple: made per signature, 2x cheaper than a frozen dataclass
     """The key an operation touches (for create: the key about to exist)."""
 
     key_id: str = ""
