@@ -127,10 +127,9 @@ def _client_proc(
     out.put(asyncio.run(run()))
 
 
-def _cpu_seconds(root_pid: int) -> float:
-    """utime + stime of the daemon and its worker processes (Linux /proc)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
+def _daemon_stats(root_pid: int) -> dict[int, list[str]]:
+    """pid -> /proc stat fields (after the command name) of the daemon and its children."""
+    found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -140,22 +139,20 @@ def _cpu_seconds(root_pid: int) -> float:
             continue
         pid, ppid = int(entry.name), int(fields[1])
         if pid == root_pid or ppid == root_pid:
-            total += (int(fields[11]) + int(fields[12])) / tick
-    return total
+            found[pid] = fields
+    return found
+
+
+def _cpu_seconds(root_pid: int) -> float:
+    """utime + stime of the daemon and its worker processes (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats = _daemon_stats(root_pid).values()
+    return sum(int(fields[11]) + int(fields[12]) for fields in stats) / tick
 
 
 def _workers(root_pid: int) -> list[int]:
     """The daemon's worker processes (itself when it runs one worker)."""
-    children = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            if ppid == root_pid:
-                children.append(int(entry.name))
-    return sorted(children) or [root_pid]
+    return sorted(pid for pid in _daemon_stats(root_pid) if pid != root_pid) or [root_pid]
 
 
 def connections_per_worker(root_pid: int) -> list[int]:
@@ -188,10 +185,6 @@ def connections_per_worker(root_pid: int) -> list[int]:
     return counts
 
 
-# The split of the last drive()'s connections over the workers, sampled mid-window.
-last_split: list[int] = []
-
-
 def drive(
     daemon,
     key_id: str,
@@ -201,9 +194,11 @@ def drive(
     batch: int,
     seconds: float,
     payload: bytes = RAW_PAYLOAD,
+    split: list[int] | None = None,
 ) -> tuple[float, float, float, float, float]:
     """signs/s, p50 ms, p99 ms, and the daemon's and the clients' CPU ms per signature
-    over the window (the clients run on the same cores)."""
+    over the window (the clients run on the same cores). ``split``, if given, receives
+    the connections per worker, sampled mid-window."""
     ctx = mp.get_context("spawn")
     out: mp.Queue = ctx.Queue()
     cfg = daemon.client_config("admin").__dict__
@@ -219,10 +214,12 @@ def drive(
         p.start()
     time.sleep(max(0.0, start_at - time.time()))
     cpu_before = _cpu_seconds(daemon.proc.pid)
-    sampler = threading.Timer(
-        seconds / 2,
-        lambda: last_split.__setitem__(slice(None), connections_per_worker(daemon.proc.pid)),
-    )
+
+    def sample() -> None:
+        if split is not None:
+            split.extend(connections_per_worker(daemon.proc.pid))
+
+    sampler = threading.Timer(seconds / 2, sample)
     sampler.start()
     total, lats, client_cpu = 0, [], 0.0
     for _ in procs:
@@ -289,8 +286,10 @@ def main() -> int:
             args.seconds,
             TUF_PAYLOAD,
         )
-        batch = drive(daemon, key.key_id, "batch", args.clients, 4, args.batch, args.seconds)
-        split = list(last_split)
+        split: list[int] = []
+        batch = drive(
+            daemon, key.key_id, "batch", args.clients, 4, args.batch, args.seconds, split=split
+        )
         # The VM's speed drifts: the token is measured before and after the daemon, and
         # the ratios use the faster of the two (the stricter baseline).
         raw_after = raw_rate(daemon, object_id, args.seconds)
