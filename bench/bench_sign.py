@@ -3,7 +3,9 @@
 Starts a real SoftHSM token and a real signerd (mutual TLS, N worker processes) in a temp
 dir, then drives it from several client processes. Prints signs/s, p50/p99 latency and the
 ratio to the raw token rate measured in a separate process on the same token, before
-and after the daemon's runs (the faster of the two is the baseline).
+and after the daemon's runs (the faster of the two is the baseline). The same clients
+then drive the floor, a grpc.aio server with the same mTLS whose handlers do nothing, so
+each run also says what the daemon costs beyond gRPC and the token on this machine today.
 
     python bench/bench_sign.py [--seconds 5] [--workers 2] [--clients 4] [--batch 64]
 """
@@ -11,9 +13,11 @@ and after the daemon's runs (the faster of the two is the baseline).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import multiprocessing as mp
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -21,12 +25,13 @@ import tempfile
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "clients"), str(ROOT / "tests")]
 
-from harness import running_daemon  # noqa: E402
+from harness import free_port, running_daemon  # noqa: E402
 
 # A TUF payload (the version rules apply: a claim per signature) and a raw one (build farms).
 TUF_PAYLOAD = b'{"_type":"timestamp","expires":"2030-01-01T00:00:00Z","meta":{},"version":1}'
@@ -127,6 +132,72 @@ def _client_proc(
     out.put(asyncio.run(run()))
 
 
+def _floor_server(pki: str, port: int) -> None:
+    """The floor: a bare grpc.aio SigningService with the daemon's mTLS and event loop,
+    whose Sign and SignBatch return a fixed answer at once (no token, audit or policy):
+    what Python's gRPC stack alone costs per call on this machine, in this run."""
+    import grpc
+
+    from signer_api.v1 import signer_pb2 as pb
+    from signer_api.v1 import signer_pb2_grpc as pb_grpc
+
+    signature, ok = bytes(72), pb.ItemStatus(code=0)
+
+    class Floor(pb_grpc.SigningServiceServicer):
+        async def Sign(self, request: pb.SignRequest, context: object) -> pb.SignResponse:
+            return pb.SignResponse(key_id=request.key_id, signature=signature, scheme="floor")
+
+        async def SignBatch(
+            self, request: pb.SignBatchRequest, context: object
+        ) -> pb.SignBatchResponse:
+            response = pb.SignBatchResponse()
+            add = response.results.add
+            for _ in request.items:  # the daemon's answer's shape, signature and all
+                add(status=ok, key_id=request.key_id, signature=signature, scheme="floor")
+            return response
+
+    async def serve() -> None:
+        server = grpc.aio.server()
+        pb_grpc.add_SigningServiceServicer_to_server(Floor(), server)
+        base = Path(pki)
+        creds = grpc.ssl_server_credentials(
+            [((base / "server-key.pem").read_bytes(), (base / "server.pem").read_bytes())],
+            root_certificates=(base / "ca.pem").read_bytes(),
+            require_client_auth=True,
+        )
+        server.add_secure_port(f"127.0.0.1:{port}", creds)
+        await server.start()
+        await server.wait_for_termination()
+
+    import uvloop  # the daemon's event loop
+
+    uvloop.run(serve())
+
+
+@contextlib.contextmanager
+def floor_server(daemon) -> Iterator[tuple[dict, int]]:
+    """A running floor server: the client config to reach it and its process id."""
+    port = free_port()
+    proc = mp.get_context("spawn").Process(target=_floor_server, args=(str(daemon.pki), port))
+    proc.start()
+    try:
+        cfg = daemon.client_config("admin", address=f"localhost:{port}").__dict__
+        deadline = time.monotonic() + 30
+        while True:  # until it answers
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline or not proc.is_alive():
+                    raise SystemExit("the floor server did not start") from None
+                time.sleep(0.1)
+        assert proc.pid is not None
+        yield cfg, proc.pid
+    finally:
+        proc.kill()
+        proc.join()
+
+
 def _daemon_stats(root_pid: int) -> dict[int, list[str]]:
     """pid -> /proc stat fields (after the command name) of the daemon and its children."""
     found = {}
@@ -186,7 +257,7 @@ def connections_per_worker(root_pid: int) -> list[int]:
 
 
 def drive(
-    daemon,
+    target: tuple[dict, int],
     key_id: str,
     mode: str,
     clients: int,
@@ -201,7 +272,7 @@ def drive(
     the connections per worker, sampled mid-window."""
     ctx = mp.get_context("spawn")
     out: mp.Queue = ctx.Queue()
-    cfg = daemon.client_config("admin").__dict__
+    cfg, root_pid = target  # the client config to reach the server, its process id
     start_at = time.time() + 2.0
     procs = [
         ctx.Process(
@@ -213,11 +284,11 @@ def drive(
     for p in procs:
         p.start()
     time.sleep(max(0.0, start_at - time.time()))
-    cpu_before = _cpu_seconds(daemon.proc.pid)
+    cpu_before = _cpu_seconds(root_pid)
 
     def sample() -> None:
         if split is not None:
-            split.extend(connections_per_worker(daemon.proc.pid))
+            split.extend(connections_per_worker(root_pid))
 
     sampler = threading.Timer(seconds / 2, sample)
     sampler.start()
@@ -227,7 +298,7 @@ def drive(
         total += n
         lats.extend(lat)
         client_cpu += used
-    cpu = _cpu_seconds(daemon.proc.pid) - cpu_before
+    cpu = _cpu_seconds(root_pid) - cpu_before
     sampler.join()
     for p in procs:
         p.join()
@@ -275,9 +346,10 @@ def main() -> int:
             .fetchone()[0]
         )
         raw_before = raw_rate(daemon, object_id, args.seconds)
-        unary = drive(daemon, key.key_id, "unary", args.clients, args.concurrency, 1, args.seconds)
+        ours = (daemon.client_config("admin").__dict__, daemon.proc.pid)
+        unary = drive(ours, key.key_id, "unary", args.clients, args.concurrency, 1, args.seconds)
         unary_tuf = drive(
-            daemon,
+            ours,
             key.key_id,
             "unary",
             args.clients,
@@ -288,8 +360,16 @@ def main() -> int:
         )
         split: list[int] = []
         batch = drive(
-            daemon, key.key_id, "batch", args.clients, 4, args.batch, args.seconds, split=split
+            ours, key.key_id, "batch", args.clients, 4, args.batch, args.seconds, split=split
         )
+        # The floor, in the same run: the same clients against a gRPC server that does nothing.
+        with floor_server(daemon) as floor:
+            floor_unary = drive(
+                floor, key.key_id, "unary", args.clients, args.concurrency, 1, args.seconds
+            )
+            floor_batch = drive(
+                floor, key.key_id, "batch", args.clients, 4, args.batch, args.seconds
+            )
         # The VM's speed drifts: the token is measured before and after the daemon, and
         # the ratios use the faster of the two (the stricter baseline).
         raw_after = raw_rate(daemon, object_id, args.seconds)
@@ -315,6 +395,8 @@ def main() -> int:
         (f"unary Sign, raw ({args.clients}x{args.concurrency} in flight)", unary),
         (f"unary Sign, TUF timestamp ({args.clients}x{args.concurrency})", unary_tuf),
         (f"SignBatch {args.batch} digests ({args.clients}x4 in flight)", batch),
+        (f"floor: no-op unary Sign ({args.clients}x{args.concurrency})", floor_unary),
+        (f"floor: no-op SignBatch {args.batch} ({args.clients}x4)", floor_batch),
     ]
     for name, (rate, p50, p99, cpu, client_cpu) in rows:
         print(
@@ -322,6 +404,17 @@ def main() -> int:
             f"{client_cpu:18.3f}"
         )
     print(f"SignBatch connections per worker (mid-window, incl. the set-up client's): {split}")
+    token_ms = 1000 / raw[0]  # one signature of the raw loop: a thread busy signing
+    print(
+        "server CPU against the floor (a grpc.aio server, same mTLS and event loop, one "
+        f"process, handlers that do nothing): unary raw {unary[3] / floor_unary[3]:.2f}x, "
+        f"TUF {unary_tuf[3] / floor_unary[3]:.2f}x the floor's {floor_unary[3]:.3f} ms"
+    )
+    print(
+        f"SignBatch CPU a signature: floor {floor_batch[3] * 1000:.0f} us + token "
+        f"{token_ms * 1000:.0f} us (1 / raw rate) + the daemon's own "
+        f"{(batch[3] - floor_batch[3] - token_ms) * 1000:.0f} us"
+    )
     counted = round(sum(r[0] for r in (unary, unary_tuf, batch)) * args.seconds)
     print(f"audit rows for allowed signatures: {audited} (signatures counted above: {counted})")
     if audited < counted:
