@@ -37,6 +37,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "clients"), str(ROOT / "tests")]
 
+import grpc_floor  # noqa: E402
+
 from harness import Daemon, child_pids, free_port, running_daemon  # noqa: E402
 from signer.notary import keys as nkeys  # noqa: E402
 
@@ -186,14 +188,7 @@ def create_key(target: Target) -> tuple[str, bytes]:
 
 
 def _floor_server(pki: str, port: int) -> None:
-    """The floor: a bare Python grpc.aio server, same mTLS, whose Sign does nothing.
-
-    No token, no audit, no policy: what Python's gRPC stack alone costs per request.
-    """
-    import asyncio
-
-    import grpc
-
+    """The floor (``grpc_floor``) with a notary Sign that does nothing."""
     from signer.notary import signer_pb2 as pb
     from signer.notary import signer_pb2_grpc as pb_grpc
 
@@ -201,25 +196,9 @@ def _floor_server(pki: str, port: int) -> None:
         async def Sign(self, request: Any, context: Any) -> Any:
             return pb.Signature(keyInfo=pb.KeyInfo(keyID=request.keyID), content=bytes(64))
 
-    async def serve() -> None:
-        server = grpc.aio.server()
-        pb_grpc.add_SignerServicer_to_server(Floor(), server)
-        base = Path(pki)
-        creds = grpc.ssl_server_credentials(
-            [((base / "server-key.pem").read_bytes(), (base / "server.pem").read_bytes())],
-            root_certificates=(base / "ca.pem").read_bytes(),
-            require_client_auth=True,
-        )
-        server.add_secure_port(f"127.0.0.1:{port}", creds)
-        await server.start()
-        await server.wait_for_termination()
-
-    try:  # the same event loop as signerd's workers
-        import uvloop
-    except ImportError:
-        asyncio.run(serve())
-    else:
-        uvloop.run(serve())
+    grpc_floor.serve(
+        pki, port, lambda server: pb_grpc.add_SignerServicer_to_server(Floor(), server)
+    )
 
 
 def start_notary_signer(root: Path, daemon: Daemon) -> tuple[subprocess.Popen[bytes], int]:

@@ -31,6 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "clients"), str(ROOT / "tests")]
 
+import grpc_floor  # noqa: E402
+
 from harness import free_port, running_daemon  # noqa: E402
 
 # A TUF payload (the version rules apply: a claim per signature) and a raw one (build farms).
@@ -133,11 +135,8 @@ def _client_proc(
 
 
 def _floor_server(pki: str, port: int) -> None:
-    """The floor: a bare grpc.aio SigningService with the daemon's mTLS and event loop,
-    whose Sign and SignBatch return a fixed answer at once (no token, audit or policy):
-    what Python's gRPC stack alone costs per call on this machine, in this run."""
-    import grpc
-
+    """The floor (``grpc_floor``) with a Sign and a SignBatch that answer at once, in the
+    daemon's answers' shape."""
     from signer_api.v1 import signer_pb2 as pb
     from signer_api.v1 import signer_pb2_grpc as pb_grpc
 
@@ -152,26 +151,13 @@ def _floor_server(pki: str, port: int) -> None:
         ) -> pb.SignBatchResponse:
             response = pb.SignBatchResponse()
             add = response.results.add
-            for _ in request.items:  # the daemon's answer's shape, signature and all
+            for _ in request.items:
                 add(status=ok, key_id=request.key_id, signature=signature, scheme="floor")
             return response
 
-    async def serve() -> None:
-        server = grpc.aio.server()
-        pb_grpc.add_SigningServiceServicer_to_server(Floor(), server)
-        base = Path(pki)
-        creds = grpc.ssl_server_credentials(
-            [((base / "server-key.pem").read_bytes(), (base / "server.pem").read_bytes())],
-            root_certificates=(base / "ca.pem").read_bytes(),
-            require_client_auth=True,
-        )
-        server.add_secure_port(f"127.0.0.1:{port}", creds)
-        await server.start()
-        await server.wait_for_termination()
-
-    import uvloop  # the daemon's event loop
-
-    uvloop.run(serve())
+    grpc_floor.serve(
+        pki, port, lambda server: pb_grpc.add_SigningServiceServicer_to_server(Floor(), server)
+    )
 
 
 @contextlib.contextmanager
