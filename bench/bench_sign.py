@@ -8,6 +8,7 @@ then drive the floor, a grpc.aio server with the same mTLS whose handlers do not
 each run also says what the daemon costs beyond gRPC and the token on this machine today.
 
     python bench/bench_sign.py [--seconds 5] [--workers 2] [--clients 4] [--batch 64]
+                               [--pin-workers]
 """
 
 from __future__ import annotations
@@ -316,12 +317,19 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=2, help="client processes")
     ap.add_argument("--concurrency", type=int, default=16, help="calls in flight per client")
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument(
+        "--pin-workers", action="store_true", help="[server] pin_workers: a CPU per worker"
+    )
     args = ap.parse_args()
     import sqlite3
 
     with (
         tempfile.TemporaryDirectory() as tmp,
-        running_daemon(Path(tmp), workers=args.workers) as daemon,
+        running_daemon(
+            Path(tmp),
+            workers=args.workers,
+            server_options="pin_workers = true" if args.pin_workers else "",
+        ) as daemon,
     ):
         client = daemon.client()
         key = client.create_key("bench-p256", "ecdsa-sha2-nistp256", "timestamp")
@@ -368,7 +376,8 @@ def main() -> int:
             .fetchone()[0]
         )
     print(
-        f"signerd bench: ECDSA P-256, {args.workers} worker processes, {args.clients} client "
+        f"signerd bench: ECDSA P-256, {args.workers} worker processes"
+        f"{' (pinned: a CPU each)' if args.pin_workers else ''}, {args.clients} client "
         f"processes, {os.cpu_count()} cores, {args.seconds:.0f}s per run"
     )
     print(

@@ -28,7 +28,13 @@ from signer.app import SignerApp
 from signer.config import ServerConfig, SignerConfig, TlsConfig, ensure_state_dir, load_config
 from signer.errors import ConfigError, SignerError
 from signer.metrics import MetricsListener, PrometheusMetrics, observer_for
-from signer.process import EXIT_CONFIG, EXIT_CRASH, configure_logging, raise_open_files_limit
+from signer.process import (
+    EXIT_CONFIG,
+    EXIT_CRASH,
+    configure_logging,
+    pin_to_cpu,
+    raise_open_files_limit,
+)
 from signer.service.keys import KeyServicer
 from signer.service.registration import add_service
 from signer.service.signing import SigningServicer
@@ -275,6 +281,8 @@ async def _serve(
         config = load_config(Path(config_path))
         if policy_fallback is not None:
             config = replace(config, policy_fallback=Path(policy_fallback))
+        if config.server.pin_workers and config.server.workers > 1:
+            log.info("worker %d pinned to CPU %s", index, pin_to_cpu(index))
         daemon = Daemon(config, reuse_port)
     except ConfigError as exc:
         log.error("%s", exc)

@@ -99,6 +99,7 @@ max_concurrent_rpcs = 4
 max_concurrent_streams = 5
 idle_timeout_seconds = 30
 handshake_timeout_seconds = 2.5
+pin_workers = true
 
 [tls]
 ca = "ca.pem"
@@ -157,7 +158,7 @@ def test_every_section_is_a_frozen_typed_dataclass(tmp_path: Path) -> None:
             setattr(section, dataclasses.fields(cls)[0].name, None)
         assert KNOWN_SETTINGS[name] >= {f.name for f in dataclasses.fields(cls)}, name
     assert config.server == ServerConfig(
-        "0.0.0.0:7443", 3, 1024, 8, 0.0, 4, 5, 30.0, 2.5
+        "0.0.0.0:7443", 3, 1024, 8, 0.0, 4, 5, 30.0, 2.5, True
     )  # integers given for seconds are floats
     assert isinstance(config.server.idle_timeout_seconds, float)
     assert config.tls == TlsConfig(
@@ -218,6 +219,7 @@ WRONG = [
     ("server", "max_concurrent_streams", "'x'", "an integer >= 1"),
     ("server", "idle_timeout_seconds", "0", "a number > 0"),
     ("server", "handshake_timeout_seconds", "'10'", "a number > 0"),
+    ("server", "pin_workers", "1", "true or false"),
     ("tls", "ca", "1", "a path"),
     ("tls", "cert", '""', "a path"),
     ("tls", "crl", "[]", "a path"),
