@@ -211,6 +211,18 @@ dir = "state"
     def client(self, name: str = "admin", **overrides: Any) -> SignerClient:
         return SignerClient(self.client_config(name, **overrides))
 
+    def fresh_client(self, name: str = "admin") -> SignerClient:
+        """A client on a connection of its own (no subchannel shared with other channels):
+        with several workers, the kernel picks the worker that serves it."""
+        cfg = self.client_config(name)
+        creds = grpc.ssl_channel_credentials(
+            cfg.ca.read_bytes(), cfg.key.read_bytes(), cfg.cert.read_bytes()
+        )
+        channel = grpc.secure_channel(
+            cfg.address, creds, options=[("grpc.use_local_subchannel_pool", 1)]
+        )
+        return SignerClient(cfg, channel=channel)
+
     def channel(self, name: str = "admin") -> grpc.Channel:
         from signer_client.client import secure_channel
 

@@ -12,13 +12,11 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from harness import Daemon, child_pids, create_token, free_port
-from signer_client import SignerClient
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="CPU affinity is read from Linux's /proc"
@@ -62,18 +60,6 @@ def daemon(
         running.stop()
 
 
-def fresh(daemon: Daemon) -> SignerClient:
-    """A client on a new connection of its own: the kernel picks the worker."""
-    cfg = daemon.client_config()
-    creds = grpc.ssl_channel_credentials(
-        cfg.ca.read_bytes(), cfg.key.read_bytes(), cfg.cert.read_bytes()
-    )
-    channel = grpc.secure_channel(
-        cfg.address, creds, options=[("grpc.use_local_subchannel_pool", 1)]
-    )
-    return SignerClient(cfg, channel=channel)
-
-
 def test_workers_run_where_the_setting_says_and_sign(daemon: Daemon) -> None:
     assert daemon.proc is not None
     ours = sorted(os.sched_getaffinity(0))  # what the daemon was started with
@@ -82,7 +68,7 @@ def test_workers_run_where_the_setting_says_and_sign(daemon: Daemon) -> None:
     assert isinstance(public, ec.EllipticCurvePublicKey)
     for n in range(8):  # fresh connections: both workers sign
         payload = b"pinned %d" % n
-        client = fresh(daemon)
+        client = daemon.fresh_client()
         public.verify(
             client.sign(key.key_id, payload).signature, payload, ec.ECDSA(hashes.SHA256())
         )

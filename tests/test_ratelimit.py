@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 import pytest
 
-from harness import Daemon, child_pids, running_daemon
+from harness import child_pids, running_daemon
 from signer.errors import ResourceExhausted
 from signer.policy.file import FilePolicy
 from signer.storage.buckets import MemoryBuckets
@@ -192,20 +192,6 @@ def _established(pid: int, port: int) -> int:
     return count
 
 
-def _fresh_client(daemon: Daemon) -> SignerClient:
-    """A client on a connection of its own (no subchannel shared with other channels)."""
-    config = daemon.client_config("ci")
-    credentials = grpc.ssl_channel_credentials(
-        root_certificates=config.ca.read_bytes(),
-        private_key=config.key.read_bytes(),
-        certificate_chain=config.cert.read_bytes(),
-    )
-    channel = grpc.secure_channel(
-        config.address, credentials, options=[("grpc.use_local_subchannel_pool", 1)]
-    )
-    return SignerClient(config, channel)
-
-
 def test_two_workers_share_the_limit(tmp_path: Path) -> None:
     with running_daemon(tmp_path, policy=POLICY, clients=["admin", "ci"], workers=2) as daemon:
         daemon.wait_log("worker 0 INFO")
@@ -224,7 +210,7 @@ def test_two_workers_share_the_limit(tmp_path: Path) -> None:
             nonlocal signed, refused
             i = 0
             while time.monotonic() < deadline:
-                client = _fresh_client(daemon)
+                client = daemon.fresh_client("ci")
                 with lock:
                     clients.append(client)
                 i += 1

@@ -16,7 +16,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -38,18 +37,6 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
         yield daemon
     finally:
         daemon.stop()
-
-
-def fresh(daemon: Daemon) -> SignerClient:
-    """A client on a new connection of its own (no shared subchannel)."""
-    cfg = daemon.client_config()
-    creds = grpc.ssl_channel_credentials(
-        cfg.ca.read_bytes(), cfg.key.read_bytes(), cfg.cert.read_bytes()
-    )
-    channel = grpc.secure_channel(
-        cfg.address, creds, options=[("grpc.use_local_subchannel_pool", 1)]
-    )
-    return SignerClient(cfg, channel=channel)
 
 
 def verify(public_pem: str, signature: bytes, payload: bytes) -> None:
@@ -89,7 +76,7 @@ def test_a_new_key_signs_at_once_through_every_worker(pair: Daemon) -> None:
         time.sleep(0.1)  # the second worker may still be opening its token
     assert len(workers) == 2
     hit: set[int] = set()
-    background = [fresh(pair) for _ in range(4)]
+    background = [pair.fresh_client() for _ in range(4)]
     base = background[0].create_key("base", "ecdsa-sha2-nistp256", "targets")
     stop = threading.Event()
     errors: list[Exception] = []
@@ -127,7 +114,7 @@ def test_a_new_key_signs_at_once_through_every_worker(pair: Daemon) -> None:
 
 def _rounds(pair: Daemon, hit: set[int]) -> None:
     for i in range(ROUNDS):
-        clients = [fresh(pair) for _ in range(4)]
+        clients = [pair.fresh_client() for _ in range(4)]
         try:
             for c in clients:
                 c.list_keys(role="no-such-role")  # connect now, so ss sees every one
@@ -149,7 +136,7 @@ def _rounds(pair: Daemon, hit: set[int]) -> None:
 
 def _refused_everywhere(daemon: Daemon, key_id: str, state: str) -> None:
     for _ in range(6):
-        with fresh(daemon) as c:
+        with daemon.fresh_client() as c:
             with pytest.raises(FailedPreconditionError, match=state):
                 c.sign(key_id, b"after")
             results = c.sign_batch(key_id, [b"after"])
@@ -160,22 +147,22 @@ def _refused_everywhere(daemon: Daemon, key_id: str, state: str) -> None:
 def _warm(daemon: Daemon, key_id: str) -> None:
     """Sign through many connections, so both workers hold a cached handle."""
     for _ in range(8):
-        with fresh(daemon) as c:
+        with daemon.fresh_client() as c:
             c.sign_batch(key_id, [b"warm"])
 
 
 def test_retired_and_destroyed_keys_are_refused_at_once_through_every_worker(
     pair: Daemon,
 ) -> None:
-    with fresh(pair) as c:
+    with pair.fresh_client() as c:
         retired = c.create_key("to-retire", "ecdsa-sha2-nistp256", "targets")
         destroyed = c.create_key("to-destroy", "ecdsa-sha2-nistp256", "targets")
     _warm(pair, retired.key_id)
     _warm(pair, destroyed.key_id)
-    with fresh(pair) as c:
+    with pair.fresh_client() as c:
         c.retire_key(retired.key_id)
     _refused_everywhere(pair, retired.key_id, "retired")
-    with fresh(pair) as c:
+    with pair.fresh_client() as c:
         c.destroy_key(destroyed.key_id, destroyed.key_id)
     _refused_everywhere(pair, destroyed.key_id, "destroyed")
     assert pair.proc is not None and pair.proc.poll() is None
