@@ -34,7 +34,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "clients"), str(ROOT / "tests")]
 
 import grpc_floor  # noqa: E402
 
-from harness import free_port, running_daemon  # noqa: E402
+from harness import child_pids, free_port, proc_stat, running_daemon  # noqa: E402
 
 # A TUF payload (the version rules apply: a claim per signature) and a raw one (build farms).
 TUF_PAYLOAD = b'{"_type":"timestamp","expires":"2030-01-01T00:00:00Z","meta":{},"version":1}'
@@ -187,18 +187,8 @@ def floor_server(daemon) -> Iterator[tuple[dict, int]]:
 
 def _daemon_stats(root_pid: int) -> dict[int, list[str]]:
     """pid -> /proc stat fields (after the command name) of the daemon and its children."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        pid, ppid = int(entry.name), int(fields[1])
-        if pid == root_pid or ppid == root_pid:
-            found[pid] = fields
-    return found
+    pids = [root_pid, *child_pids(root_pid)]
+    return {pid: fields for pid in pids if (fields := proc_stat(pid)) is not None}
 
 
 def _cpu_seconds(root_pid: int) -> float:

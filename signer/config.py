@@ -76,7 +76,7 @@ class ServerConfig:
     idle_timeout_seconds: float = 300.0
     handshake_timeout_seconds: float = 10.0
     # Each worker on a CPU of its own (worker i on the i-th allowed CPU, round robin):
-    # SignBatch +3-5 % on a 2-core host (docs/performance.md); with workers > 1 only.
+    # SignBatch +1-8 % on the 2-core bench VM (docs/performance.md); with workers > 1 only.
     pin_workers: bool = False
 
     @property

@@ -70,4 +70,5 @@ def pin_to_cpu(index: int) -> int | None:
             os.sched_setaffinity(int(task), {cpu})
         except OSError:  # a thread that has just ended
             pass
+    log.info("worker %d pinned to CPU %d", index, cpu)
     return cpu

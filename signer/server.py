@@ -282,7 +282,7 @@ async def _serve(
         if policy_fallback is not None:
             config = replace(config, policy_fallback=Path(policy_fallback))
         if config.server.pin_workers and config.server.workers > 1:
-            log.info("worker %d pinned to CPU %s", index, pin_to_cpu(index))
+            pin_to_cpu(index)
         daemon = Daemon(config, reuse_port)
     except ConfigError as exc:
         log.error("%s", exc)
