@@ -6,6 +6,7 @@ Real token, real daemon, real mTLS; the audit rows are read from the daemon's da
 
 from __future__ import annotations
 
+import collections
 import json
 import sqlite3
 import subprocess
@@ -24,7 +25,7 @@ from securesystemslib.signer import Signature
 from harness import HOLD_LOCK, Daemon, audit_rows, pull_token, reinsert_token, running_daemon
 from signer_api.v1 import signer_pb2 as pb
 from signer_api.v1 import signer_pb2_grpc as pb_grpc
-from signer_client import UnavailableError
+from signer_client import NotFoundError, UnavailableError
 from signer_client.client import tuf_key
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -148,6 +149,7 @@ def test_token_outage_under_load_audits_every_refusal(tmp_path: Path) -> None:
         before = last_seq(daemon)
         away = pull_token(daemon)
         answers: list[str] = []
+        missing: list[str] = []  # requests for a key that does not exist, in the same groups
         lock = threading.Lock()
         deadline = time.monotonic() + 2.0
 
@@ -162,7 +164,21 @@ def test_token_outage_under_load_audits_every_refusal(tmp_path: Path) -> None:
                     with lock:
                         answers.append(outcome)
 
+        def unknown_key() -> None:
+            with daemon.client() as mine:
+                while time.monotonic() < deadline:
+                    try:
+                        mine.sign("no-such-key", b"while pulled")
+                        outcome = "OK"
+                    except NotFoundError:
+                        outcome = "NOT_FOUND"
+                    except UnavailableError:
+                        outcome = "UNAVAILABLE"
+                    with lock:
+                        missing.append(outcome)
+
         threads = [threading.Thread(target=load) for _ in range(4)]
+        threads += [threading.Thread(target=unknown_key) for _ in range(4)]
         for t in threads:
             t.start()
         for t in threads:
@@ -176,6 +192,12 @@ def test_token_outage_under_load_audits_every_refusal(tmp_path: Path) -> None:
         assert len(unavailable) == refused, (len(unavailable), refused)
         assert all(r["outcome"] == "failed" and r["key_id"] == key.key_id for r in unavailable)
         assert len([r for r in rows if r["outcome"] == "allowed"]) == answers.count("OK")
+        # A request refused before the token keeps its own answer, as its entry says,
+        # even when the token fails the group it was signed with.
+        assert len(missing) > 20 and set(missing) == {"NOT_FOUND"}, collections.Counter(missing)
+        not_found = [r for r in rows if r["key_id"] == "no-such-key"]
+        assert len(not_found) == len(missing)
+        assert {r["code"] for r in not_found} == {"NOT_FOUND"}
         response = client.sign(key.key_id, b"after")  # healed, alive
         tuf_key(key).verify_signature(Signature(key.key_id, response.signature.hex()), b"after")
 

@@ -19,8 +19,9 @@ requests queued behind it go on.
 On the asyncio server every stage runs inline (no thread hop on the hot path) unless a
 store it touches would wait for a lock: then that stage re-runs in a thread
 (``inline_or_thread``). The token call stays inline for small batches (a thread hop
-costs more CPU than a SoftHSM signature); a hung token is detected by the token's own
-liveness probe, which marks it broken (health NOT_SERVING) so clients fail over.
+costs more CPU than a SoftHSM signature); a hung token call is detected by the token's
+watchdog thread (``Token``'s ``hang_seconds``), which marks the token broken (health
+NOT_SERVING, once the loop answers again) and re-opens the session: docs/operating.md.
 """
 
 from __future__ import annotations
@@ -310,7 +311,11 @@ class Pipeline:
             seqs = await self._audit(batches, token_error)
         except SignerError as exc:
             for queued in admitted:
-                queued.settle(None, exc)
+                if exc is token_error and not queued.batch.prepared:
+                    # Refused before the token (its entries say why): that answer stands.
+                    queued.settle([r for r in queued.batch.results if r is not None])
+                else:
+                    queued.settle(None, exc)
             return
         at = 0
         for queued in admitted:
