@@ -380,6 +380,12 @@ def test_delete_is_a_separate_permission(notary_daemon: Daemon, notary: Stubs) -
     assert token_attributes(notary_daemon, object_id) is None
     outcomes = [(r[0], r[2]) for r in audit_rows(notary_daemon) if r[1] == "destroy"]
     assert (NOTARY, "denied") in outcomes and (OPS, "allowed") in outcomes
+    # Three deletes answered OK, three entries, each `allowed` (none says the key was
+    # already gone as a failure while the answer said OK).
+    by_ops = [r for r in audit_rows(notary_daemon) if r[0] == OPS and r[1] == "destroy"][-3:]
+    assert [r[2] for r in by_ops] == ["allowed"] * 3, by_ops
+    assert by_ops[0][3] == by_ops[1][3] == key_id
+    assert "already destroyed" in by_ops[1][7] and "unknown" in by_ops[2][7]
 
 
 def test_keys_are_shared_by_worker_processes(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ Real token, real daemon, real mTLS; the audit rows are read from the daemon's da
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 import sqlite3
 import subprocess
@@ -266,3 +267,145 @@ operations = ["create", "read", "sign", "sign-raw", "approve"]
                 "SELECT count(*) FROM audit WHERE operation = 'sign' AND outcome = 'allowed'"
             ).fetchone()[0]
         assert signed == 5
+
+
+READER_POLICY = """
+[[rules]]
+principals = ["admin"]
+operations = ["create", "read", "sign", "sign-raw", "retire", "destroy"]
+
+[[rules]]
+principals = ["alice"]
+operations = ["read"]
+"""
+
+
+def test_denied_and_lifecycle_requests_leave_exactly_one_entry(tmp_path: Path) -> None:
+    with running_daemon(tmp_path / "d", policy=READER_POLICY, clients=["admin", "alice"]) as d:
+        with d.channel("admin") as admin_channel, d.channel("alice") as alice_channel:
+            keys = pb_grpc.KeyServiceStub(admin_channel)
+            signing = pb_grpc.SigningServiceStub(admin_channel)
+            alice_keys = pb_grpc.KeyServiceStub(alice_channel)
+            alice_signing = pb_grpc.SigningServiceStub(alice_channel)
+            key = keys.CreateKey(
+                pb.CreateKeyRequest(
+                    label="lifecycle", algorithm=pb.ALGORITHM_ECDSA_SHA2_NISTP256, role="timestamp"
+                )
+            ).key
+            new_key = pb.CreateKeyRequest(
+                label="nope", algorithm=pb.ALGORITHM_ECDSA_SHA2_NISTP256, role="timestamp"
+            )
+            cases: list[tuple[str, str, Callable[[], Any], str]] = [
+                (
+                    "alice",
+                    "sign-raw",
+                    lambda: alice_signing.Sign(pb.SignRequest(key_id=key.key_id, payload=b"x")),
+                    "PERMISSION_DENIED",
+                ),
+                (
+                    "alice",
+                    "sign-raw",
+                    lambda: alice_signing.SignBatch(
+                        pb.SignBatchRequest(
+                            key_id=key.key_id, items=[pb.SignBatchItem(payload=b"x")]
+                        )
+                    ),
+                    "OK",
+                ),
+                ("alice", "create", lambda: alice_keys.CreateKey(new_key), "PERMISSION_DENIED"),
+                (
+                    "alice",
+                    "retire",
+                    lambda: alice_keys.RetireKey(pb.RetireKeyRequest(key_id=key.key_id)),
+                    "PERMISSION_DENIED",
+                ),
+                (
+                    "alice",
+                    "destroy",
+                    lambda: alice_keys.DestroyKey(
+                        pb.DestroyKeyRequest(key_id=key.key_id, confirm=key.key_id)
+                    ),
+                    "PERMISSION_DENIED",
+                ),
+                (
+                    "admin",
+                    "retire",
+                    lambda: keys.RetireKey(pb.RetireKeyRequest(key_id="0" * 64)),
+                    "NOT_FOUND",
+                ),
+                (
+                    "admin",
+                    "destroy",
+                    lambda: keys.DestroyKey(
+                        pb.DestroyKeyRequest(key_id=key.key_id, confirm="not it")
+                    ),
+                    "INVALID_ARGUMENT",
+                ),
+            ]
+            for principal, operation, call, code in cases:
+                before = last_seq(d)
+                if code == "OK":  # a batch answers per item
+                    results = call().results
+                    assert [r.status.code for r in results] == [
+                        grpc.StatusCode.PERMISSION_DENIED.value[0]
+                    ]
+                    code = "PERMISSION_DENIED"
+                else:
+                    assert code_of(call).name == code, (principal, operation, code)
+                rows = rows_after(d, before)
+                assert len(rows) == 1, (principal, operation, code, rows)
+                assert (rows[0]["principal"], rows[0]["operation"], rows[0]["code"]) == (
+                    principal,
+                    operation,
+                    code,
+                ), rows[0]
+            # A batch item the JSON parser refuses (a lone surrogate) has its own entry,
+            # beside the signed item's.
+            before = last_seq(d)
+            batch = signing.SignBatch(
+                pb.SignBatchRequest(
+                    key_id=key.key_id,
+                    items=[
+                        pb.SignBatchItem(payload=b'{"_type":"\\ud800"}'),
+                        pb.SignBatchItem(payload=tuf("timestamp", 1)),
+                    ],
+                )
+            )
+            assert [r.status.code for r in batch.results] == [
+                grpc.StatusCode.INVALID_ARGUMENT.value[0],
+                0,
+            ]
+            rows = rows_after(d, before)
+            assert [(r["outcome"], r["code"]) for r in rows] == [
+                ("failed", "INVALID_ARGUMENT"),
+                ("allowed", "OK"),
+            ], rows
+            assert rows[0]["payload_sha256"] == hashlib.sha256(b'{"_type":"\\ud800"}').hexdigest()
+
+            # A destroy the token fails after its allowed entry was committed: a second
+            # entry says that change failed, naming the first; the key is still there.
+            away = pull_token(d)
+            before = last_seq(d)
+            try:
+                assert (
+                    code_of(
+                        lambda: keys.DestroyKey(
+                            pb.DestroyKeyRequest(key_id=key.key_id, confirm=key.key_id)
+                        )
+                    ).name
+                    == "UNAVAILABLE"
+                )
+            finally:
+                reinsert_token(away)
+            rows = rows_after(d, before)
+            assert [(r["operation"], r["outcome"]) for r in rows] == [
+                ("destroy", "allowed"),
+                ("destroy", "failed"),
+            ], rows
+            assert f"the change allowed in audit entry {rows[0]['seq']} failed" in rows[1]["detail"]
+            d.wait_serving(timeout=20)
+            signed = signing.Sign(pb.SignRequest(key_id=key.key_id, payload=b"still here"))
+            tuf_key(keys.GetKey(pb.GetKeyRequest(key_id=key.key_id)).key).verify_signature(
+                Signature(key.key_id, signed.signature.hex()), b"still here"
+            )
+        assert d.proc is not None and d.proc.poll() is None

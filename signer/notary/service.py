@@ -28,7 +28,6 @@ import grpc
 
 from signer.config import NotaryConfig
 from signer.errors import (
-    FailedPrecondition,
     InvalidArgument,
     NotFound,
     PermissionDenied,
@@ -131,11 +130,15 @@ class NotaryCore:
                 self._authorize_any_notary_key(action.policy, principal, Operation.DESTROY)
                 action.detail = f"notary key {notary_id[:80]}: unknown, nothing to delete"
             return
-        try:
-            self.keys.destroy(principal, key.key_id, key.key_id)
-        except FailedPrecondition:
-            if self.registry.get(key.key_id).state is not KeyState.DESTROYED:
-                raise
+        record = self.registry.get(key.key_id)
+        if record.state is KeyState.DESTROYED:
+            # Gone already: as for an unknown key the delete succeeds, and its one entry
+            # says so (not a FAILED_PRECONDITION entry for an answer of OK).
+            with self.admin.action(principal, Operation.DESTROY, resource_of(record)) as action:
+                action.authorize(Operation.DESTROY)
+                action.detail = f"notary key {notary_id[:80]}: already destroyed"
+            return
+        self.keys.destroy(principal, key.key_id, key.key_id)
         log.info("notary DeleteKey: %s destroyed", notary_id)
 
     def _authorize_any_notary_key(

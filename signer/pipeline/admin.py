@@ -1,8 +1,12 @@
 """Authorise-and-audit stages for administration: key lifecycle and quorum requests.
 
-An ``Action`` is one request: it is refused (and the refusal audited) if its body raises
-a SignerError; a change records its allowed entry *before* it takes effect
-(``allow()``, fail closed); a read is recorded when it returns.
+An ``Action`` is one request, with one audit entry: it is refused (and the refusal
+audited) if its body raises a SignerError; a change records its allowed entry *before* it
+takes effect (``allow()``, fail closed: a change the log cannot record is not made); a
+read is recorded when it returns. The one exception: a change that fails *after* its
+allowed entry was committed (the token or a store fails mid-change) gets a second entry,
+``failed``, whose detail names the first by its sequence number, so the log never says a
+change happened that did not.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ class Action:
         self.request_id = request_id
         self.detail = ""
         self.recorded = False
+        self.allowed_seq = 0  # the allowed entry's sequence number, once written
 
     def authorize(self, operation: Operation, resource: Resource | None = None) -> None:
         if resource is not None:
@@ -49,7 +54,7 @@ class Action:
         """Record the allowed entry now: before a change, so it never goes unaudited."""
         if detail is not None:
             self.detail = detail
-        self.recorder.record(
+        seqs = self.recorder.record(
             allowed_event(
                 self.principal,
                 self.operation,
@@ -60,10 +65,14 @@ class Action:
             )
         )
         self.recorded = True
+        self.allowed_seq = seqs[0] if seqs else 0
 
     def refuse(self, exc: SignerError) -> None:
         """Record the refusal (once: an error already recorded is left alone)."""
         if not is_audited(exc):
+            detail = ""
+            if self.recorded:
+                detail = f"the change allowed in audit entry {self.allowed_seq} failed"
             self.recorder.refuse(
                 self.principal,
                 self.operation,
@@ -71,6 +80,7 @@ class Action:
                 exc,
                 self.payload_sha256,
                 self.request_id,
+                detail,
             )
 
     def __enter__(self) -> Action:
@@ -83,7 +93,7 @@ class Action:
         tb: TracebackType | None,
     ) -> None:
         if isinstance(exc, SignerError):
-            self.refuse(exc)  # also after allow(): the change failed, say so
+            self.refuse(exc)  # also after allow(): the change failed, say which one
             return
         if exc is None and not self.recorded:
             self.allow()
