@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import secrets
 import sqlite3
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -13,8 +15,8 @@ import pytest
 
 from harness import Daemon, create_token, free_port, signerd
 from signer.storage import open_backend
-from signer.storage.migrations import VERSION, NewerSchema
 from signer.storage.postgresql import schema as pg_schema
+from signer.storage.schema import VERSION, NewerSchema
 from signer.storage.sqlite import schema as sqlite_schema
 
 # The audit table of the first release (before the replica column and the index).
@@ -106,6 +108,19 @@ def test_sqlite_a_newer_state_is_refused(tmp_path: Path) -> None:
         f"signerd: the state at {state / 'tuf.db'} has schema version {VERSION + 1}, newer "
         f"than this signerd knows ({VERSION}): upgrade signerd, or point it at a state it made\n"
     )
+
+
+def test_the_backends_schemas_never_import_the_migrate_command() -> None:
+    """``migrations`` sits on top of both schemas: neither imports it (no import cycle,
+    not even one hidden in a function), the versions come from ``signer.storage.schema``."""
+    script = (
+        "import sys, signer.storage.sqlite.schema, signer.storage.postgresql.schema, "
+        "signer.storage.sqlite.backend, signer.storage.postgresql.backend, "
+        "signer.storage.copy\n"
+        "print('signer.storage.migrations' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "False", done.stdout + done.stderr
 
 
 def _refused_start(daemon: Daemon) -> str:

@@ -26,7 +26,7 @@ import psycopg
 
 from signer.errors import ConfigError
 from signer.storage.interfaces import AUDIT_COLUMNS
-from signer.storage.migrations import VERSION
+from signer.storage.schema import VERSION
 from signer.storage.sqlite import schema as sqlite_schema
 from signer.storage.sqlite.keys import COLUMNS as KEY_COLUMNS
 

@@ -25,7 +25,7 @@ _TIP = "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1"
 # in a commit of 64; 63 + 57 against 80 + 75 in a commit of 5).
 _COPY = f"COPY audit ({', '.join(AUDIT_COLUMNS)}) FROM STDIN"
 _CHECKPOINTS = "SELECT id, seq, hash, key_id, body, signature FROM audit_checkpoints"
-# Columns added after the first release (by a schema step, ``signer.storage.migrations``):
+# Columns added after the first release (by a step of ``signer.storage.postgresql.schema``):
 # a database not yet migrated reads them as "" (which the hash leaves out), so
 # ``signerd audit verify`` checks it as it is.
 _ADDED_COLUMNS = ("replica",)

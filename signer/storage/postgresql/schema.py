@@ -1,7 +1,7 @@
 """The PostgreSQL schema: the SQLite tables' columns, and the steps between its versions.
 
 ``schema_version`` holds the version reached; the steps are numbered as in
-``signer.storage.migrations`` (version 1: ``STATEMENTS``). Every replica opening the
+``signer.storage.schema`` (version 1: ``STATEMENTS``). Every replica opening the
 database runs ``prepare``: nothing when the version is current, else the pending steps
 in one transaction under an advisory lock (DDL is transactional in PostgreSQL: all the
 steps or none), so replicas starting together migrate once.
@@ -15,7 +15,7 @@ import psycopg
 from psycopg import errors
 
 from signer.errors import ConfigError
-from signer.storage.migrations import VERSION, NewerSchema, Report, describe
+from signer.storage.schema import VERSION, NewerSchema, Report, describe
 
 _LOCK = 0x5169_6E65_7200  # pg_advisory_xact_lock: one replica migrates the schema at a time
 
@@ -112,7 +112,7 @@ STATEMENTS = [
 ]
 
 
-# The steps after version 1, numbered as in signer.storage.migrations.
+# The steps, numbered as in signer.storage.schema.
 STEPS: dict[int, list[str]] = {
     1: STATEMENTS,
     2: [

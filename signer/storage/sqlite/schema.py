@@ -6,7 +6,7 @@ leaves the others to do). A file from before versions existed (``user_version`` 
 tables in it) is at version 1. Version 1's tables are the ones each store creates when
 it opens its file (``CREATE TABLE IF NOT EXISTS``, and the columns added since, see
 ``signer.storage.sqlite.keys``); later steps are the SQL below, per file, numbered as
-in ``signer.storage.migrations``.
+in ``signer.storage.schema``.
 """
 
 from __future__ import annotations
@@ -17,12 +17,27 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from signer.storage.migrations import VERSION, NewerSchema, Report, describe
+from signer.storage.schema import VERSION, NewerSchema, Report, describe
 from signer.storage.sqlite import connect, storage_error, transaction
+from signer.storage.sqlite.audit import SqliteAuditChain
+from signer.storage.sqlite.buckets import SqliteBuckets
+from signer.storage.sqlite.keys import SqliteKeys
+from signer.storage.sqlite.notary import SqliteNotaryKeys
+from signer.storage.sqlite.quorum import SqliteQuorum
+from signer.storage.sqlite.versions import SqliteVersions
 
 log = logging.getLogger(__name__)
 
-FILES = ("keys.db", "tuf.db", "quorum.db", "notary.db", "ratelimit.db", "audit.db")
+# Each file, and the store that creates version 1's tables in it when it opens the file.
+_OPENERS: dict[str, Callable[[Path], Any]] = {
+    "keys.db": SqliteKeys,
+    "tuf.db": SqliteVersions,
+    "quorum.db": SqliteQuorum,
+    "notary.db": SqliteNotaryKeys,
+    "ratelimit.db": SqliteBuckets,
+    "audit.db": SqliteAuditChain,
+}
+FILES = tuple(_OPENERS)
 
 
 def _add_column(table: str, name: str, kind: str) -> Callable[[sqlite3.Connection], None]:
@@ -134,19 +149,4 @@ def _migrate_file(path: Path, name: str) -> None:
 
 def _baseline(path: Path, name: str) -> None:
     """Version 1's tables: what the store itself creates on opening its file."""
-    from signer.storage.sqlite.audit import SqliteAuditChain
-    from signer.storage.sqlite.buckets import SqliteBuckets
-    from signer.storage.sqlite.keys import SqliteKeys
-    from signer.storage.sqlite.notary import SqliteNotaryKeys
-    from signer.storage.sqlite.quorum import SqliteQuorum
-    from signer.storage.sqlite.versions import SqliteVersions
-
-    opener: dict[str, Callable[[Path], Any]] = {
-        "keys.db": SqliteKeys,
-        "tuf.db": SqliteVersions,
-        "quorum.db": SqliteQuorum,
-        "notary.db": SqliteNotaryKeys,
-        "ratelimit.db": SqliteBuckets,
-        "audit.db": SqliteAuditChain,
-    }
-    opener[name](path).close()
+    _OPENERS[name](path).close()
