@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,6 +18,7 @@ from signer.audit.log import AuditEvent, AuditLog, Outcome
 from signer.audit.verify import verify
 from signer.errors import AlreadyExists, StorageUnavailable
 from signer.storage import Backend, open_backend
+from signer.storage.interfaces import AUDIT_COLUMNS
 from signer.storage.records import (
     KeyRecord,
     KeyState,
@@ -23,6 +27,10 @@ from signer.storage.records import (
     SignatureRequest,
     VersionClaim,
 )
+from signer.storage.sqlite import Database, transaction
+from signer.storage.sqlite.audit import SqliteAuditChain
+from signer.storage.sqlite.buckets import SqliteBuckets
+from signer.storage.sqlite.versions import SqliteVersions
 
 _names = itertools.count()
 
@@ -351,3 +359,107 @@ def test_database_down_is_unavailable_then_recovers(
         assert versions.last("k", "targets") == (1, "a" * 64)
     finally:
         state.close()
+
+
+# -- a failed ROLLBACK never hides the error that caused it (SQLite) -----------------------
+
+_ORIGINAL = "the statement's own error (injected)"
+_FAULTS = ["rollback fails", "connection closed"]
+
+
+class _BodyError(Exception):
+    """The error a transaction's body raises: the one the caller must see."""
+
+
+class _FaultyConnection(sqlite3.Connection):
+    """A real SQLite connection whose ROLLBACK always fails (an I/O error, a vanished
+    disk); a statement starting with ``fail_on`` fails, after closing the connection
+    first when ``fault`` is "connection closed" (its ``in_transaction`` then raises)."""
+
+    fail_on = ""
+    fault = "rollback fails"
+    rollbacks = 0
+
+    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+        if sql.strip().upper() == "ROLLBACK":
+            self.rollbacks += 1
+            raise sqlite3.OperationalError("disk I/O error (injected into ROLLBACK)")
+        if self.fail_on and sql.startswith(self.fail_on):
+            if self.fault == "connection closed":
+                self.close()
+            raise sqlite3.OperationalError(_ORIGINAL)
+        return super().execute(sql, parameters)
+
+
+def _faulty(path: Path, fail_on: str = "", fault: str = "rollback fails") -> _FaultyConnection:
+    conn = sqlite3.connect(
+        path, factory=_FaultyConnection, isolation_level=None, check_same_thread=False
+    )
+    assert isinstance(conn, _FaultyConnection)
+    conn.fail_on, conn.fault = fail_on, fault
+    return conn
+
+
+@pytest.mark.parametrize("fault", _FAULTS)
+def test_a_failed_rollback_never_hides_the_error_that_caused_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, fault: str
+) -> None:
+    conn = _faulty(tmp_path / "t.db")
+    conn.execute("CREATE TABLE t (x)")
+    with (
+        caplog.at_level(logging.WARNING, logger="signer.storage.sqlite"),
+        pytest.raises(_BodyError, match="the body's own error"),
+        transaction(conn),
+    ):
+        conn.execute("INSERT INTO t VALUES (1)")
+        if fault == "connection closed":
+            conn.close()
+        raise _BodyError("the body's own error")
+    if fault == "rollback fails":
+        assert conn.rollbacks == 2  # tried once more: an open transaction fails every BEGIN
+        assert caplog.text.count("ROLLBACK failed after an error") == 2, caplog.text
+        assert "injected into ROLLBACK" in caplog.text
+        conn.close()
+    else:
+        assert "no ROLLBACK possible after an error" in caplog.text, caplog.text
+        assert "closed database" in caplog.text
+
+
+def _swap(db: Database, conn: sqlite3.Connection) -> None:
+    """Put ``conn`` in place of a store's ``Database`` connection (its threaded one)."""
+    db._conn.close()
+    db._conn = conn
+
+
+@pytest.mark.parametrize("fault", _FAULTS)
+def test_a_failed_rollback_in_a_store_never_hides_the_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, fault: str
+) -> None:
+    """Buckets' take, a version claim and an audit append: the statement's own error
+    comes through each (StorageUnavailable from its cause for the stores), the failed
+    ROLLBACK is logged."""
+    buckets = SqliteBuckets(tmp_path / "ratelimit.db")
+    _swap(buckets._db, _faulty(tmp_path / "ratelimit.db", "INSERT INTO buckets", fault))
+    versions = SqliteVersions(tmp_path / "tuf.db")
+    _swap(versions._db, _faulty(tmp_path / "tuf.db", "INSERT INTO tuf_versions", fault))
+    chain = SqliteAuditChain(tmp_path / "audit.db")
+    chain._conn.close()
+    chain._conn = _faulty(tmp_path / "audit.db", "INSERT INTO audit", fault)
+    row = tuple({"seq": 1, "time": 1.0}.get(c, c) for c in AUDIT_COLUMNS)
+    claim = VersionClaim("k", "targets", 1, "a" * 64, "2030-01-01T00:00:00Z", "alice")
+    try:
+        with caplog.at_level(logging.WARNING, logger="signer.storage.sqlite"):
+            with pytest.raises(StorageUnavailable, match="injected") as took:
+                buckets.take("p", 1.0, 3, 1)
+            with pytest.raises(StorageUnavailable, match="injected") as claimed:
+                versions.claim(claim, 1.0)
+            with pytest.raises(sqlite3.OperationalError) as appended:
+                chain.append(lambda tip: [row])
+        for caught in (took.value.__cause__, claimed.value.__cause__, appended.value):
+            assert type(caught) is sqlite3.OperationalError and str(caught) == _ORIGINAL
+        want = "ROLLBACK failed" if fault == "rollback fails" else "no ROLLBACK possible"
+        assert caplog.text.count(want) >= 3, caplog.text
+    finally:
+        buckets.close()
+        versions.close()
+        chain.close()

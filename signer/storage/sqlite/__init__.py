@@ -2,7 +2,8 @@
 
 Several worker processes share each database file, so connections use WAL and a busy
 timeout, and writes that read-then-write take the write lock up front
-(``BEGIN IMMEDIATE``). A failed ROLLBACK never hides the error that caused it.
+(``BEGIN IMMEDIATE``). A failed ROLLBACK never hides the error that caused it
+(``transaction``, ``rollback``).
 """
 
 from __future__ import annotations
@@ -142,20 +143,35 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
 def transaction(conn: sqlite3.Connection, immediate: bool = True) -> Iterator[sqlite3.Connection]:
     """``BEGIN [IMMEDIATE] ... COMMIT``; on any error ROLLBACK and re-raise that error.
 
-    A ROLLBACK that fails itself (the connection is gone, the disk vanished) is logged and
-    swallowed, so the caller sees the error that made the transaction fail.
+    The one place a store's transaction ends on an error (``rollback``): the caller
+    always sees the error that made the transaction fail, never the ROLLBACK's.
     """
     conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
     try:
         yield conn
         conn.execute("COMMIT")  # a failed COMMIT (disk full) leaves the transaction open
     except BaseException:
-        if conn.in_transaction:
-            try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error as rollback_error:
-                log.warning("ROLLBACK failed after an error: %s", rollback_error)
+        rollback(conn)
         raise
+
+
+def rollback(conn: sqlite3.Connection, attempts: int = 2) -> None:
+    """End the transaction an error left open; never raises (the caller is raising).
+
+    A ROLLBACK that fails (disk full, I/O error) is logged and tried once more: a
+    transaction left open fails every later BEGIN on this connection. A connection that
+    is gone (closed) has nothing left to roll back."""
+    for attempt in range(1, attempts + 1):
+        try:
+            if not conn.in_transaction:  # raises too once the connection is closed
+                return
+            conn.execute("ROLLBACK")
+            return
+        except sqlite3.ProgrammingError as exc:  # closed: SQLite rolled back on close
+            log.warning("no ROLLBACK possible after an error: %s", exc)
+            return
+        except sqlite3.Error as exc:
+            log.warning("ROLLBACK failed after an error (attempt %d): %s", attempt, exc)
 
 
 def is_disk_full(exc: BaseException) -> bool:

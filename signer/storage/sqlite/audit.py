@@ -138,11 +138,8 @@ class SqliteAuditChain:
                     self._insert_rows(rows)
             if rows:
                 self._tip = (int(rows[-1][0]), str(rows[-1][-1]))
-        except BaseException:
+        except BaseException:  # ``transaction`` rolled back (a failed ROLLBACK hides nothing)
             self._tip = False  # unknown: read it again under the lock next time
-            if conn.in_transaction:  # the ROLLBACK failed too (disk full): try once more
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
             raise
 
     def _insert_rows(self, rows: Sequence[tuple[Any, ...]]) -> None:

@@ -41,15 +41,7 @@ class SqliteBuckets:
 
     def take(self, name: str, rate: float, burst: float, n: float) -> float:
         with self._db.use() as conn:
-            try:
-                return self._take(conn, name, rate, burst, n)
-            except sqlite3.Error:
-                if conn.in_transaction:  # a failed COMMIT can leave it open
-                    try:
-                        conn.execute("ROLLBACK")
-                    except sqlite3.Error:
-                        pass
-                raise
+            return self._take(conn, name, rate, burst, n)
 
     def _take(
         self, conn: sqlite3.Connection, name: str, rate: float, burst: float, n: float

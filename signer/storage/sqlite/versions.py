@@ -51,18 +51,10 @@ class SqliteVersions:
         self._db.close()
 
     def claim(self, claim: VersionClaim, now: float) -> tuple[int, str] | None:
+        # A failed COMMIT (disk full) leaves the transaction open: ``transaction`` ends
+        # it (or every later claim would fail, "cannot start a transaction ...").
         with self._db.use() as conn:
-            try:
-                return self._claim(conn, claim, now)
-            except sqlite3.Error:
-                # After a failed COMMIT (disk full) SQLite may keep the transaction open:
-                # end it, or every later claim fails ("cannot start a transaction ...").
-                if conn.in_transaction:
-                    try:
-                        conn.execute("ROLLBACK")
-                    except sqlite3.Error:
-                        pass
-                raise
+            return self._claim(conn, claim, now)
 
     def claim_many(
         self, claims: Sequence[VersionClaim], now: float
