@@ -24,6 +24,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from securesystemslib.signer import Signature
 
 from harness import HOLD_LOCK, Daemon, audit_rows, pull_token, reinsert_token, running_daemon
+from signer.notary import signer_pb2 as notary_pb
+from signer.notary import signer_pb2_grpc as notary_grpc
 from signer_api.v1 import signer_pb2 as pb
 from signer_api.v1 import signer_pb2_grpc as pb_grpc
 from signer_client import NotFoundError, UnavailableError
@@ -203,25 +205,91 @@ def test_token_outage_under_load_audits_every_refusal(tmp_path: Path) -> None:
         tuf_key(key).verify_signature(Signature(key.key_id, response.signature.hex()), b"after")
 
 
-@pytest.mark.parametrize("database", ["tuf.db", "audit.db", "ratelimit.db", "quorum.db"])
-def test_health_answers_while_a_state_database_is_locked(tmp_path: Path, database: str) -> None:
-    policy = """
+LOCKED_POLICY = """
 [groups]
 admins = ["admin"]
 
 [[rules]]
 principals = ["group:admins"]
-operations = ["create", "read", "sign", "sign-raw", "approve"]
+operations = ["create", "read", "sign", "sign-raw"]
+
+[[rules]]
+principals = ["carol"]
+operations = ["approve"]
+
+[[rules]]
+principals = ["notary-server"]
+operations = ["create", "sign", "read"]
+keys = { roles = ["timestamp"], repositories = ["*"] }
+
+[quorum]
+approvals = 1
 
 [rate_limits]
 "*" = { rate = 1000.0, burst = 1000 }
 """
-    with running_daemon(tmp_path / "d", policy=policy) as daemon:
-        client = daemon.client()
-        keys = [
-            client.create_key(f"locked-{i}", "ecdsa-sha2-nistp256", "timestamp") for i in range(4)
-        ]
+
+# What is asked while each database is locked: the requests that must write to it.
+LOCKED_WORK = {
+    "tuf.db": "sign",  # a new TUF version: the version claim
+    "audit.db": "sign",  # every entry
+    "ratelimit.db": "sign",  # the bucket
+    "quorum.db": "quorum",  # Sign by request id: the request's claim
+    "keys.db": "create",  # CreateKey: the registry row
+    "notary.db": "notary",  # notary CreateKey: the notary key map
+}
+
+
+def _locked_workload(daemon: Daemon, work: str) -> list[Callable[[], Any]]:
+    """Four requests of kind ``work``, set up (keys, approved requests) before the lock."""
+    client = daemon.client()
+    if work == "sign":
+        keys = [client.create_key(f"lk-{i}", "ecdsa-sha2-nistp256", "timestamp") for i in range(4)]
         client.sign(keys[0].key_id, tuf("timestamp", 1))
+
+        def signer(key_id: str) -> Callable[[], Any]:
+            return lambda: daemon.client(timeout=30).sign(key_id, tuf("timestamp", 2))
+
+        return [signer(k.key_id) for k in keys]
+    if work == "quorum":
+        carol = daemon.client("carol")
+        calls = []
+        for i in range(4):
+            key = client.create_key(f"lq-{i}", "ecdsa-sha2-nistp256", "targets", quorum=True)
+            rid = client.request_signature(key.key_id, b"release %d" % i).request_id
+            carol.approve(rid, hashlib.sha256(b"release %d" % i).hexdigest())
+            calls.append(
+                lambda k=key.key_id, r=rid, i=i: daemon.client(timeout=30).sign(
+                    k, b"release %d" % i, request_id=r
+                )
+            )
+        return calls
+    if work == "create":
+        return [
+            lambda i=i: daemon.client(timeout=30).create_key(
+                f"lc-{i}", "ecdsa-sha2-nistp256", "timestamp"
+            )
+            for i in range(4)
+        ]
+
+    def notary_create() -> Any:
+        with daemon.channel("notary-server") as channel:
+            return notary_grpc.KeyManagementStub(channel).CreateKey(
+                notary_pb.CreateKeyRequest(
+                    algorithm="ecdsa", gun="example.com/app", role="timestamp"
+                ),
+                timeout=30,
+            )
+
+    return [notary_create for _ in range(4)]
+
+
+@pytest.mark.parametrize("database", sorted(LOCKED_WORK))
+def test_health_answers_while_a_state_database_is_locked(tmp_path: Path, database: str) -> None:
+    clients = ["admin", "carol", "notary-server"]
+    with running_daemon(tmp_path / "d", policy=LOCKED_POLICY, clients=clients) as daemon:
+        calls = _locked_workload(daemon, LOCKED_WORK[database])
+        before = last_seq(daemon)
         holder = subprocess.Popen(
             [sys.executable, "-c", HOLD_LOCK, str(daemon.state / database), "3"],
             stdout=subprocess.PIPE,
@@ -230,18 +298,19 @@ operations = ["create", "read", "sign", "sign-raw", "approve"]
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
         locked_at = time.monotonic()
         results: list[Any] = []
+        waited: list[float] = []
 
-        def sign(key_id: str) -> None:
-            with daemon.client(timeout=30) as mine:
-                try:
-                    results.append(mine.sign(key_id, tuf("timestamp", 2)))
-                except Exception as exc:
-                    results.append(exc)
+        def run(call: Callable[[], Any]) -> None:
+            try:
+                results.append(call())
+            except Exception as exc:
+                results.append(exc)
+            waited.append(time.monotonic() - locked_at)
 
-        signers = [threading.Thread(target=sign, args=(k.key_id,)) for k in keys]
-        for t in signers:
+        workers = [threading.Thread(target=run, args=(call,)) for call in calls]
+        for t in workers:
             t.start()
-        time.sleep(0.3)  # the signing requests are now waiting on the lock
+        time.sleep(0.3)  # the requests are now waiting on the lock
         latencies = []
         with daemon.channel("admin") as channel:
             stub = health_pb2_grpc.HealthStub(channel)
@@ -252,21 +321,22 @@ operations = ["create", "read", "sign", "sign-raw", "approve"]
                 latencies.append(time.monotonic() - start)
                 assert status == SERVING
                 time.sleep(0.05)
+            assert holder.poll() is None  # the lock was held all along
         holder.wait(timeout=10)
-        for t in signers:
+        for t in workers:
             t.join(timeout=40)
         assert len(latencies) > 10
         assert max(latencies) < 0.1, f"health took {max(latencies) * 1000:.0f} ms"
-        assert len(results) == 4
         # Each request waited for the lock, then went through (none lost, none INTERNAL).
+        assert len(results) == 4
         for result in results:
-            assert isinstance(result, pb.SignResponse), result
+            assert not isinstance(result, Exception), result
+        # ... and each needed the locked database (the workload is not beside the point).
+        assert min(waited) > 2.9, waited
         assert daemon.proc is not None and daemon.proc.poll() is None
-        with sqlite3.connect(daemon.state / "audit.db") as conn:
-            signed = conn.execute(
-                "SELECT count(*) FROM audit WHERE operation = 'sign' AND outcome = 'allowed'"
-            ).fetchone()[0]
-        assert signed == 5
+        rows = rows_after(daemon, before)
+        assert len([r for r in rows if r["outcome"] == "allowed"]) == 4, rows
+        assert all(r["outcome"] == "allowed" for r in rows), rows
 
 
 READER_POLICY = """
