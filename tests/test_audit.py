@@ -611,6 +611,32 @@ def test_commits_are_fsynced_and_concurrent_callers_share_them(tmp_path: Path) -
     assert report.ok and report.entries == 400
 
 
+def test_the_daemons_own_chain_is_fsynced(tmp_path: Path) -> None:
+    """The connections the daemon really writes with: its chain comes from the backend the
+    config names (``open_state(config).audit()``, as signer.app does), not from an
+    ``AuditLog`` given a setting; entries and checkpoints are both synchronous=FULL."""
+    from signer.audit.log import AuditEvent, AuditLog, Outcome
+    from signer.config import load_config, open_state
+
+    config_path = tmp_path / "signer.toml"
+    config_path.write_text(
+        '[tls]\nca = "ca"\ncert = "c"\nkey = "k"\n[token]\nlabel = "t"\n[state]\ndir = "state"\n'
+    )
+    config = load_config(config_path)
+    state = open_state(config)
+    audit = AuditLog(state.audit(), replica=config.state.replica_name)
+    try:
+        audit.record(AuditEvent("alice", "sign", Outcome.ALLOWED))
+        chain: Any = audit.chain
+        assert Path(chain.path) == tmp_path / "state" / "audit.db"
+        assert chain._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        with chain._checkpoints() as side:  # the checkpointer's own connection
+            assert side.execute("PRAGMA synchronous").fetchone()[0] == 2
+    finally:
+        audit.close()
+        state.close()
+
+
 def test_an_anchor_that_fails_never_blocks_signing(tmp_path: Path) -> None:
     config = CHECKPOINTS + 'anchor_command = ["sh", "-c", "echo anchor store down >&2; exit 3"]\n'
     with running_daemon(tmp_path, clients=["admin"], extra_config=config) as daemon:
