@@ -3,7 +3,8 @@
 A payload is notary metadata if it is a JSON object whose ``_type`` is ``Root``,
 ``Targets``, ``Snapshot`` or ``Timestamp`` and which is exactly its own re-encoding as
 notary's Go canonical JSON (``signer.notary.canonical``). Anything else keeps its old
-meaning: standard TUF metadata (``signer.policy.tuf``) or raw signing (``sign-raw``).
+meaning: standard TUF metadata (``signer.policy.tuf``, which hands notary payloads to
+this module) or raw signing (``sign-raw``).
 
 The metadata role is the request's role hint (``SignRequest.role``), else the key's
 role. For notary metadata, a key
@@ -41,7 +42,7 @@ from signer.identity import Principal
 from signer.notary import canonical
 from signer.payload import NotJson, parse_payload
 from signer.policy import Operation, Policy, Resource
-from signer.policy.tuf import TufPayload, VersionStore, expected_type, max_expiry_days
+from signer.policy.metadata import TufPayload, VersionStore, expected_type, max_expiry_days
 from signer.registry import KeyRecord
 
 # notary's _type for each kind of role: delegations are "Targets" too.

@@ -18,8 +18,8 @@ from signer.audit import AUDIT_ROLE
 from signer.identity import Principal
 from signer.policy import Operation, Resource
 from signer.policy.file import FilePolicy
+from signer.policy.metadata import TOP_LEVEL_ROLES
 from signer.policy.rules import Rule, split_source
-from signer.policy.tuf import TOP_LEVEL_ROLES
 
 # Roles a key can be bound to: the top-level ones, delegations (targets/... for notary,
 # any name for TUF), and the daemon's own audit key.

@@ -24,39 +24,43 @@ retrying the same bytes still works.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import datetime as dt
 import hashlib
 import re
-import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from fnmatch import fnmatchcase
+from collections.abc import Sequence
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 from securesystemslib.formats import encode_canonical
 
-from signer.errors import InvalidArgument, PermissionDenied, SignerError, shown
+from signer.errors import InvalidArgument, PermissionDenied, shown
 from signer.identity import Principal
 from signer.payload import NotJson, parse_payload
-from signer.policy import Operation, Policy, tuf_limits_of
+from signer.policy import Operation, Policy
+from signer.policy.metadata import (
+    TOP_LEVEL_ROLES,
+    TufPayload,
+    VersionStore,
+    expected_type,
+    max_expiry_days,
+)
+from signer.policy.notary import NotaryDialectRules, parse_notary
 from signer.registry import KeyRecord
-from signer.storage.interfaces import VersionClaims
 from signer.storage.records import VersionClaim
 
-TOP_LEVEL_ROLES = frozenset({"root", "targets", "snapshot", "timestamp"})
+# Defined in signer.policy.metadata (shared with notary's dialect); imported from here too.
+__all__ = [
+    "TOP_LEVEL_ROLES",
+    "TufPayload",
+    "TufRules",
+    "VersionStore",
+    "expected_type",
+    "max_expiry_days",
+    "parse_tuf",
+    "tuf_fields",
+]
+
 _TUF_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
-
-
-@dataclass(frozen=True)
-class TufPayload:
-    type: str
-    version: int
-    expires: dt.datetime
-    expires_text: str
 
 
 def parse_tuf(payload: bytes) -> dict[str, Any] | None:
@@ -124,121 +128,6 @@ def _brief(value: Any) -> str:
     return text if len(text) <= 64 else text[:64] + f"... ({len(text)} characters)"
 
 
-def expected_type(role: str) -> str:
-    """The ``_type`` a key bound to ``role`` signs: its own for top-level roles."""
-    return role if role in TOP_LEVEL_ROLES else "targets"
-
-
-def max_expiry_days(policy: Policy, role: str) -> float | None:
-    """The role's own limit, else a matching glob (``targets/*``), else its _type's."""
-    limits = tuf_limits_of(policy).max_expiry_days
-    if role in limits:
-        return limits[role]
-    for pattern, days in limits.items():
-        if any(c in pattern for c in "*?[") and fnmatchcase(role, pattern):
-            return days
-    return limits.get(expected_type(role))
-
-
-_COLLECTING: contextvars.ContextVar[list[VersionClaim] | None] = contextvars.ContextVar(
-    "collecting_claims", default=None
-)
-
-
-def _refusal(claim: VersionClaim, latest: tuple[int, str]) -> PermissionDenied:
-    """Why ``claim`` is refused by the ``latest`` (version, sha256) the store holds."""
-    if claim.version < latest[0]:
-        return PermissionDenied(
-            f"{claim.role} version {claim.version} is lower than version {latest[0]}, "
-            f"already signed with key {claim.key_id}: versions never go back",
-            reason="VERSION_ROLLBACK",
-        )
-    return PermissionDenied(
-        f"{claim.role} version {claim.version} was already signed with key "
-        f"{claim.key_id} for different content; a new payload needs a new "
-        "version",
-        reason="VERSION_ALREADY_SIGNED",
-    )
-
-
-class VersionStore:
-    """The last version each key signed for its role, in a ``VersionClaims`` store shared
-    by every worker and replica (the claim is one transaction there).
-
-    A store that cannot be read or written (the disk is full, the database is down)
-    raises StorageUnavailable (UNAVAILABLE, naming the cause): nothing is signed. Inline
-    on the event loop, a claim that would wait for another process raises WouldBlock
-    before writing (see ``signer.storage.sqlite.Database``). A path opens the SQLite
-    store there (one host's ``tuf.db``).
-    """
-
-    def __init__(self, store: VersionClaims | Path) -> None:
-        if isinstance(store, Path):
-            from signer.storage.sqlite.versions import SqliteVersions
-
-            store = SqliteVersions(store)
-        self._store = store
-
-    def close(self) -> None:
-        self._store.close()
-
-    def claim(
-        self,
-        key: KeyRecord,
-        payload: TufPayload,
-        payload_sha256: str,
-        principal: str,
-        role: str = "",
-    ) -> None:
-        """Record ``payload`` as the latest version the key signed for ``role`` (default:
-        its own), or refuse a rollback/fork."""
-        role = role or key.role
-        claim = VersionClaim(
-            key.key_id, role, payload.version, payload_sha256, payload.expires_text, principal
-        )
-        collected = _COLLECTING.get()
-        if collected is not None:  # inside ``collecting``: made later, with the others
-            collected.append(claim)
-            return
-        refused = self._store.claim(claim, time.time())
-        if refused is not None:
-            raise _refusal(claim, refused)
-
-    @contextlib.contextmanager
-    def collecting(self) -> Iterator[list[VersionClaim]]:
-        """Within it (this thread), ``claim`` only notes its claim in the list yielded,
-        for ``claim_all`` to make with the claims of other items."""
-        collected: list[VersionClaim] = []
-        token = _COLLECTING.set(collected)
-        try:
-            yield collected
-        finally:
-            _COLLECTING.reset(token)
-
-    def claim_all(self, claims: Sequence[VersionClaim]) -> list[SignerError | None]:
-        """Make noted claims together (one round trip for PostgreSQL): each one's refusal
-        (as ``claim`` raises it), or None; a store fault is every claim's answer."""
-        if not claims:
-            return []
-        try:
-            answers = self._store.claim_many(claims, time.time())
-        except SignerError as exc:
-            return [exc] * len(claims)
-        return [
-            None if refused is None else _refusal(claim, refused)
-            for claim, refused in zip(claims, answers, strict=True)
-        ]
-
-    def last(self, key_id: str, role: str) -> tuple[int, str] | None:
-        return self._store.last(key_id, role)
-
-
-def _notary(payload: bytes) -> dict[str, Any] | None:
-    from signer.policy.notary import parse_notary
-
-    return parse_notary(payload)
-
-
 def _check_hint(key: KeyRecord, item: Any) -> None:
     """Standard TUF metadata is signed for the key's own role: a hint may only repeat it."""
     role = getattr(item, "role", "")
@@ -250,11 +139,9 @@ def _check_hint(key: KeyRecord, item: Any) -> None:
 
 
 class TufRules:
-    """The SignGuard enforcing the rules above (see ``signer.signing.SignGuard``)."""
+    """The SignGuard enforcing the rules above (see ``signer.pipeline.guards.SignGuard``)."""
 
     def __init__(self, versions: VersionStore, clock: Any = None) -> None:
-        from signer.policy.notary import NotaryDialectRules  # it builds on this module
-
         self.versions = versions
         self._now = clock or (lambda: dt.datetime.now(dt.UTC))
         self.notary = NotaryDialectRules(versions, clock)
@@ -262,14 +149,14 @@ class TufRules:
     def operation(self, key: KeyRecord, item: Any) -> Operation:
         if item.payload is None:
             return Operation.SIGN_RAW
-        if _notary(item.payload) is not None or parse_tuf(item.payload) is not None:
+        if parse_notary(item.payload) is not None or parse_tuf(item.payload) is not None:
             return Operation.SIGN
         return Operation.SIGN_RAW
 
     def check(self, principal: Principal, key: KeyRecord, item: Any, policy: Policy) -> None:
         if item.payload is None:
             return
-        notary = _notary(item.payload)
+        notary = parse_notary(item.payload)
         if notary is not None:
             self.notary.check(principal, key, item, notary, policy)
             return
@@ -324,7 +211,7 @@ class TufRules:
         """For a quorum request: refuse early what could never be signed later."""
         if item.payload is None:
             return
-        notary = _notary(item.payload)
+        notary = parse_notary(item.payload)
         if notary is not None:
             self.notary.inspect_request(key, item, notary, policy)
             return
