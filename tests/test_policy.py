@@ -98,7 +98,7 @@ def test_the_guide_policy_is_valid() -> None:
     policy.authorize(_principal("carol"), Operation.APPROVE, Resource("k", "root"))
     assert policy.quorum.approvals == 2 and policy.tuf.max_expiry_days["timestamp"] == 1
     with pytest.raises(ResourceExhausted):
-        policy.rate_limiter.take("anyone", 21)
+        policy.rate_limiter.take(_principal("anyone"), 21)
 
 
 def test_empty_policy_denies_everything() -> None:
@@ -126,6 +126,7 @@ def test_policies_compose() -> None:
         ("[rulez]\n", "unknown section(s) ['rulez']"),
         ('[[rules]]\nprincipals = ["a"]\noperations = ["read"]\nkeys = { role = ["x"] }', "role"),
         ("[rate_limits]\na = { rate = 0 }", "rate must be > 0"),
+        ('[rate_limits]\n"dns:" = { rate = 1 }', "names a source (dns:) but no principal"),
         ("[tuf]\nmax_expiry_days = { root = -1 }", "must be > 0"),
         ("[quorum]\napprovals = 0", "integer >= 1"),
         ("[[rules]\n", "not valid TOML"),
@@ -144,18 +145,76 @@ def test_rate_limiter_token_bucket() -> None:
         buckets=MemoryBuckets(clock=lambda: now[0]),
     )
     limiter = policy.rate_limiter
-    limiter.take("a")
-    limiter.take("a")
+    a, b = _principal("a"), _principal("b")
+    limiter.take(a)
+    limiter.take(a)
     with pytest.raises(ResourceExhausted, match=r"rate limit for a: 10/s, burst 2; retry in"):
-        limiter.take("a")
-    limiter.take("b", 2)  # each principal has its own bucket
-    limiter.take("unlisted", 1000)  # no entry, no "*": unlimited
+        limiter.take(a)
+    limiter.take(b, 2)  # each principal has its own bucket
+    limiter.take(_principal("unlisted"), 1000)  # no entry, no "*": unlimited
     with pytest.raises(ResourceExhausted):
-        limiter.take("a")  # no time has passed: still empty
+        limiter.take(a)  # no time has passed: still empty
     now[0] += 0.12
-    limiter.take("a")  # refilled at 10/s
+    limiter.take(a)  # refilled at 10/s
     with pytest.raises(ResourceExhausted, match="exceed the burst"):
-        limiter.take("b", 3)
+        limiter.take(b, 3)
+
+
+SOURCED_LIMITS = """
+[groups]
+ops = ["cn:carol", "dns:dave", "erin"]
+
+[rate_limits]
+"dns:admin" = { rate = 1.0, burst = 1 }
+bare = { rate = 1.0, burst = 2 }
+"group:ops" = { rate = 1.0, burst = 3 }
+"cn:both" = { rate = 1.0, burst = 4 }
+both = { rate = 1.0, burst = 5 }
+"cn:dns:odd" = { rate = 1.0, burst = 6 }
+"*" = { rate = 1.0, burst = 100 }
+"""
+
+
+def _burst(policy: FilePolicy, name: str, source: str) -> str:
+    """The burst of the limit that applies to (name, source), spending no token: a
+    request larger than any burst is refused naming it."""
+    with pytest.raises(ResourceExhausted) as info:
+        policy.rate_limiter.take(Principal(name, source, "0" * 64), 10**6)
+    return str(info.value.metadata["burst"])
+
+
+def test_rate_limit_selectors_honour_the_source() -> None:
+    """Prefixed entries and group members mean for rate limits what they mean in rules."""
+    policy = FilePolicy.parse(SOURCED_LIMITS, "policy.toml")
+    assert _burst(policy, "admin", "dns") == "1"
+    assert _burst(policy, "admin", "cn") == "100"  # a CN admin is not the DNS SAN admin
+    assert _burst(policy, "admin", "uri") == "100"
+    for source in ("uri", "dns", "cn"):  # bare: today's meaning, any source
+        assert _burst(policy, "bare", source) == "2"
+        assert _burst(policy, "erin", source) == "3"  # a bare group member, likewise
+    assert _burst(policy, "carol", "cn") == "3"  # the group's limit, not "*"
+    assert _burst(policy, "carol", "dns") == "100"
+    assert _burst(policy, "dave", "dns") == "3"
+    assert _burst(policy, "dave", "cn") == "100"
+    assert _burst(policy, "both", "cn") == "4"  # the prefixed entry before the bare one
+    assert _burst(policy, "both", "dns") == "5"
+    assert _burst(policy, "dns:admin", "cn") == "100"  # a CN "dns:admin" is not "dns:admin"
+    assert _burst(policy, "dns:odd", "cn") == "6"  # ... it is written "cn:dns:odd"
+
+
+def test_one_bucket_per_source_and_name() -> None:
+    """A CN admin spending its bucket leaves the DNS SAN admin's full (and the other way)."""
+    policy = FilePolicy.parse("[rate_limits]\nadmin = { rate = 0.001, burst = 2 }\n")
+    cn, dns = Principal("admin", "cn", "1" * 64), Principal("admin", "dns", "2" * 64)
+    policy.rate_limiter.take(cn, 2)
+    with pytest.raises(ResourceExhausted, match="rate limit for admin"):
+        policy.rate_limiter.take(cn)
+    policy.rate_limiter.take(dns, 2)  # a bucket of its own
+    with pytest.raises(ResourceExhausted):
+        policy.rate_limiter.take(dns)
+    # The same certificate name from another certificate is the same principal: one bucket.
+    with pytest.raises(ResourceExhausted):
+        policy.rate_limiter.take(Principal("admin", "cn", "3" * 64))
 
 
 def test_no_import_cycle_in_the_policy_package() -> None:

@@ -15,13 +15,17 @@ from typing import Any
 
 import grpc
 import pytest
+from certs_helpers import ClientCert, make_client_cert
 
-from harness import child_pids, running_daemon
+from harness import Daemon, child_pids, running_daemon
 from signer.errors import ResourceExhausted
 from signer.policy.file import FilePolicy
+from signer.principal import Principal
 from signer.storage.buckets import MemoryBuckets
 from signer.storage.sqlite.buckets import SqliteBuckets
 from signer_client import ClientError, SignerClient
+
+CI = Principal("ci", "cn", "0" * 64)
 
 # -- the store ----------------------------------------------------------------------------
 
@@ -123,22 +127,45 @@ def test_policy_built_with_a_store(tmp_path: Path) -> None:
     store = SqliteBuckets(tmp_path / "ratelimit.db")
     try:
         first = FilePolicy.parse(text, "p.toml", buckets=store)
-        first.rate_limiter.take("ci", 2)
+        first.rate_limiter.take(CI, 2)
         (tmp_path / "p.toml").write_text(text)
         reloaded = FilePolicy.load(tmp_path / "p.toml", buckets=store)  # SIGHUP
         assert reloaded.rate_limiter.buckets is store
         with pytest.raises(ResourceExhausted, match=r"ci: 0.5/s, burst 2; retry in [12]\.\d\ds"):
-            reloaded.rate_limiter.take("ci")
+            reloaded.rate_limiter.take(CI)
     finally:
         store.close()
     # Without a store: memory, and adopt() carries the levels over to a reloaded policy.
     old = FilePolicy.parse(text)
-    old.rate_limiter.take("ci", 2)
+    old.rate_limiter.take(CI, 2)
     new = FilePolicy.parse(text)
     assert isinstance(new.rate_limiter.buckets, MemoryBuckets)
     new.rate_limiter.adopt(old.rate_limiter)
     with pytest.raises(ResourceExhausted, match="retry in"):
-        new.rate_limiter.take("ci")
+        new.rate_limiter.take(CI)
+
+
+def test_workers_share_a_bucket_per_source_and_name(tmp_path: Path) -> None:
+    """Two workers' policies on one store: the CN ``ci`` spends one bucket wherever it
+    calls, and that bucket is not the DNS SAN ``ci``'s."""
+    text = (
+        '[rate_limits]\nci = { rate = 0.001, burst = 2 }\n"dns:ci" = { rate = 0.001, burst = 1 }\n'
+    )
+    a = SqliteBuckets(tmp_path / "ratelimit.db")
+    b = SqliteBuckets(tmp_path / "ratelimit.db")
+    try:
+        one, two = FilePolicy.parse(text, buckets=a), FilePolicy.parse(text, buckets=b)
+        one.rate_limiter.take(CI)
+        two.rate_limiter.take(CI)
+        with pytest.raises(ResourceExhausted, match="burst 2"):
+            one.rate_limiter.take(CI)  # shared: two taken of two
+        dns_ci = Principal("ci", "dns", "1" * 64)
+        two.rate_limiter.take(dns_ci)  # a bucket of its own, with the dns: limit
+        with pytest.raises(ResourceExhausted, match="burst 1"):
+            one.rate_limiter.take(dns_ci)
+    finally:
+        a.close()
+        b.close()
 
 
 def test_cost_per_take(tmp_path: Path) -> None:
@@ -250,3 +277,73 @@ def test_two_workers_share_the_limit(tmp_path: Path) -> None:
             f"({len(clients)} connections over {per_worker})"
         )
         daemon.wait_serving()  # alive after all the refusals
+
+
+# -- the daemon: a CN admin and a DNS SAN admin ---------------------------------------------
+
+SOURCED = """
+[[rules]]
+principals = ["keeper"]
+operations = ["create", "read"]
+
+[[rules]]
+principals = ["admin"]   # bare: the CN admin and the DNS SAN admin may both sign raw
+operations = ["sign-raw"]
+
+[rate_limits]
+"dns:admin" = { rate = 0.001, burst = 2 }
+"*" = { rate = 0.001, burst = 3 }
+"""
+
+
+def _fresh(daemon: Daemon, cert: ClientCert) -> SignerClient:
+    """A client presenting ``cert`` on a connection of its own (the kernel picks the worker)."""
+    cfg = daemon.client_config("keeper", cert=cert.cert, key=cert.key)
+    creds = grpc.ssl_channel_credentials(
+        cfg.ca.read_bytes(), cfg.key.read_bytes(), cfg.cert.read_bytes()
+    )
+    channel = grpc.secure_channel(
+        cfg.address, creds, options=[("grpc.use_local_subchannel_pool", 1)]
+    )
+    return SignerClient(cfg, channel=channel)
+
+
+def _sign(daemon: Daemon, cert: ClientCert, key_id: str, data: bytes) -> ClientError | None:
+    """Sign as ``cert`` on a fresh connection: None if signed, else the error."""
+    with _fresh(daemon, cert) as client:
+        try:
+            client.sign(key_id, data)
+        except ClientError as exc:
+            return exc
+    return None
+
+
+def test_a_cn_admin_cannot_drain_the_dns_san_admin(tmp_path: Path) -> None:
+    """Two certificates both naming ``admin``: one by its CN only, one by a DNS SAN (and
+    the same CN). Each has a bucket of its own, shared by both workers, and the
+    ``"dns:admin"`` limit applies to the DNS SAN one only."""
+    with running_daemon(tmp_path, policy=SOURCED, clients=["admin", "keeper"], workers=2) as daemon:
+        daemon.wait_log("worker 0 INFO")
+        daemon.wait_log("worker 1 INFO")
+        cn_admin = make_client_cert(daemon.pki, "cn-admin", "admin")
+        dns_admin = make_client_cert(daemon.pki, "dns-admin", "admin", dns=["admin"])
+        with daemon.client("keeper") as keeper:
+            key = keeper.create_key("raw", "ecdsa-sha2-nistp256", role="targets").key_id
+
+        for i in range(3):  # the "*" limit: burst 3, spent over both workers
+            assert _sign(daemon, cn_admin, key, f"cn {i}".encode()) is None
+        for i in range(3, 5):
+            refused = _sign(daemon, cn_admin, key, f"cn {i}".encode())
+            assert refused is not None and refused.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert refused.message.startswith("rate limit for admin: 0.001/s, burst 3;")
+
+        for i in range(2):  # not refused: the CN admin's empty bucket is not this one's
+            assert _sign(daemon, dns_admin, key, f"dns {i}".encode()) is None
+        refused = _sign(daemon, dns_admin, key, b"dns 2")
+        assert refused is not None and refused.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert refused.message.startswith("rate limit for admin: 0.001/s, burst 2;")
+
+        refused = _sign(daemon, cn_admin, key, b"cn again")  # still empty
+        assert refused is not None and "burst 3" in refused.message
+        daemon.wait_serving()  # alive after the refusals
+        assert len(child_pids(daemon.proc.pid)) == 2  # both workers still there

@@ -33,7 +33,8 @@ def check_payload(payload: bytes, limit: int, name: str = "payload") -> None:
 
 
 def take_rate(policy: Policy, principal: Principal, n: int = 1) -> None:
-    """Charge ``n`` requests to the principal's bucket; ResourceExhausted when over."""
+    """Charge ``n`` requests to the principal's bucket (one per source and name: a CN
+    ``admin`` is not the DNS SAN ``admin``); ResourceExhausted when over."""
     limiter = rate_limiter_of(policy)
     if limiter is not None:
-        limiter.take(principal.name, max(1, n))
+        limiter.take(principal, max(1, n))

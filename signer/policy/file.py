@@ -9,7 +9,7 @@
     keys = { roles = ["targets", "targets/*"], repositories = ["docker.io/*"], key_ids = [] }
 
     [rate_limits]
-    "group:build-farm" = { rate = 100.0, burst = 200 }
+    "group:build-farm" = { rate = 100.0, burst = 200 }   # names, dns: etc., group:NAME, "*"
 
     [tuf]
     max_expiry_days = { root = 365, targets = 90, snapshot = 7, timestamp = 1 }
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -157,6 +158,7 @@ class _Parser:
         for who, spec in raw.items():
             where = f"rate_limits.{who!r}"
             self.check_group(where, who, groups)
+            self.check_prefix(where, who)
             if not isinstance(spec, dict) or set(spec) - {"rate", "burst"} or "rate" not in spec:
                 raise self.fail(where, "write { rate = PER_SECOND, burst = N }")
             rate = self.number(where + ".rate", spec["rate"])
@@ -214,13 +216,17 @@ class _Parser:
         return float(value)
 
 
-def _selector(limits: dict[str, Limit], groups: Groups) -> Any:
-    """Which limit applies to a principal: its own entry, else its first group's, else ``*``."""
+def _selector(limits: dict[str, Limit], groups: Groups) -> Callable[[Principal], Limit | None]:
+    """Which limit applies to a principal: its own entry (``dns:admin``, else the bare
+    ``admin``, matched as rules match group members), else its first group's, else ``*``."""
 
-    def select(name: str) -> Limit | None:
-        if name in limits:
-            return limits[name]
-        for group in groups.of(name):
+    def select(principal: Principal) -> Limit | None:
+        own = limits.get(f"{principal.source}:{principal.name}")
+        if own is None and split_source(principal.name)[0] is None:
+            own = limits.get(principal.name)  # a CN "dns:x" is never the entry "dns:x"
+        if own is not None:
+            return own
+        for group in groups.of(principal):
             limit = limits.get(f"group:{group}")
             if limit is not None:
                 return limit

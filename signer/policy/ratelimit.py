@@ -1,10 +1,12 @@
 """Per-principal rate limits: one token bucket per principal, refilled continuously.
 
-The policy file names who gets which limit (a principal, ``group:NAME`` or ``*``); each
-principal then has a bucket of its own, so one noisy member of a group cannot starve the
-others. Where the buckets live is the store's business (``signer.storage.buckets``): the
-daemon passes one SQLite store shared by its worker processes, so a client gets its rate
-once per host however many workers serve it; without a store, buckets live in memory.
+The policy file names who gets which limit (a principal, maybe with a source prefix as in
+rules, ``group:NAME`` or ``*``); each principal then has a bucket of its own, keyed by
+source and name, so one noisy member of a group cannot starve the others, and a CN
+``admin`` cannot drain the bucket of the DNS SAN ``admin``. Where the buckets live is the
+store's business (``signer.storage.buckets``): the daemon passes one SQLite store shared
+by its worker processes, so a client gets its rate once per host however many workers
+serve it; without a store, buckets live in memory.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from signer.errors import ResourceExhausted
+from signer.principal import Principal
 from signer.storage.buckets import MemoryBuckets
 
 if TYPE_CHECKING:
@@ -27,7 +30,7 @@ class Limit:
 
 
 class RateLimiter:
-    """``take(name, n)`` spends n tokens or raises ResourceExhausted saying when to retry.
+    """``take(principal, n)`` spends n tokens or raises ResourceExhausted saying when to retry.
 
     ``buckets`` holds the levels (default: a new in-memory store, for this limiter only).
     A store that cannot be used raises StorageUnavailable: signing fails closed.
@@ -36,17 +39,18 @@ class RateLimiter:
     def __init__(
         self,
         limits: Mapping[str, Limit],
-        select: Callable[[str], Limit | None],
+        select: Callable[[Principal], Limit | None],
         buckets: Buckets | None = None,
     ) -> None:
         self.limits = dict(limits)
         self._select = select
         self.buckets: Buckets = buckets if buckets is not None else MemoryBuckets()
 
-    def take(self, name: str, n: int = 1) -> None:
-        limit = self._select(name)
+    def take(self, principal: Principal, n: int = 1) -> None:
+        limit = self._select(principal)
         if limit is None:
             return
+        name = principal.name
         if n > limit.burst:
             raise ResourceExhausted(
                 f"rate limit for {name}: {n} signatures in one request exceed the burst "
@@ -54,7 +58,7 @@ class RateLimiter:
                 reason="BATCH_OVER_BURST",
                 metadata={"burst": f"{limit.burst:g}"},
             )
-        wait = self.buckets.take(name, limit.rate, limit.burst, n)
+        wait = self.buckets.take(bucket_key(principal), limit.rate, limit.burst, n)
         if wait > 0:
             raise ResourceExhausted(
                 f"rate limit for {name}: {limit.rate:g}/s, burst {limit.burst:g}; "
@@ -74,6 +78,13 @@ class RateLimiter:
             return
         if isinstance(self.buckets, MemoryBuckets) and isinstance(old.buckets, MemoryBuckets):
             self.buckets.absorb(old.buckets)
+
+
+def bucket_key(principal: Principal) -> str:
+    """``"dns:admin"``: the source is part of the key, so a CN ``admin`` never spends (or
+    drains) the bucket of the DNS SAN ``admin``. A name holds no source of its own here:
+    the key's first ``:`` always ends the source."""
+    return f"{principal.source}:{principal.name}"
 
 
 def rate_limiter_of(policy: object) -> RateLimiter | None:

@@ -71,9 +71,10 @@ class Groups:
 
     members: Mapping[str, frozenset[str]]
 
-    def of(self, name: str) -> list[str]:
-        """The groups ``name`` belongs to, in file order."""
-        return [g for g, members in self.members.items() if name in members]
+    def of(self, principal: Principal) -> list[str]:
+        """The groups ``principal`` belongs to, in file order (as rules see membership:
+        ``cn:carol`` holds only a CN ``carol``)."""
+        return [g for g, members in self.members.items() if is_member(members, principal)]
 
     def contains(self, group: str, principal: Principal) -> bool:
         return is_member(self.members.get(group, frozenset()), principal)
