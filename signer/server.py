@@ -35,6 +35,7 @@ from signer.process import (
     pin_to_cpu,
     raise_open_files_limit,
 )
+from signer.service.health import ExplainedHealth
 from signer.service.keys import KeyServicer
 from signer.service.registration import add_service
 from signer.service.signing import SigningServicer
@@ -103,7 +104,7 @@ class Daemon:
         self.metrics = observer_for(config.metrics)
         self.metrics_listener: MetricsListener | None = None
         self.app = SignerApp(config, metrics=self.metrics)
-        self.health = health.aio.HealthServicer()
+        self.health = ExplainedHealth(self._unhealthy_because)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._state_ok = True  # the shared state reachable (always, for SQLite)
         self._state_watch: asyncio.Task[None] | None = None
@@ -173,6 +174,15 @@ class Daemon:
         self.app.close()
         if self.metrics_listener is not None:
             self.metrics_listener.close()
+
+    def _unhealthy_because(self) -> str | None:
+        """Why health says NOT_SERVING (for its trailing metadata), if it does."""
+        fault = self.app.token.fault
+        if fault is not None:
+            return fault
+        if not self._state_ok:
+            return f"the shared state ({self.app.state.name}) is unreachable"
+        return None
 
     def _health_changed(self, healthy: bool) -> None:
         """Called from the token's threads: hand over to the event loop."""

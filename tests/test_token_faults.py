@@ -82,6 +82,18 @@ def test_daemon_starts_without_token_and_serves_once_it_appears(tmp_path: Path) 
         daemon.client().sign(key.key_id, b"hello")
 
 
+def health_with_reason(daemon: Daemon) -> tuple[int, str]:
+    """Health's status and the ``signer-health-reason`` it sent with it ("" if none)."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with daemon.channel("admin") as channel:
+        response, call = health_pb2_grpc.HealthStub(channel).Check.with_call(
+            health_pb2.HealthCheckRequest(), timeout=5
+        )
+    reasons = [v for k, v in call.trailing_metadata() or () if k == "signer-health-reason"]
+    return int(response.status), str(reasons[0]) if reasons else ""
+
+
 def test_token_back_with_another_pin_is_tried_once_then_heals_on_sighup(
     fragile: Daemon, tmp_path: Path
 ) -> None:
@@ -122,9 +134,13 @@ def test_token_back_with_another_pin_is_tried_once_then_heals_on_sighup(
     reinsert_token(away)
     time.sleep(1.5)
     assert fragile.health() == NOT_SERVING
+    # Health says why, in its trailing metadata, for as long as it lasts.
+    status, reason = health_with_reason(fragile)
+    assert status == NOT_SERVING and "refused the PIN" in reason and "SIGHUP" in reason, reason
     assert fragile.proc is not None and fragile.proc.poll() is None
     fragile.signal(signal.SIGHUP)
     fragile.wait_serving(timeout=20, want=SERVING)
+    assert health_with_reason(fragile) == (SERVING, "")  # no reason once serving
     response = client.sign(key.key_id, b"after")
     tuf_key(key).verify_signature(Signature(key.key_id, response.signature.hex()), b"after")
     assert fragile.log().count(refusal) == 1
