@@ -16,7 +16,7 @@ import grpc
 import pytest
 
 from harness import Daemon, running_daemon
-from signer.config import ServerConfig
+from signer.config import MESSAGE_OVERHEAD_BYTES, ServerConfig
 from signer_api.v1 import signer_pb2 as pb
 from signer_api.v1 import signer_pb2_grpc
 from signer_client import ClientError, InvalidArgumentError
@@ -57,6 +57,46 @@ def test_oversize_message_is_refused_by_grpc_and_max_size_passes(tmp_path: Path)
             items = [pb.SignBatchItem(key_id=key.key_id, digest=d) for d in digests]
             reply = stub.SignBatch(pb.SignBatchRequest(items=items), timeout=60)
         assert len(reply.results) == 1024 and all(r.status.code == 0 for r in reply.results)
+        _alive(daemon)
+
+
+def test_receive_limit_makes_room_for_the_largest_batch(tmp_path: Path) -> None:
+    """Small payloads, many items: the receive limit comes from the batch term
+    (max_batch_items x BATCH_ITEM_BYTES), so a full SignBatch of digests, far larger than
+    the payload limit, reaches the daemon; one item more is our INVALID_ARGUMENT, a
+    message over the computed limit gRPC's RESOURCE_EXHAUSTED."""
+    payload_limit, items_limit = 1024, 4096
+    config = ServerConfig(max_payload_bytes=payload_limit, max_batch_items=items_limit)
+    options = f"max_payload_bytes = {payload_limit}\nmax_batch_items = {items_limit}"
+    with running_daemon(tmp_path / "d", server_options=options) as daemon:
+        client = daemon.client()
+        key = client.create_key("many", "ecdsa-sha2-nistp256", "targets")
+        digests = [hashlib.sha256(b"%d" % i).digest() for i in range(items_limit + 1)]
+        items = [pb.SignBatchItem(key_id=key.key_id, digest=d) for d in digests]
+        full = pb.SignBatchRequest(items=items[:items_limit])
+        # What the test stands on: the batch is far over what the payload term allows.
+        assert full.ByteSize() > 4 * (payload_limit + MESSAGE_OVERHEAD_BYTES)
+        assert full.ByteSize() < config.max_message_bytes
+        with daemon.channel() as channel:
+            stub = signer_pb2_grpc.SigningServiceStub(channel)
+            reply = stub.SignBatch(full, timeout=120)
+            assert len(reply.results) == items_limit
+            assert all(r.status.code == 0 and r.signature for r in reply.results)
+
+            with pytest.raises(grpc.RpcError) as info:  # one item more: our own refusal
+                stub.SignBatch(pb.SignBatchRequest(items=items), timeout=60)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert info.value.details() == (
+                f"{items_limit + 1} items; a batch holds at most {items_limit}"
+            )
+
+            big = [pb.SignBatchItem(key_id=key.key_id, payload=b"x" * 300)] * items_limit
+            over = pb.SignBatchRequest(items=big)  # each payload allowed, the whole too big
+            assert over.ByteSize() > config.max_message_bytes
+            with pytest.raises(grpc.RpcError) as info:
+                stub.SignBatch(over, timeout=60)
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "larger than max" in (info.value.details() or "")
         _alive(daemon)
 
 
