@@ -504,6 +504,61 @@ def test_cli_verify_with_the_anchor(
     assert "uncovered: entries 1-" in capsys.readouterr().out
 
 
+def _verify_config(root: Path, anchor_file: Path) -> Path:
+    """A config for ``audit verify --config``: state in ``root/state``, the anchor file."""
+    path = root / "verify.toml"
+    path.write_text(
+        '[tls]\nca = "ca"\ncert = "c"\nkey = "k"\n[token]\nlabel = "t"\n[state]\ndir = "state"\n'
+        + CHECKPOINTS
+        + f"anchor_file = {json.dumps(str(anchor_file))}\n"
+    )
+    return path
+
+
+def test_cli_verify_fails_when_the_configured_anchor_file_is_missing(
+    served: Daemon, key: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Deleting the anchor file must not turn the anchor check off: with checkpoints in
+    the database, a configured anchor file that is not there fails, in one line."""
+    anchors = tmp_path / "anchors.jsonl"
+    config = _verify_config(tmp_path, anchors)
+    shutil.copy(_anchors(served), tmp_path / "kept.jsonl")  # before the state: a subset
+    _copy_state(served, tmp_path / "state")
+    capsys.readouterr()
+    assert signerd(["audit", "verify", "--config", str(config)]) == 1
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    missing = [line for line in lines if "anchor file" in line]
+    assert missing == [
+        f"anchor: the anchor file {anchors} is missing, but the database holds "
+        f"{len(_checkpoint_seqs(tmp_path / 'state'))} checkpoint(s), each appended to it "
+        "when signed (deleted or moved? check [audit] anchor_file, or give a copy with "
+        "--anchor)"
+    ], captured.out
+    assert lines[-1].startswith("FAILED: 1 problem(s)") and "Traceback" not in captured.err
+    (tmp_path / "kept.jsonl").rename(anchors)  # the same config with its file: OK
+    assert signerd(["audit", "verify", "--config", str(config)]) == 0
+    assert "anchored checkpoint(s) found in the database" in capsys.readouterr().out
+
+
+def test_cli_verify_without_a_checkpoint_yet_needs_no_anchor_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before the first checkpoint the daemon has not created its anchor file: no fault."""
+    from signer.audit.log import AuditEvent, AuditLog, Outcome
+
+    audit = AuditLog(tmp_path / "state" / "audit.db")
+    try:
+        audit.record(AuditEvent("alice", "sign", Outcome.ALLOWED))
+    finally:
+        audit.close()
+    anchors = tmp_path / "anchors.jsonl"
+    assert signerd(["audit", "verify", "--config", str(_verify_config(tmp_path, anchors))]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("OK: 1 entries, chain intact, 0 signed checkpoint(s)")
+    assert captured.err == f"note: no anchor file {anchors} yet (no checkpoint signed yet)\n"
+
+
 # -- damaged databases: one line, non-zero, never a traceback ----------------------------------
 
 

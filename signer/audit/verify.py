@@ -15,7 +15,9 @@ deleting checkpoints does not make the chain rewritable.
 
 With an anchor file (``--anchor``, the checkpoints the daemon also wrote outside the
 database), every anchored checkpoint must be in the database unchanged and the chain
-must reach the last anchored entry: a truncated tail shows. Without one, entries after
+must reach the last anchored entry: a truncated tail shows. An anchor file that does not
+exist is a problem once the database holds a checkpoint (each was appended to it: deleting
+the file must not turn the check off), and nothing before the first. Without one, entries after
 the last checkpoint (within the cadence) can be removed or appended without trace, as
 can anything if the attacker also controls the audit key's registry entry; pin the
 audit key id (``--audit-key-id``) to guard against the latter.
@@ -410,6 +412,10 @@ def verify(
 ) -> Report:
     """Check the chain, its checkpoints, their cadence and (if given) the anchors.
 
+    ``anchor_file``: where the daemon appended its checkpoints; missing, it is an
+    ``anchor`` problem if the database holds a checkpoint (none is fine: the first
+    checkpoint creates it).
+
     ``audit_db``: the SQLite audit.db, or a reader of the shared state. ``keys``: the
     audit keys that may sign checkpoints, or the key registry (keys.db) to read them from
     (a reader's own registry if not given). ``settings``: the daemon's cadence (the
@@ -428,7 +434,10 @@ def verify(
     report.problems = verify_chain(entries)
     count, last, problems = verify_checkpoints(checkpoints, by_seq, verifiers, audit_key_id)
     problems += verify_tail(entries, last, settings)
-    if anchor_file is not None:
+    if anchor_file is not None and not anchor_file.exists():
+        if checkpoints:
+            problems.append(Problem("anchor", 0, _missing_anchor(anchor_file, len(checkpoints))))
+    elif anchor_file is not None:
         if checkpoints is None:
             raise StorageUnavailable(
                 f"cannot read {reader.where}: no such table: audit_checkpoints (a damaged "
@@ -442,6 +451,14 @@ def verify(
     seen = {(p.kind, p.seq) for p in report.problems}
     report.problems += [p for p in problems if (p.kind, p.seq) not in seen]
     return report
+
+
+def _missing_anchor(anchor_file: Path, checkpoints: int) -> str:
+    return (
+        f"the anchor file {anchor_file} is missing, but the database holds {checkpoints} "
+        "checkpoint(s), each appended to it when signed (deleted or moved? check [audit] "
+        "anchor_file, or give a copy with --anchor)"
+    )
 
 
 def _own_keys(audit_db: Path | AuditReader) -> AuditReader | None:
