@@ -252,6 +252,41 @@ def test_expired_request(served: Daemon, clients: dict[str, Any], root_key: Any)
     served.signal(signal.SIGHUP)
 
 
+def test_expiry_follows_the_injected_clock(tmp_path: Path) -> None:
+    """The window, to the boundary, on a real store with a clock the test moves."""
+    from signer.errors import FailedPrecondition
+    from signer.quorum import QuorumStore, RequestState, SignatureRequest, refuse_if_closed
+    from signer.storage.sqlite.quorum import SqliteQuorum
+
+    now = [1000.0]
+    store = QuorumStore(SqliteQuorum(tmp_path / "quorum.db"), clock=lambda: now[0])
+
+    def request(request_id: str, approvals: int) -> SignatureRequest:
+        return store.add(
+            SignatureRequest(
+                request_id, "k" * 64, b"payload", sha256(b"payload"), "alice", "", approvals,
+                RequestState.PENDING, created_at=now[0], expires_at=now[0] + 60,
+            )
+        )  # fmt: skip
+
+    request("late", 1)
+    request("on-time", 1)
+    now[0] = 1060.0  # the last instant of the window: still open
+    assert store.get("late").state is RequestState.PENDING
+    assert store.approve("on-time", "carol", refuse_if_closed).state is RequestState.APPROVED
+    assert store.open_counts() == {"pending": 1, "approved": 1}
+    now[0] = 1060.001  # past it: expired, neither approvable nor claimable
+    assert store.get("late").state is RequestState.EXPIRED
+    with pytest.raises(FailedPrecondition, match="has expired"):
+        store.approve("late", "carol", refuse_if_closed)
+    assert store.claim("on-time") is False
+    assert store.open_counts() == {"pending": 0, "approved": 0}
+    now[0] = 1030.0  # a clock that steps back sees the approved request open again, once
+    assert store.claim("on-time") is True
+    assert store.claim("on-time") is False
+    store.close()
+
+
 def _client_config(served: Daemon, name: str, tmp_path: Path) -> str:
     config = served.client_config(name)
     path = tmp_path / f"{name}.toml"
