@@ -212,6 +212,42 @@ def test_non_canonical_notary_json_stays_raw(served: Daemon, clients: dict[str, 
     assert last_row(served, key.key_id)["operation"] == "sign-raw"
 
 
+def test_duplicate_keys_are_refused(served: Daemon, clients: dict[str, Any]) -> None:
+    """Go canonical JSON but for a repeated key: readers differ on which value counts (a
+    last-wins reader sees version 2, or the other target), so the payload is refused as
+    JSON, never classified as raw or signed; each refusal audited once."""
+    key = clients["admin"].create_key("targets-dup", role="targets", repository=GUN)
+    good = targets(version=1)
+    top = good.replace(b'"version":1}', b'"version":1,"version":2}')
+    assert top != good and top.endswith(b'"version":1,"version":2}')
+    files = json.loads(good)["targets"]["1.0"]
+    entry = json.dumps(files, sort_keys=True, separators=(",", ":")).encode()
+    nested = good.replace(b'"targets":{"1.0":', b'"targets":{"1.0":' + entry + b',"1.0":')
+    assert nested != good
+    for payload, name in ((top, "version"), (nested, "1.0")):
+        with pytest.raises(InvalidArgument, match="duplicate key"):
+            parse_notary(payload)
+        message = refused(
+            lambda p=payload: clients["alice"].sign(key.key_id, p),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        )
+        assert message == f"payload JSON refused: duplicate key {name!r} in an object"
+        rows = audit_rows(
+            served.state, "payload_sha256 = ?", (hashlib.sha256(payload).hexdigest(),)
+        )
+        assert len(rows) == 1, rows
+        row = rows[0]
+        assert (row["operation"], row["outcome"], row["code"], row["key_id"]) == (
+            "sign",
+            "failed",  # the audit's word for a request refused for its input
+            "INVALID_ARGUMENT",
+            key.key_id,
+        )
+    assert served.proc is not None and served.proc.poll() is None
+    served.wait_serving()  # alive, and still signs the well-formed payload
+    verify(key, good, clients["alice"].sign(key.key_id, good).signature)
+
+
 def test_standard_tuf_takes_no_foreign_role_hint(clients: dict[str, Any]) -> None:
     from authz_helpers import tuf_payload
 
