@@ -288,18 +288,48 @@ KNOWN_SETTINGS: dict[str, frozenset[str]] = _known()
 
 
 def ensure_state_dir(path: Path) -> Path:
-    """The state directory, created 0700 (registry, audit chain, last good policy).
+    """The state directory, 0700: the registry, the audit chain, the last good policy.
 
-    An existing one writable by group or others is refused: whoever can write there can
-    replace the databases the daemon trusts."""
+    Created 0700. An existing one of the daemon's user with any group or other bits is
+    tightened to 0700 (a warning says so): the umask may have left the files in it
+    readable. One owned by another user, or writable by group or others, is refused:
+    whoever can write there can replace the databases the daemon trusts."""
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    mode = path.stat().st_mode
-    if mode & 0o022:
-        raise ConfigError(
-            f"the state directory {path} has mode {mode & 0o777:04o}: it must not be "
-            f"writable by group or others (chmod 700 {path})"
+    info = path.stat()
+    mode = info.st_mode & 0o777
+    _refuse_foreign_state_dir(path, info.st_uid, mode)
+    if mode & 0o077:
+        try:
+            path.chmod(0o700)
+        except OSError as exc:
+            raise ConfigError(
+                f"the state directory {path} has mode {mode:04o} and cannot be made 0700: "
+                f"{exc.strerror or exc}"
+            ) from exc
+        import logging  # here: config.py logs nothing else
+
+        logging.getLogger(__name__).warning(
+            "the state directory %s had mode %04o: tightened to 0700 (only the daemon's "
+            "user may read the registry and the audit chain)",
+            path,
+            mode,
         )
     return path
+
+
+def _refuse_foreign_state_dir(path: Path, owner: int, mode: int) -> None:
+    """ConfigError unless ``path`` is the daemon user's and only it may write there."""
+    user = os.geteuid()
+    if owner != user:
+        raise ConfigError(
+            f"the state directory {path} is owned by uid {owner}, not by the daemon's user "
+            f"(uid {user}): chown it to that user, or use a directory of its own"
+        )
+    if mode & 0o022:
+        raise ConfigError(
+            f"the state directory {path} has mode {mode:04o}: it must not be "
+            f"writable by group or others (chmod 700 {path})"
+        )
 
 
 def parse_pkcs11_uri(uri: str) -> dict[str, str]:

@@ -4,6 +4,7 @@ their first byte, a private state directory."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -165,8 +166,59 @@ def test_state_directory_writable_by_others_is_refused(tmp_path: Path) -> None:
     daemon.start(wait=False)
     assert daemon.proc is not None and daemon.proc.wait(30) == 2, daemon.log()
     assert f"state directory {daemon.state} has mode 0777" in daemon.log()
-    with pytest.raises(ConfigError, match="0770"):
-        daemon.state.chmod(0o770)
-        ensure_state_dir(daemon.state)
-    daemon.state.chmod(0o750)  # readable by the group is allowed, writable is not
-    assert ensure_state_dir(daemon.state) == daemon.state
+    for mode in (0o770, 0o702, 0o757):
+        daemon.state.chmod(mode)
+        with pytest.raises(ConfigError, match=f"has mode {mode:04o}: it must not be writable"):
+            ensure_state_dir(daemon.state)
+        assert daemon.state.stat().st_mode & 0o777 == mode  # refused: left as it was
+
+
+@pytest.mark.parametrize("mode", [0o750, 0o755, 0o711, 0o740, 0o704], ids=oct)
+def test_a_readable_state_directory_is_tightened_to_0700(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, mode: int
+) -> None:
+    """The state directory is 0700: group or other bits on the daemon user's own one are
+    taken away (audit.db and keys.db in it may be readable), with a warning."""
+    from signer.config import ensure_state_dir
+
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "audit.db").write_bytes(b"")
+    state.chmod(mode)
+    with caplog.at_level(logging.WARNING, logger="signer.config"):
+        assert ensure_state_dir(state) == state
+    assert state.stat().st_mode & 0o777 == 0o700
+    assert f"the state directory {state} had mode {mode:04o}: tightened to 0700" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="signer.config"):
+        ensure_state_dir(state)  # 0700 already: nothing to say
+    assert caplog.text == ""
+
+
+def test_the_daemon_tightens_its_state_directory(tmp_path: Path) -> None:
+    daemon = Daemon(root=tmp_path, port=free_port(), env=create_token(tmp_path / "hsm"))
+    daemon.state.mkdir()
+    daemon.state.chmod(0o755)
+    daemon.start()
+    try:
+        assert daemon.state.stat().st_mode & 0o777 == 0o700
+        assert f"the state directory {daemon.state} had mode 0755" in daemon.log()
+        assert daemon.client().list_keys() == []
+    finally:
+        assert daemon.stop() == 0
+
+
+def test_a_state_directory_of_another_user_is_refused(tmp_path: Path) -> None:
+    from signer.config import ensure_state_dir
+
+    if os.geteuid() == 0:
+        state = tmp_path / "state"
+        state.mkdir(mode=0o700)
+        os.chown(state, 65534, 65534)  # nobody
+        owner = 65534
+    else:
+        state, owner = Path("/"), 0  # root's: never this user's
+    before = state.stat().st_mode & 0o777
+    with pytest.raises(ConfigError, match=f"is owned by uid {owner}, not by the daemon's user"):
+        ensure_state_dir(state)
+    assert state.stat().st_mode & 0o777 == before
