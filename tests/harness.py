@@ -92,6 +92,8 @@ class Daemon:
     server_options: str = ""  # extra lines for the [server] table
     state_options: str = ""  # extra lines for the [state] table (a shared database)
     clients: list[str] = field(default_factory=lambda: ["admin"])
+    module: str = MODULE  # the PKCS#11 module (a test's shim around SoftHSM, say)
+    token_options: str = ""  # extra lines for the [token] table
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -133,10 +135,11 @@ cert = "pki/server.pem"
 key = "pki/server-key.pem"
 
 [token]
-module = "{MODULE}"
+module = "{self.module}"
 label = "{self.label}"
 pin_env = "SIGNER_PIN"
 probe_interval = 0.5
+{self.token_options}
 
 [state]
 dir = "state"
