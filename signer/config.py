@@ -42,6 +42,7 @@ comes from an environment variable or a file named here (``pin_env`` / ``pin_fil
 
 from __future__ import annotations
 
+import logging
 import os
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -51,6 +52,8 @@ from urllib.parse import unquote
 
 from signer.errors import ConfigError
 from signer.logs import LogConfig
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from signer.storage import Backend
@@ -306,9 +309,7 @@ def ensure_state_dir(path: Path) -> Path:
                 f"the state directory {path} has mode {mode:04o} and cannot be made 0700: "
                 f"{exc.strerror or exc}"
             ) from exc
-        import logging  # here: config.py logs nothing else
-
-        logging.getLogger(__name__).warning(
+        log.warning(
             "the state directory %s had mode %04o: tightened to 0700 (only the daemon's "
             "user may read the registry and the audit chain)",
             path,
