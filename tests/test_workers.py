@@ -135,13 +135,27 @@ def _rounds(pair: Daemon, hit: set[int]) -> None:
 
 
 def _refused_everywhere(daemon: Daemon, key_id: str, state: str) -> None:
-    for _ in range(6):
-        with daemon.fresh_client() as c:
-            with pytest.raises(FailedPreconditionError, match=state):
-                c.sign(key_id, b"after")
-            results = c.sign_batch(key_id, [b"after"])
-            assert isinstance(results[0].error, FailedPreconditionError), results[0]
-            assert state in str(results[0].error)
+    """Refused by Sign and SignBatch on connections served by every worker."""
+    workers = set(worker_pids(daemon))
+    hit: set[int] = set()
+    for _ in range(10):
+        clients = [daemon.fresh_client() for _ in range(4)]
+        try:
+            for c in clients:
+                c.list_keys(role="no-such-role")  # connect now, so ss sees every one
+            hit.update(serving_pids(daemon))
+            for c in clients:
+                with pytest.raises(FailedPreconditionError, match=state):
+                    c.sign(key_id, b"after")
+                results = c.sign_batch(key_id, [b"after"])
+                assert isinstance(results[0].error, FailedPreconditionError), results[0]
+                assert state in str(results[0].error)
+        finally:
+            for c in clients:
+                c.close()
+        if workers <= hit:
+            break
+    assert len(workers) == 2 and workers <= hit, f"refused by {hit} of {workers}"
 
 
 def _warm(daemon: Daemon, key_id: str) -> None:
