@@ -8,7 +8,8 @@ names, and certificates revoked by the configured CRL (``[tls] crl``).
 
 What a certificate yields is cached by its PEM (parsing is the expensive part); the
 revocation check is a set lookup done on every call, so a CRL reloaded on SIGHUP
-applies to the very next request, also on connections already open.
+applies to the very next request, also on connections already open. A worker restarted
+while the CRL file is broken enforces the last good CRL its supervisor kept.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class Revocations:
 
 NO_REVOCATIONS = Revocations("", frozenset())
 _revocations = NO_REVOCATIONS  # per process; swapped in one assignment (see reload)
+_fallback: Path | None = None  # the supervisor's last good CRL (see use_fallback)
 
 
 @dataclass(frozen=True)
@@ -196,9 +198,17 @@ def load_revocations(crl: Path, ca: Path) -> Revocations:
     CA in ``ca``; ConfigError naming the file otherwise."""
     try:
         data = crl.read_bytes()
-        authorities = x509.load_pem_x509_certificates(ca.read_bytes())
     except OSError as exc:
         raise ConfigError(f"cannot read the CRL {crl}: {exc}") from exc
+    return parse_revocations(data, crl, ca)
+
+
+def parse_revocations(data: bytes, crl: Path, ca: Path) -> Revocations:
+    """``load_revocations`` for bytes read already (``crl`` names them in messages)."""
+    try:
+        authorities = x509.load_pem_x509_certificates(ca.read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"cannot read the CA certificates {ca}: {exc}") from exc
     except ValueError as exc:
         raise ConfigError(f"cannot read the CA certificates {ca}: {exc}") from exc
     try:
@@ -247,11 +257,33 @@ def _signed_by(crl: x509.CertificateRevocationList, authority: x509.Certificate)
         return False
 
 
+def use_fallback(kept: Path | None) -> None:
+    """The last good CRL the supervisor kept (``signer.supervisor.keep_good_crl``): what
+    ``configure`` enforces when the configured file is broken as this worker starts."""
+    global _fallback
+    _fallback = kept
+
+
 def configure(tls: TlsConfig) -> None:
-    """At start-up: use the configured CRL, if any (ConfigError if it cannot be used)."""
+    """At start-up: use the configured CRL, if any (ConfigError if it cannot be used).
+
+    A worker (re)started while the file is broken enforces the last good CRL the
+    supervisor kept (``use_fallback``), so it refuses what its siblings refuse; without
+    one (a single worker, or the first start) the error stands."""
     global _revocations
     crl = tls.crl
-    _revocations = load_revocations(crl, tls.ca) if crl is not None else NO_REVOCATIONS
+    if crl is None:
+        _revocations = NO_REVOCATIONS
+        return
+    try:
+        _revocations = load_revocations(crl, tls.ca)
+    except ConfigError as exc:
+        kept = _fallback
+        if kept is None or not kept.exists():
+            raise
+        log.error("%s; enforcing the last good CRL (%s) until it is fixed", exc, kept)
+        # Refusals still name the configured file: the copy is its last good version.
+        _revocations = Revocations(str(crl), load_revocations(kept, tls.ca).revoked)
 
 
 def reload(tls: TlsConfig) -> None:
@@ -267,3 +299,30 @@ def reload(tls: TlsConfig) -> None:
         return
     _revocations = revocations
     log.info("CRL reloaded: %d revoked certificate(s)", len(revocations.revoked))
+
+
+def check_crl(argv: list[str] | None = None) -> int:
+    """``python -m signer.identity CRL CA``: may the CRL whose bytes come on stdin be used?
+    0 if so, else EXIT_CONFIG with the reason on stderr. The supervisor asks this of a child
+    interpreter, as it imports no cryptography itself (signer/supervisor.py)."""
+    import argparse
+    import sys
+
+    from signer.process import EXIT_CONFIG
+
+    parser = argparse.ArgumentParser(
+        prog="python -m signer.identity", description="check a CRL (its bytes on stdin)"
+    )
+    parser.add_argument("crl", type=Path, help="the CRL file (named in messages)")
+    parser.add_argument("ca", type=Path, help="the CA certificates it must be signed by")
+    args = parser.parse_args(argv)
+    try:
+        parse_revocations(sys.stdin.buffer.read(), args.crl, args.ca)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(check_crl())

@@ -24,6 +24,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from signer import identity
 from signer.app import SignerApp
 from signer.config import ServerConfig, SignerConfig, TlsConfig, ensure_state_dir, load_config
 from signer.errors import ConfigError, SignerError
@@ -260,13 +261,19 @@ def run_worker(
     reuse_port: bool,
     parent_pid: int | None = None,
     policy_fallback: str | None = None,
+    crl_fallback: str | None = None,
 ) -> None:
-    """Serve until SIGTERM/SIGINT. Runs in its own (spawned) process, or in the parent."""
+    """Serve until SIGTERM/SIGINT. Runs in its own (spawned) process, or in the parent.
+
+    ``policy_fallback`` and ``crl_fallback``: the last good policy and CRL the supervisor
+    kept, enforced if the configured file is broken as this worker starts."""
     configure_logging(index if reuse_port else None, config_path)
     if parent_pid is not None:
         die_with_parent(parent_pid)
     raise_open_files_limit()
-    run_event_loop(_serve(config_path, index, reuse_port, parent_pid, policy_fallback))
+    run_event_loop(
+        _serve(config_path, index, reuse_port, parent_pid, policy_fallback, crl_fallback)
+    )
 
 
 def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
@@ -285,12 +292,15 @@ async def _serve(
     reuse_port: bool,
     parent_pid: int | None = None,
     policy_fallback: str | None = None,
+    crl_fallback: str | None = None,
 ) -> None:
     # The asyncio server must be made inside the loop that runs it.
     try:
         config = load_config(Path(config_path))
         if policy_fallback is not None:
             config = replace(config, policy_fallback=Path(policy_fallback))
+        if crl_fallback is not None:  # SignerApp's identity.configure falls back to it
+            identity.use_fallback(Path(crl_fallback))
         if config.server.pin_workers and config.server.workers > 1:
             pin_to_cpu(index)
         daemon = Daemon(config, reuse_port)

@@ -4,7 +4,8 @@ The supervisor only supervises: it loads the configuration, validates the policy
 starts ``workers`` processes (each a new interpreter, ``python -m signer.worker``: never
 forked, since each opens the token itself and no process may fork after C_Initialize),
 restarts those that die, forwards signals and, with ``[metrics] listen``, serves the
-workers' metrics. It imports nothing else: no gRPC, no PKCS#11, no cryptography, no
+workers' metrics. It keeps the last good policy and CRL for workers restarted while
+either file is broken. It imports nothing else: no gRPC, no PKCS#11, no cryptography, no
 storage or signing code (those are the workers', in signer/server.py, imported in the
 worker process only), and no multiprocessing (whose spawn start method would add a
 resource-tracker process). docs/performance.md ("Idle memory") has what that saves;
@@ -17,6 +18,7 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections import deque
@@ -34,6 +36,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LAST_GOOD_POLICY = "policy.last-good.toml"  # in the state dir, kept by the supervisor
+LAST_GOOD_CRL = "crl.last-good"  # likewise ([tls] crl, PEM or DER as the file is)
+CRL_CHECK_SECONDS = 60
 
 
 def keep_good_policy(config: SignerConfig) -> Path | None:
@@ -54,18 +58,54 @@ def keep_good_policy(config: SignerConfig) -> Path | None:
     except OSError as exc:
         raise ConfigError(f"cannot read policy file {policy_file}: {exc}") from exc
     FilePolicy.parse(text, str(policy_file))  # all or nothing: raises ConfigError
+    _keep(kept, text)
+    return kept
+
+
+def keep_good_crl(config: SignerConfig) -> Path | None:
+    """Validate the CRL (``[tls] crl``) and keep its bytes as the last good CRL (0600,
+    written atomically in the state dir); workers started while the file is broken use it.
+
+    The check is ``signer.identity``'s, run in a child interpreter (``python -m
+    signer.identity``, the bytes on its stdin): reading a CRL takes cryptography, which
+    the supervisor never imports. Raises ConfigError when the CRL cannot be used: at start
+    the daemon refuses to run, on SIGHUP the caller keeps the previous copy."""
+    kept = config.state.dir / LAST_GOOD_CRL
+    crl = config.tls.crl
+    if crl is None:
+        kept.unlink(missing_ok=True)
+        return None
+    try:
+        data = crl.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the CRL {crl}: {exc}") from exc
+    argv = [sys.executable, "-m", "signer.identity", str(crl), str(config.tls.ca)]
+    try:
+        check = subprocess.run(
+            argv, input=data, capture_output=True, timeout=CRL_CHECK_SECONDS, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ConfigError(f"cannot check the CRL {crl}: {exc}") from exc
+    if check.returncode != 0:
+        reason = check.stderr.decode("utf-8", "replace").strip()
+        raise ConfigError(reason or f"the CRL {crl} cannot be used (check: {check.returncode})")
+    _keep(kept, data)
+    return kept
+
+
+def _keep(kept: Path, content: str | bytes) -> None:
+    """Write ``kept`` atomically, readable by the daemon's user only."""
     tmp = kept.with_name(f".{kept.name}.{os.getpid()}")
     tmp.unlink(missing_ok=True)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb" if isinstance(content, bytes) else "w") as f:
+            f.write(content)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, kept)
     finally:
         tmp.unlink(missing_ok=True)
-    return kept
 
 
 class Supervisor:
@@ -84,6 +124,7 @@ class Supervisor:
         self.signals: deque[int] = deque()
         self.wake = threading.Event()
         self.policy_fallback: Path | None = None
+        self.crl_fallback: Path | None = None
         self.metrics_dir: Path | None = None  # the workers' metric files ([metrics])
         self.metrics_listener: MetricsListener | None = None
 
@@ -93,7 +134,8 @@ class Supervisor:
 
     def start(self, index: int) -> None:
         fallback = str(self.policy_fallback) if self.policy_fallback else None
-        argv = worker_command(str(self.config_path), index, os.getpid(), fallback)
+        crl = str(self.crl_fallback) if self.crl_fallback else None
+        argv = worker_command(str(self.config_path), index, os.getpid(), fallback, crl)
         # Its output is ours (the log); its environment too ([metrics] names the directory
         # there); nothing else: no other descriptor, no stdin.
         self.procs[index] = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
@@ -110,6 +152,10 @@ class Supervisor:
             self.policy_fallback = keep_good_policy(self.config)
         except ConfigError as exc:
             log.error("%s; workers keep the last good policy", exc)
+        try:
+            self.crl_fallback = keep_good_crl(self.config)
+        except ConfigError as exc:
+            log.error("%s; workers keep the last good CRL", exc)
         self.send(signal.SIGHUP)
 
     def run(self) -> int:
@@ -117,6 +163,7 @@ class Supervisor:
             signal.signal(sig, self._on_signal)
         try:
             self.policy_fallback = keep_good_policy(self.config)
+            self.crl_fallback = keep_good_crl(self.config)
             self.start_metrics()
             server = self.config.server
             for index in range(server.workers):

@@ -11,12 +11,20 @@ import argparse
 import sys
 
 
-def command(config: str, index: int, supervisor: int, policy_fallback: str | None) -> list[str]:
+def command(
+    config: str,
+    index: int,
+    supervisor: int,
+    policy_fallback: str | None,
+    crl_fallback: str | None = None,
+) -> list[str]:
     """The command line that starts worker ``index`` of the supervisor with pid ``supervisor``."""
     argv = [sys.executable, "-m", "signer.worker", "--config", config, "--index", str(index)]
     argv += ["--supervisor", str(supervisor)]
     if policy_fallback is not None:
         argv += ["--policy-fallback", policy_fallback]
+    if crl_fallback is not None:
+        argv += ["--crl-fallback", crl_fallback]
     return argv
 
 
@@ -26,11 +34,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--index", type=int, required=True)
     parser.add_argument("--supervisor", type=int, required=True, help="its pid: die with it")
     parser.add_argument("--policy-fallback", help="the last good policy, if the file is broken")
+    parser.add_argument("--crl-fallback", help="the last good CRL, if the file is broken")
     args = parser.parse_args(argv)
 
     from signer.server import run_worker
 
-    run_worker(args.config, args.index, True, args.supervisor, args.policy_fallback)
+    run_worker(
+        args.config, args.index, True, args.supervisor, args.policy_fallback, args.crl_fallback
+    )
 
 
 if __name__ == "__main__":

@@ -6,13 +6,14 @@ a message saying why, and the daemon goes on serving good clients afterwards.
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-from authz_helpers import audit_rows
+from authz_helpers import audit_rows, wait_for
 from certs_helpers import (
     ClientCert,
     list_keys,
@@ -23,7 +24,7 @@ from certs_helpers import (
     write_crl,
 )
 
-from harness import Daemon, create_token, free_port, running_daemon
+from harness import Daemon, child_pids, create_token, free_port, running_daemon
 from signer.devpki import make_ca
 from signer.process import EXIT_CONFIG
 from signer_api.v1 import signer_pb2 as pb
@@ -184,9 +185,14 @@ def test_revoked_certificate_is_refused_after_reload(crl_daemon: Daemon) -> None
     list_keys(d.address, d.pki, dave)
 
 
+@pytest.mark.parametrize("workers", [1, 2])  # 2: the supervisor refuses it before any worker
 @pytest.mark.parametrize("problem", ["garbage", "rogue"])
-def test_unusable_crl_at_start_is_a_config_error(tmp_path: Path, problem: str) -> None:
-    daemon = CrlDaemon(root=tmp_path, port=free_port(), env=create_token(tmp_path / "hsm"))
+def test_unusable_crl_at_start_is_a_config_error(
+    tmp_path: Path, problem: str, workers: int
+) -> None:
+    daemon = CrlDaemon(
+        root=tmp_path, port=free_port(), env=create_token(tmp_path / "hsm"), workers=workers
+    )
     daemon.write_config()
     if problem == "garbage":
         (daemon.pki / "crl.pem").write_text(
@@ -205,6 +211,62 @@ def test_unusable_crl_at_start_is_a_config_error(tmp_path: Path, problem: str) -
     finally:
         daemon.kill()
     assert complaint in daemon.log()
+    assert not (daemon.state / "crl.last-good").exists()
+
+
+def _workers_of(supervisor: int) -> list[int]:
+    """The worker processes (``python -m signer.worker``) among the supervisor's children."""
+    found = []
+    for pid in child_pids(supervisor):
+        try:
+            if b"signer.worker" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+        except OSError:
+            continue
+    return found
+
+
+def test_restarted_worker_keeps_the_last_good_crl(tmp_path: Path) -> None:
+    """Two workers, a CRL revoking xavier; the file then broken on disk: workers restarted
+    while it is broken enforce the last good CRL the supervisor kept (as for the policy)
+    instead of exiting, so xavier stays refused and good clients are served."""
+    daemon = CrlDaemon(root=tmp_path, port=free_port(), env=create_token(tmp_path / "hsm"))
+    daemon.workers = 2
+    daemon.write_config()  # the PKI, to issue xavier's certificate before the daemon starts
+    xavier = make_client_cert(daemon.pki, "xavier", "xavier")
+    crl = write_crl(daemon.pki / "crl.pem", daemon.pki, [xavier.serial])
+    daemon.start()
+    try:
+        assert daemon.proc is not None
+        supervisor = daemon.proc.pid
+        kept = daemon.state / "crl.last-good"
+        assert kept.read_bytes() == crl.read_bytes() and kept.stat().st_mode & 0o777 == 0o600
+        assert "revoked" in (refusal(daemon.address, daemon.pki, xavier).details() or "")
+
+        crl.write_bytes(b"-----BEGIN X509 CRL-----\nbroken\n-----END X509 CRL-----\n")
+        daemon.signal(signal.SIGHUP)  # the supervisor keeps its copy, the workers theirs
+        daemon.wait_log("workers keep the last good CRL")
+        assert kept.read_bytes() != crl.read_bytes()
+        # Both workers killed, one after the other: every later call is served by a worker
+        # started while the file on disk is broken.
+        wait_for(lambda: len(_workers_of(supervisor)) == 2)
+        for victim in _workers_of(supervisor):
+            os.kill(victim, signal.SIGKILL)
+            wait_for(
+                lambda v=victim: len(workers := _workers_of(supervisor)) == 2 and v not in workers,
+                timeout=30,
+            )
+        wait_for(lambda: daemon.log().count("enforcing the last good CRL") >= 2, timeout=30)
+        daemon.wait_serving()
+        for _ in range(6):  # new connections, served by the restarted workers
+            error = refusal(daemon.address, daemon.pki, xavier)
+            assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert "is revoked by the CRL crl.pem" in (error.details() or "")
+            _served(daemon)
+        assert daemon.proc.poll() is None and len(_workers_of(supervisor)) == 2
+        assert "cannot be parsed" in daemon.log()  # why: the broken file, named
+    finally:
+        daemon.stop()
 
 
 # -- where a name came from: uri:, dns:, cn: in the policy -----------------------------------

@@ -188,6 +188,7 @@ def revocation(ca: tuple[Path, object]) -> Iterator[Path]:
     try:
         yield out
     finally:
+        identity.use_fallback(None)
         identity.configure(_config(out, None))
 
 
@@ -258,6 +259,67 @@ def test_unusable_crl_at_reload_keeps_the_old_one(
         identity.reload(_config(out, crl))
     assert "CRL reload failed, keeping the current CRL" in caplog.text
     assert "revoked" in _refusal(dave.cert.read_bytes())
+
+
+def test_a_broken_crl_at_start_falls_back_to_the_kept_one(
+    revocation: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker started while the CRL file is broken enforces the supervisor's last good
+    copy; a reload never does (it keeps what is in force), nor a start without a copy."""
+    out = revocation
+    dave, erin = (make_client_cert(out, n, n) for n in ("dave", "erin"))
+    kept = write_crl(tmp_path / "crl.last-good", out, [dave.serial])
+    crl = tmp_path / "crl.pem"
+    crl.write_bytes(b"garbage")
+    with pytest.raises(ConfigError, match="cannot be parsed"):
+        identity.configure(_config(out, crl))  # no copy: the error stands
+    identity.use_fallback(tmp_path / "missing")
+    with pytest.raises(ConfigError, match="cannot be parsed"):
+        identity.configure(_config(out, crl))  # a copy that is not there: likewise
+    identity.use_fallback(kept)
+    with caplog.at_level(logging.ERROR, logger="signer.identity"):
+        identity.configure(_config(out, crl))
+    assert "enforcing the last good CRL" in caplog.text and "cannot be parsed" in caplog.text
+    assert f"serial {dave.serial:x}) is revoked by the CRL crl.pem" in _refusal(
+        dave.cert.read_bytes()
+    )
+    assert principal_from_pem(erin.cert.read_bytes()).name == "erin"
+    write_crl(kept, out, [erin.serial])  # a reload reads the file, never the copy
+    identity.reload(_config(out, crl))
+    assert "revoked" in _refusal(dave.cert.read_bytes())
+    assert principal_from_pem(erin.cert.read_bytes()).name == "erin"
+
+
+def test_the_supervisor_keeps_only_a_good_crl(revocation: Path, tmp_path: Path) -> None:
+    """keep_good_crl checks the CRL in a child interpreter (the supervisor imports no
+    cryptography) and keeps its bytes, 0600; a bad one is a ConfigError, the copy stays."""
+    from signer.config import SignerConfig, StateConfig, TokenConfig
+    from signer.supervisor import LAST_GOOD_CRL, keep_good_crl
+
+    out = revocation
+    crl = write_crl(tmp_path / "crl.der", out, [12345], der=True)
+    state = tmp_path / "state"
+    state.mkdir()
+    config = SignerConfig(tls=_config(out, crl), token=TokenConfig(), state=StateConfig(dir=state))
+    kept = keep_good_crl(config)
+    assert kept == state / LAST_GOOD_CRL
+    assert kept.read_bytes() == crl.read_bytes() and kept.stat().st_mode & 0o777 == 0o600
+    good = crl.read_bytes()
+    rogue = make_ca(tmp_path / "rogue", "rogue CA")
+    for bad, complaint in (
+        (b"garbage", "cannot be parsed"),
+        (write_crl(tmp_path / "r.pem", out, [], signer=rogue).read_bytes(), "not signed by"),
+    ):
+        crl.write_bytes(bad)
+        with pytest.raises(ConfigError, match=complaint) as info:
+            keep_good_crl(config)
+        assert str(crl) in str(info.value)
+        assert kept.read_bytes() == good
+    crl.unlink()
+    with pytest.raises(ConfigError, match="cannot read the CRL"):
+        keep_good_crl(config)
+    no_crl = dataclasses.replace(config, tls=_config(out, None))
+    assert keep_good_crl(no_crl) is None and not kept.exists()  # no CRL: no stale copy
 
 
 # -- where the name came from: uri:, dns:, cn: prefixes in the policy -----------------------
