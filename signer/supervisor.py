@@ -252,12 +252,12 @@ def serve(config_path: Path) -> int:
     Exit status: 0 after SIGTERM/SIGINT, EXIT_CONFIG (2) for a configuration error,
     EXIT_CRASH (1) when the supervisor itself failed."""
     config = load_config(config_path)
-    ensure_state_dir(config.state.dir)
     raise_open_files_limit()  # inherited by the workers
     if config.server.workers <= 1:
         from signer.server import run_worker
 
-        run_worker(str(config_path), 0, reuse_port=False)
+        run_worker(str(config_path), 0, reuse_port=False)  # its Daemon makes the state dir
         return 0
     configure_logging(None, config_path)
+    ensure_state_dir(config.state.dir)  # after the logging set-up: it may warn
     return Supervisor(config_path, config).run()

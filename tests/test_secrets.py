@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -195,14 +196,22 @@ def test_a_readable_state_directory_is_tightened_to_0700(
     assert caplog.text == ""
 
 
-def test_the_daemon_tightens_its_state_directory(tmp_path: Path) -> None:
-    daemon = Daemon(root=tmp_path, port=free_port(), env=create_token(tmp_path / "hsm"))
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_daemon_tightens_its_state_directory(tmp_path: Path, workers: int) -> None:
+    daemon = Daemon(
+        root=tmp_path, port=free_port(), env=create_token(tmp_path / "hsm"), workers=workers
+    )
     daemon.state.mkdir()
     daemon.state.chmod(0o755)
     daemon.start()
     try:
         assert daemon.state.stat().st_mode & 0o777 == 0o700
-        assert f"the state directory {daemon.state} had mode 0755" in daemon.log()
+        # A log line of the daemon's own format (the logging is set up before the check).
+        assert re.search(
+            rf"signerd WARNING signer\.config: the state directory {re.escape(str(daemon.state))}"
+            " had mode 0755",
+            daemon.log(),
+        ), daemon.log()
         assert daemon.client().list_keys() == []
     finally:
         assert daemon.stop() == 0
