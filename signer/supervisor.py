@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,20 +47,15 @@ def keep_good_policy(config: SignerConfig) -> Path | None:
 
     Raises ConfigError when the file does not load: at start the daemon refuses to run,
     on SIGHUP the caller keeps the previous copy."""
-    kept = config.state.dir / LAST_GOOD_POLICY
-    policy_file = config.policy.file
-    if policy_file is None:
-        kept.unlink(missing_ok=True)
-        return None
-    from signer.policy.file import FilePolicy
 
-    try:
-        text = policy_file.read_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read policy file {policy_file}: {exc}") from exc
-    FilePolicy.parse(text, str(policy_file))  # all or nothing: raises ConfigError
-    _keep(kept, text)
-    return kept
+    def check(text: str | bytes) -> None:
+        from signer.policy.file import FilePolicy
+
+        FilePolicy.parse(str(text), str(config.policy.file))  # all or nothing
+
+    return _keep_good(
+        config.state.dir / LAST_GOOD_POLICY, config.policy.file, "policy file", check, text=True
+    )
 
 
 def keep_good_crl(config: SignerConfig) -> Path | None:
@@ -70,26 +66,41 @@ def keep_good_crl(config: SignerConfig) -> Path | None:
     signer.identity``, the bytes on its stdin): reading a CRL takes cryptography, which
     the supervisor never imports. Raises ConfigError when the CRL cannot be used: at start
     the daemon refuses to run, on SIGHUP the caller keeps the previous copy."""
-    kept = config.state.dir / LAST_GOOD_CRL
     crl = config.tls.crl
-    if crl is None:
+
+    def check(data: str | bytes) -> None:
+        argv = [sys.executable, "-m", "signer.identity", str(crl), str(config.tls.ca)]
+        try:
+            done = subprocess.run(
+                argv, input=data, capture_output=True, timeout=CRL_CHECK_SECONDS, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise ConfigError(f"cannot check the CRL {crl}: {exc}") from exc
+        if done.returncode != 0:
+            reason = done.stderr.decode("utf-8", "replace").strip()
+            raise ConfigError(reason or f"the CRL {crl} cannot be used (check: {done.returncode})")
+
+    return _keep_good(config.state.dir / LAST_GOOD_CRL, crl, "the CRL", check, text=False)
+
+
+def _keep_good(
+    kept: Path,
+    source: Path | None,
+    what: str,
+    check: Callable[[str | bytes], None],
+    text: bool,
+) -> Path | None:
+    """Read ``source``, ``check`` it (ConfigError if unusable), keep it as ``kept``; with
+    nothing configured, no copy is left behind either."""
+    if source is None:
         kept.unlink(missing_ok=True)
         return None
     try:
-        data = crl.read_bytes()
+        content: str | bytes = source.read_text() if text else source.read_bytes()
     except OSError as exc:
-        raise ConfigError(f"cannot read the CRL {crl}: {exc}") from exc
-    argv = [sys.executable, "-m", "signer.identity", str(crl), str(config.tls.ca)]
-    try:
-        check = subprocess.run(
-            argv, input=data, capture_output=True, timeout=CRL_CHECK_SECONDS, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise ConfigError(f"cannot check the CRL {crl}: {exc}") from exc
-    if check.returncode != 0:
-        reason = check.stderr.decode("utf-8", "replace").strip()
-        raise ConfigError(reason or f"the CRL {crl} cannot be used (check: {check.returncode})")
-    _keep(kept, data)
+        raise ConfigError(f"cannot read {what} {source}: {exc}") from exc
+    check(content)
+    _keep(kept, content)
     return kept
 
 
