@@ -159,3 +159,30 @@ def test_a_shared_chain_from_before_the_column(tmp_path: Path, pg_cluster: Any) 
         assert [r["replica"] for r in backend.audit_reader().entries()] == ["", "", "signer-b"]
     finally:
         backend.close()
+
+
+def test_the_shared_chain_commits_durably_whatever_the_database_default(
+    pg_cluster: Any,
+) -> None:
+    """A database (or role) default of synchronous_commit = off must not make audit
+    entries losable: the daemon's connections ask for it at connect, keeping any
+    options the URL already has."""
+    import psycopg
+
+    from signer.storage.postgresql.db import Database
+
+    url = pg_cluster.fresh_database(f"durable_{secrets.token_hex(4)}")
+    name = url.rsplit("/", 1)[1]
+    pg_cluster.psql(f'ALTER DATABASE "{name}" SET synchronous_commit = off')
+    with psycopg.connect(url, password=pg_cluster.password) as plain:
+        assert plain.execute("SHOW synchronous_commit").fetchone()[0] == "off"
+    db = Database(f"{url}?options=-c%20search_path%3Dpublic%2Cpg_catalog", pg_cluster.password)
+    try:
+        shown = db.run(
+            lambda conn: conn.execute(
+                "SELECT current_setting('synchronous_commit'), current_setting('search_path')"
+            ).fetchone()
+        )
+        assert shown == ("on", "public,pg_catalog"), shown
+    finally:
+        db.close()

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import psycopg
 import psycopg_pool
 from psycopg import errors
+from psycopg.conninfo import conninfo_to_dict
 
 from signer.errors import StorageUnavailable
 from signer.storage.sqlite import WouldBlock, waiting_forbidden
@@ -39,6 +40,16 @@ IDLE_CHECK_SECONDS = 1.0  # a pooled connection unused this long is checked befo
 _RETRY = (errors.SerializationFailure, errors.DeadlockDetected)
 
 
+def durable_options(url: str) -> str:
+    """The connection's ``options`` with ``synchronous_commit=on`` added: a COMMIT returns
+    only once durable, whatever the database or role defaults say (a DBA's ``ALTER
+    DATABASE ... SET synchronous_commit = off`` must not make audit entries losable). Set
+    at connect, it costs no round trip; the TUF version claims turn it off per transaction
+    (``SET LOCAL``), as the audit commit that must follow flushes the WAL past them."""
+    existing = str(conninfo_to_dict(url).get("options") or "")
+    return f"{existing} -c synchronous_commit=on".strip()
+
+
 class Database:
     """A pool of connections to ``url`` (the password passed apart, never in the URL)."""
 
@@ -50,7 +61,11 @@ class Database:
         self._lock = threading.Lock()
         self._probe: psycopg.Connection[Any] | None = None
         self._probe_lock = threading.Lock()
-        kwargs: dict[str, Any] = {"autocommit": True, "connect_timeout": int(CONNECT_TIMEOUT)}
+        kwargs: dict[str, Any] = {
+            "autocommit": True,
+            "connect_timeout": int(CONNECT_TIMEOUT),
+            "options": durable_options(url),
+        }
         if password is not None:
             kwargs["password"] = password
         self.kwargs = kwargs
