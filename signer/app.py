@@ -81,7 +81,8 @@ class SignerApp:
     ) -> None:
         self.config = config
         self.metrics = metrics  # signer.metrics: the daemon's, or the no-op observer
-        identity.configure(config.tls)  # the CRL ([tls] crl): ConfigError if it is unusable
+        # The CRL ([tls] crl): ConfigError if it is unusable and no last good copy is kept.
+        identity.configure(config.tls, config.crl_fallback)
         self.token = token or Token(
             TokenSettings(
                 module=config.token.module,

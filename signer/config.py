@@ -255,6 +255,7 @@ class SignerConfig:
     # Not from the file: the last policy that loaded, kept by the supervisor. A worker
     # (re)started while the policy file is broken falls back to it instead of refusing.
     policy_fallback: Path | None = None
+    crl_fallback: Path | None = None  # likewise, the last CRL that loaded ([tls] crl)
 
 
 # The file's tables and the section each becomes; a table's keys are its fields' names.

@@ -64,7 +64,6 @@ class Revocations:
 
 NO_REVOCATIONS = Revocations("", frozenset())
 _revocations = NO_REVOCATIONS  # per process; swapped in one assignment (see reload)
-_fallback: Path | None = None  # the supervisor's last good CRL (see use_fallback)
 
 
 @dataclass(frozen=True)
@@ -257,19 +256,12 @@ def _signed_by(crl: x509.CertificateRevocationList, authority: x509.Certificate)
         return False
 
 
-def use_fallback(kept: Path | None) -> None:
-    """The last good CRL the supervisor kept (``signer.supervisor.keep_good_crl``): what
-    ``configure`` enforces when the configured file is broken as this worker starts."""
-    global _fallback
-    _fallback = kept
-
-
-def configure(tls: TlsConfig) -> None:
+def configure(tls: TlsConfig, fallback: Path | None = None) -> None:
     """At start-up: use the configured CRL, if any (ConfigError if it cannot be used).
 
-    A worker (re)started while the file is broken enforces the last good CRL the
-    supervisor kept (``use_fallback``), so it refuses what its siblings refuse; without
-    one (a single worker, or the first start) the error stands."""
+    A worker (re)started while the file is broken enforces ``fallback``, the last good
+    CRL the supervisor kept (``signer.supervisor.keep_good_crl``), so it refuses what its
+    siblings refuse; without one (a single worker, or the first start) the error stands."""
     global _revocations
     crl = tls.crl
     if crl is None:
@@ -278,7 +270,7 @@ def configure(tls: TlsConfig) -> None:
     try:
         _revocations = load_revocations(crl, tls.ca)
     except ConfigError as exc:
-        kept = _fallback
+        kept = fallback
         if kept is None or not kept.exists():
             raise
         log.error("%s; enforcing the last good CRL (%s) until it is fixed", exc, kept)

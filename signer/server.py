@@ -24,7 +24,6 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from signer import identity
 from signer.app import SignerApp
 from signer.config import ServerConfig, SignerConfig, TlsConfig, ensure_state_dir, load_config
 from signer.errors import ConfigError, SignerError
@@ -299,8 +298,8 @@ async def _serve(
         config = load_config(Path(config_path))
         if policy_fallback is not None:
             config = replace(config, policy_fallback=Path(policy_fallback))
-        if crl_fallback is not None:  # SignerApp's identity.configure falls back to it
-            identity.use_fallback(Path(crl_fallback))
+        if crl_fallback is not None:
+            config = replace(config, crl_fallback=Path(crl_fallback))
         if config.server.pin_workers and config.server.workers > 1:
             pin_to_cpu(index)
         daemon = Daemon(config, reuse_port)

@@ -188,7 +188,6 @@ def revocation(ca: tuple[Path, object]) -> Iterator[Path]:
     try:
         yield out
     finally:
-        identity.use_fallback(None)
         identity.configure(_config(out, None))
 
 
@@ -273,12 +272,10 @@ def test_a_broken_crl_at_start_falls_back_to_the_kept_one(
     crl.write_bytes(b"garbage")
     with pytest.raises(ConfigError, match="cannot be parsed"):
         identity.configure(_config(out, crl))  # no copy: the error stands
-    identity.use_fallback(tmp_path / "missing")
     with pytest.raises(ConfigError, match="cannot be parsed"):
-        identity.configure(_config(out, crl))  # a copy that is not there: likewise
-    identity.use_fallback(kept)
+        identity.configure(_config(out, crl), tmp_path / "missing")  # not there: likewise
     with caplog.at_level(logging.ERROR, logger="signer.identity"):
-        identity.configure(_config(out, crl))
+        identity.configure(_config(out, crl), kept)
     assert "enforcing the last good CRL" in caplog.text and "cannot be parsed" in caplog.text
     assert f"serial {dave.serial:x}) is revoked by the CRL crl.pem" in _refusal(
         dave.cert.read_bytes()
