@@ -48,14 +48,12 @@ def keep_good_policy(config: SignerConfig) -> Path | None:
     Raises ConfigError when the file does not load: at start the daemon refuses to run,
     on SIGHUP the caller keeps the previous copy."""
 
-    def check(text: str | bytes) -> None:
+    def check(data: bytes) -> None:
         from signer.policy.file import FilePolicy
 
-        FilePolicy.parse(str(text), str(config.policy.file))  # all or nothing
+        FilePolicy.from_bytes(data, str(config.policy.file))  # all or nothing
 
-    return _keep_good(
-        config.state.dir / LAST_GOOD_POLICY, config.policy.file, "policy file", check, text=True
-    )
+    return _keep_good(config.state.dir / LAST_GOOD_POLICY, config.policy.file, "policy file", check)
 
 
 def keep_good_crl(config: SignerConfig) -> Path | None:
@@ -68,7 +66,7 @@ def keep_good_crl(config: SignerConfig) -> Path | None:
     the daemon refuses to run, on SIGHUP the caller keeps the previous copy."""
     crl = config.tls.crl
 
-    def check(data: str | bytes) -> None:
+    def check(data: bytes) -> None:
         argv = [sys.executable, "-m", "signer.identity", str(crl), str(config.tls.ca)]
         try:
             done = subprocess.run(
@@ -80,23 +78,20 @@ def keep_good_crl(config: SignerConfig) -> Path | None:
             reason = done.stderr.decode("utf-8", "replace").strip()
             raise ConfigError(reason or f"the CRL {crl} cannot be used (check: {done.returncode})")
 
-    return _keep_good(config.state.dir / LAST_GOOD_CRL, crl, "the CRL", check, text=False)
+    return _keep_good(config.state.dir / LAST_GOOD_CRL, crl, "the CRL", check)
 
 
 def _keep_good(
-    kept: Path,
-    source: Path | None,
-    what: str,
-    check: Callable[[str | bytes], None],
-    text: bool,
+    kept: Path, source: Path | None, what: str, check: Callable[[bytes], None]
 ) -> Path | None:
-    """Read ``source``, ``check`` it (ConfigError if unusable), keep it as ``kept``; with
-    nothing configured, no copy is left behind either."""
+    """Read ``source``, ``check`` its bytes (ConfigError if unusable), keep them as
+    ``kept``: the copy is the very file checked. With nothing configured, no copy is left
+    behind either."""
     if source is None:
         kept.unlink(missing_ok=True)
         return None
     try:
-        content: str | bytes = source.read_text() if text else source.read_bytes()
+        content = source.read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read {what} {source}: {exc}") from exc
     check(content)
@@ -104,13 +99,13 @@ def _keep_good(
     return kept
 
 
-def _keep(kept: Path, content: str | bytes) -> None:
+def _keep(kept: Path, content: bytes) -> None:
     """Write ``kept`` atomically, readable by the daemon's user only."""
     tmp = kept.with_name(f".{kept.name}.{os.getpid()}")
     tmp.unlink(missing_ok=True)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        with os.fdopen(fd, "wb" if isinstance(content, bytes) else "w") as f:
+        with os.fdopen(fd, "wb") as f:
             f.write(content)
             f.flush()
             os.fsync(f.fileno())

@@ -87,7 +87,7 @@ class Daemon:
     env: dict[str, str]
     label: str = "tuf-signer"
     workers: int = 1
-    policy: str | None = None  # policy TOML text, written next to the config
+    policy: str | bytes | None = None  # policy TOML (bytes: as they are), next to the config
     extra_config: str = ""
     server_options: str = ""  # extra lines for the [server] table
     state_options: str = ""  # extra lines for the [state] table (a shared database)
@@ -120,7 +120,11 @@ class Daemon:
         make_dev_pki(self.pki, self.clients)
         policy_line = ""
         if self.policy is not None:
-            (self.root / "policy.toml").write_text(self.policy)
+            path = self.root / "policy.toml"
+            if isinstance(self.policy, bytes):
+                path.write_bytes(self.policy)
+            else:
+                path.write_text(self.policy)
             policy_line = '[policy]\nfile = "policy.toml"\n'
         self.config_path.write_text(
             f"""[server]

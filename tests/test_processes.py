@@ -160,6 +160,16 @@ def test_configuration_error_exits_2(tmp_path: Path) -> None:
     assert broken.proc is not None and broken.proc.wait(30) == 2, broken.log()
     assert "not valid TOML" in broken.log()
 
+    # Bytes that are not UTF-8 (TOML's encoding): the same exit 2 and one line, no
+    # traceback, with one worker and with a supervisor.
+    for workers in (1, 2):
+        odd = _daemon(
+            tmp_path / f"c{workers}", workers=workers, policy=b'[[rules]]\nprincipals = ["\xff"]\n'
+        )
+        odd.start(wait=False)
+        assert odd.proc is not None and odd.proc.wait(30) == 2, odd.log()
+        assert "policy.toml: not UTF-8 text" in odd.log() and "Traceback" not in odd.log()
+
 
 def test_supervisor_failure_exits_1_and_leaves_no_worker(tmp_path: Path) -> None:
     daemon = _daemon(tmp_path, workers=2, policy=POLICY)

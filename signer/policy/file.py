@@ -61,10 +61,21 @@ class FilePolicy:
     def load(cls, path: Path, buckets: Buckets | None = None) -> FilePolicy:
         """``buckets``: where the rate limiter keeps its levels (default: in memory)."""
         try:
-            text = path.read_text()
+            data = path.read_bytes()
         except OSError as exc:
             raise ConfigError(f"cannot read policy file {path}: {exc}") from exc
-        return cls.parse(text, str(path), buckets)
+        return cls.from_bytes(data, str(path), buckets)
+
+    @classmethod
+    def from_bytes(
+        cls, data: bytes, source: str = "<policy>", buckets: Buckets | None = None
+    ) -> FilePolicy:
+        """The policy in a file's bytes: TOML is UTF-8, anything else a ConfigError."""
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"policy {source}: not UTF-8 text: {exc}") from exc
+        return cls.parse(text, source, buckets)
 
     @classmethod
     def parse(
