@@ -38,7 +38,7 @@ from signer.principal import Principal
 if TYPE_CHECKING:
     from signer.storage.interfaces import Buckets
 from signer.policy import Operation, QuorumSettings, Resource, TufLimits
-from signer.policy.ratelimit import Limit, RateLimiter
+from signer.policy.ratelimit import Limit, RateLimiter, bucket_key
 from signer.policy.rules import Groups, KeySelector, Rule, RulePolicy, split_source
 
 _TOP_LEVEL = {"groups", "rules", "rate_limits", "tuf", "quorum"}
@@ -232,7 +232,7 @@ def _selector(limits: dict[str, Limit], groups: Groups) -> Callable[[Principal],
     ``admin``, matched as rules match group members), else its first group's, else ``*``."""
 
     def select(principal: Principal) -> Limit | None:
-        own = limits.get(f"{principal.source}:{principal.name}")
+        own = limits.get(bucket_key(principal))  # "dns:admin": the bucket's own name
         if own is None and split_source(principal.name)[0] is None:
             own = limits.get(principal.name)  # a CN "dns:x" is never the entry "dns:x"
         if own is not None:
