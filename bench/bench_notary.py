@@ -18,6 +18,7 @@ the ratio signerd / notary-signer (higher is better for signerd).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -298,41 +299,35 @@ def main() -> int:
     results: dict[tuple[str, int], tuple[float, float, float, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        with both_signers(root, args.workers) as (daemon, ours, theirs, proc):
+        with (
+            both_signers(root, args.workers) as (daemon, ours, theirs, proc),
+            contextlib.ExitStack() as floor,
+        ):
             targets = [ours, theirs]
-            floor = None
-            try:
-                key_ids = {t.name: create_key(t)[0] for t in (ours, theirs)}
-                assert daemon.proc is not None
-                pids = {ours.name: daemon.proc.pid, theirs.name: proc.pid}
-                if args.floor:
-                    floor_port = free_port()
-                    floor = mp.get_context("spawn").Process(
-                        target=_floor_server, args=(str(daemon.pki), floor_port)
-                    )
-                    floor.start()
-                    time.sleep(2)
-                    targets.append(replace(ours, name="floor", address=f"localhost:{floor_port}"))
-                    key_ids["floor"] = "floor"
-                    assert floor.pid is not None
-                    pids["floor"] = floor.pid
-                for _ in range(args.rounds):
-                    for level in LEVELS:
-                        for target in targets:  # interleaved: same machine state
-                            result = drive(
-                                target,
-                                key_ids[target.name],
-                                level,
-                                args.client_procs,
-                                args.seconds,
-                                pids[target.name],
-                            )
-                            best = results.get((target.name, level))
-                            if best is None or result[0] > best[0]:
-                                results[(target.name, level)] = result
-            finally:
-                if floor is not None:
-                    floor.kill()
+            key_ids = {t.name: create_key(t)[0] for t in (ours, theirs)}
+            assert daemon.proc is not None
+            pids = {ours.name: daemon.proc.pid, theirs.name: proc.pid}
+            if args.floor:
+                floor_port = free_port()
+                pids["floor"] = floor.enter_context(
+                    grpc_floor.running(_floor_server, str(daemon.pki), floor_port)
+                )
+                targets.append(replace(ours, name="floor", address=f"localhost:{floor_port}"))
+                key_ids["floor"] = "floor"
+            for _ in range(args.rounds):
+                for level in LEVELS:
+                    for target in targets:  # interleaved: same machine state
+                        result = drive(
+                            target,
+                            key_ids[target.name],
+                            level,
+                            args.client_procs,
+                            args.seconds,
+                            pids[target.name],
+                        )
+                        best = results.get((target.name, level))
+                        if best is None or result[0] > best[0]:
+                            results[(target.name, level)] = result
 
     print(
         f"notary Sign, ECDSA P-256, {len(PAYLOAD)}-byte payload, mutual TLS; "

@@ -18,7 +18,6 @@ import contextlib
 import hashlib
 import multiprocessing as mp
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -165,24 +164,8 @@ def _floor_server(pki: str, port: int) -> None:
 def floor_server(daemon) -> Iterator[tuple[dict, int]]:
     """A running floor server: the client config to reach it and its process id."""
     port = free_port()
-    proc = mp.get_context("spawn").Process(target=_floor_server, args=(str(daemon.pki), port))
-    proc.start()
-    try:
-        cfg = daemon.client_config("admin", address=f"localhost:{port}").__dict__
-        deadline = time.monotonic() + 30
-        while True:  # until it answers
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                if time.monotonic() > deadline or not proc.is_alive():
-                    raise SystemExit("the floor server did not start") from None
-                time.sleep(0.1)
-        assert proc.pid is not None
-        yield cfg, proc.pid
-    finally:
-        proc.kill()
-        proc.join()
+    with grpc_floor.running(_floor_server, str(daemon.pki), port) as pid:
+        yield daemon.client_config("admin", address=f"localhost:{port}").__dict__, pid
 
 
 def _daemon_stats(root_pid: int) -> dict[int, list[str]]:

@@ -9,7 +9,11 @@ servicer whose handlers answer at once.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+import multiprocessing as mp
+import socket
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -37,3 +41,26 @@ def serve(pki: str, port: int, register: Callable[[grpc.aio.Server], None]) -> N
         asyncio.run(run())
     else:
         uvloop.run(run())
+
+
+@contextlib.contextmanager
+def running(target: Callable[[str, int], None], pki: str, port: int) -> Iterator[int]:
+    """``target(pki, port)`` (a module-level function calling ``serve``) in a process of
+    its own, from when it accepts connections until the block ends; yields its pid."""
+    proc = mp.get_context("spawn").Process(target=target, args=(pki, port))
+    proc.start()
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # until it answers
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline or not proc.is_alive():
+                    raise SystemExit("the floor server did not start") from None
+                time.sleep(0.1)
+        assert proc.pid is not None
+        yield proc.pid
+    finally:
+        proc.kill()
+        proc.join()
