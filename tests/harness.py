@@ -60,6 +60,19 @@ def child_pids(pid: int) -> list[int]:
     return sorted(found)
 
 
+def workers_of(supervisor: int) -> list[int]:
+    """The worker processes (``python -m signer.worker ...``) among ``supervisor``'s children."""
+    found = []
+    for pid in child_pids(supervisor):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"signer.worker" in cmdline:
+            found.append(pid)
+    return found
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -218,10 +231,11 @@ dir = "state"
     def client(self, name: str = "admin", **overrides: Any) -> SignerClient:
         return SignerClient(self.client_config(name, **overrides))
 
-    def fresh_client(self, name: str = "admin") -> SignerClient:
+    def fresh_client(self, name: str = "admin", **overrides: Any) -> SignerClient:
         """A client on a connection of its own (no subchannel shared with other channels):
-        with several workers, the kernel picks the worker that serves it."""
-        cfg = self.client_config(name)
+        with several workers, the kernel picks the worker that serves it. ``overrides``:
+        as for ``client_config`` (another certificate, say)."""
+        cfg = self.client_config(name, **overrides)
         creds = grpc.ssl_channel_credentials(
             cfg.ca.read_bytes(), cfg.key.read_bytes(), cfg.cert.read_bytes()
         )

@@ -24,7 +24,7 @@ from certs_helpers import (
     write_crl,
 )
 
-from harness import Daemon, child_pids, create_token, free_port, running_daemon
+from harness import Daemon, create_token, free_port, running_daemon, workers_of
 from signer.devpki import make_ca
 from signer.process import EXIT_CONFIG
 from signer_api.v1 import signer_pb2 as pb
@@ -214,18 +214,6 @@ def test_unusable_crl_at_start_is_a_config_error(
     assert not (daemon.state / "crl.last-good").exists()
 
 
-def _workers_of(supervisor: int) -> list[int]:
-    """The worker processes (``python -m signer.worker``) among the supervisor's children."""
-    found = []
-    for pid in child_pids(supervisor):
-        try:
-            if b"signer.worker" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                found.append(pid)
-        except OSError:
-            continue
-    return found
-
-
 def test_restarted_worker_keeps_the_last_good_crl(tmp_path: Path) -> None:
     """Two workers, a CRL revoking xavier; the file then broken on disk: workers restarted
     while it is broken enforce the last good CRL the supervisor kept (as for the policy)
@@ -249,11 +237,11 @@ def test_restarted_worker_keeps_the_last_good_crl(tmp_path: Path) -> None:
         assert kept.read_bytes() != crl.read_bytes()
         # Both workers killed, one after the other: every later call is served by a worker
         # started while the file on disk is broken.
-        wait_for(lambda: len(_workers_of(supervisor)) == 2)
-        for victim in _workers_of(supervisor):
+        wait_for(lambda: len(workers_of(supervisor)) == 2)
+        for victim in workers_of(supervisor):
             os.kill(victim, signal.SIGKILL)
             wait_for(
-                lambda v=victim: len(workers := _workers_of(supervisor)) == 2 and v not in workers,
+                lambda v=victim: len(workers := workers_of(supervisor)) == 2 and v not in workers,
                 timeout=30,
             )
         wait_for(lambda: daemon.log().count("enforcing the last good CRL") >= 2, timeout=30)
@@ -263,7 +251,7 @@ def test_restarted_worker_keeps_the_last_good_crl(tmp_path: Path) -> None:
             assert error.code() == grpc.StatusCode.UNAUTHENTICATED
             assert "is revoked by the CRL crl.pem" in (error.details() or "")
             _served(daemon)
-        assert daemon.proc.poll() is None and len(_workers_of(supervisor)) == 2
+        assert daemon.proc.poll() is None and len(workers_of(supervisor)) == 2
         assert "cannot be parsed" in daemon.log()  # why: the broken file, named
     finally:
         daemon.stop()

@@ -12,7 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from harness import Daemon, child_pids, create_token, free_port, proc_stat, running_daemon
+from harness import (
+    Daemon,
+    create_token,
+    free_port,
+    proc_stat,
+    running_daemon,
+    workers_of,
+)
 from signer_client import ClientError, PermissionDeniedError
 
 POLICY = """
@@ -38,19 +45,6 @@ def wait_for(condition: Callable[[], bool], timeout: float = 15.0, what: str = "
 def running(pid: int) -> bool:
     fields = proc_stat(pid)
     return fields is not None and fields[0] != "Z"
-
-
-def workers_of(supervisor: int) -> list[int]:
-    """The worker processes (`python -m signer.worker ...`)."""
-    found = []
-    for pid in child_pids(supervisor):
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"signer.worker" in cmdline:
-            found.append(pid)
-    return found
 
 
 def replaced(supervisor: int, victim: int) -> Callable[[], bool]:

@@ -296,21 +296,9 @@ operations = ["sign-raw"]
 """
 
 
-def _fresh(daemon: Daemon, cert: ClientCert) -> SignerClient:
-    """A client presenting ``cert`` on a connection of its own (the kernel picks the worker)."""
-    cfg = daemon.client_config("keeper", cert=cert.cert, key=cert.key)
-    creds = grpc.ssl_channel_credentials(
-        cfg.ca.read_bytes(), cfg.key.read_bytes(), cfg.cert.read_bytes()
-    )
-    channel = grpc.secure_channel(
-        cfg.address, creds, options=[("grpc.use_local_subchannel_pool", 1)]
-    )
-    return SignerClient(cfg, channel=channel)
-
-
 def _sign(daemon: Daemon, cert: ClientCert, key_id: str, data: bytes) -> ClientError | None:
     """Sign as ``cert`` on a fresh connection: None if signed, else the error."""
-    with _fresh(daemon, cert) as client:
+    with daemon.fresh_client("keeper", cert=cert.cert, key=cert.key) as client:
         try:
             client.sign(key_id, data)
         except ClientError as exc:
