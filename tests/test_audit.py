@@ -504,13 +504,17 @@ def test_cli_verify_with_the_anchor(
     assert "uncovered: entries 1-" in capsys.readouterr().out
 
 
+# The least a config file needs to load: its state in ``state`` next to it.
+MINIMAL_CONFIG = (
+    '[tls]\nca = "ca"\ncert = "c"\nkey = "k"\n[token]\nlabel = "t"\n[state]\ndir = "state"\n'
+)
+
+
 def _verify_config(root: Path, anchor_file: Path) -> Path:
     """A config for ``audit verify --config``: state in ``root/state``, the anchor file."""
     path = root / "verify.toml"
     path.write_text(
-        '[tls]\nca = "ca"\ncert = "c"\nkey = "k"\n[token]\nlabel = "t"\n[state]\ndir = "state"\n'
-        + CHECKPOINTS
-        + f"anchor_file = {json.dumps(str(anchor_file))}\n"
+        MINIMAL_CONFIG + CHECKPOINTS + f"anchor_file = {json.dumps(str(anchor_file))}\n"
     )
     return path
 
@@ -674,9 +678,7 @@ def test_the_daemons_own_chain_is_fsynced(tmp_path: Path) -> None:
     from signer.config import load_config, open_state
 
     config_path = tmp_path / "signer.toml"
-    config_path.write_text(
-        '[tls]\nca = "ca"\ncert = "c"\nkey = "k"\n[token]\nlabel = "t"\n[state]\ndir = "state"\n'
-    )
+    config_path.write_text(MINIMAL_CONFIG)
     config = load_config(config_path)
     state = open_state(config)
     audit = AuditLog(state.audit(), replica=config.state.replica_name)

@@ -217,34 +217,6 @@ def test_one_bucket_per_source_and_name() -> None:
         policy.rate_limiter.take(Principal("admin", "cn", "3" * 64))
 
 
-def test_no_import_cycle_in_the_policy_package() -> None:
-    """No module of signer/policy imports, even inside a function, one that imports it
-    back (tuf and notary share signer.policy.metadata instead)."""
-    import ast
-
-    package = Path(__file__).parent.parent / "signer" / "policy"
-    graph: dict[str, set[str]] = {}
-    for path in package.glob("*.py"):
-        name = "signer.policy" if path.stem == "__init__" else f"signer.policy.{path.stem}"
-        found = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module:
-                found.add(node.module)
-                found.update(f"{node.module}.{a.name}" for a in node.names)
-            elif isinstance(node, ast.Import):
-                found.update(a.name for a in node.names)
-        graph[name] = {m for m in found if m.startswith("signer.policy.") and m != name}
-
-    def reaches(start: str, goal: str, seen: set[str]) -> bool:
-        for nxt in graph.get(start, set()) - seen:
-            if nxt == goal or reaches(nxt, goal, seen | {nxt}):
-                return True
-        return False
-
-    cycles = sorted(name for name in graph if reaches(name, name, set()))
-    assert not cycles, f"import cycle through {cycles}"
-
-
 # -- the daemon ----------------------------------------------------------------------------
 
 
